@@ -1,0 +1,107 @@
+"""Adapters: where a model keeps the parts techniques act on. Techniques never import a concrete model.
+
+An adapter answers, for one model family: the decoder layers (and how to replace them), the LM config,
+the token layout of the block being processed (instruction / visual / cognition spans), the action-head
+blocks, and how to plug a KV cache factory or a per-episode reset hook in. New family = one adapter file
+registered with :func:`register_adapter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+__all__ = ["ModelAdapter", "register_adapter", "get_adapter", "supported_models", "UnsupportedModelError"]
+
+
+class UnsupportedModelError(TypeError):
+    pass
+
+
+class ModelAdapter:
+    """Base class. Override what the model supports; unsupported parts raise a clear error."""
+
+    #: human-readable names of the model classes this adapter serves (shown in errors)
+    model_names: tuple[str, ...] = ()
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        raise NotImplementedError
+
+    # --- language model -------------------------------------------------------------------------
+    def decoder_owner(self, model: Any) -> nn.Module:
+        """The module holding ``.layers`` (a ``ModuleList`` of decoder layers) - e.g. a ``LlamaModel``."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose decoder layers")
+
+    def decoder_layers(self, model: Any) -> nn.ModuleList:
+        return self.decoder_owner(model).layers
+
+    def lm_config(self, model: Any) -> Any:
+        """The decoder's transformers config (``num_hidden_layers``, ``layer_types`` ... live here)."""
+        return self.decoder_owner(model).config
+
+    def language_model(self, model: Any) -> nn.Module:
+        """The module whose forward runs the decoder stack (used for calibration forwards)."""
+        return self.decoder_owner(model)
+
+    def token_layout(self, model: Any) -> Any:
+        """Spans of the block currently being processed (``TokenLayout``), or ``None`` if unknown."""
+        raise NotImplementedError(f"{type(self).__name__} does not know visual/instruction token spans")
+
+    # --- action head ------------------------------------------------------------------------------
+    def action_head_blocks(self, model: Any) -> nn.ModuleList:
+        raise NotImplementedError(f"{type(self).__name__}: this model has no diffusion action head")
+
+    def denoise_step(self, model: Any) -> int:
+        raise NotImplementedError(f"{type(self).__name__}: this model has no diffusion action head")
+
+    def inference_steps(self, model: Any) -> int:
+        raise NotImplementedError(f"{type(self).__name__}: this model has no diffusion action head")
+
+    def set_inference_steps(self, model: Any, steps: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__}: this model has no diffusion action head")
+
+    # --- episode / cache plumbing -------------------------------------------------------------
+    def set_cache_factory(self, model: Any, factory: Callable[[], Any] | None) -> Callable[[], Any] | None:
+        """Install ``factory`` as the model's KV-cache maker; return the previous one (for ``remove``)."""
+        raise NotImplementedError(f"{type(self).__name__}: pass the cache to generate()/forward yourself")
+
+    def register_reset_hook(self, model: Any, fn: Callable[[], None]) -> Any:
+        """Run ``fn`` at every new episode; returns a handle with ``remove()``."""
+        raise NotImplementedError(f"{type(self).__name__}: call handle.reset() at each new episode yourself")
+
+
+_ADAPTERS: list[type[ModelAdapter]] = []
+
+
+def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    _ADAPTERS.append(cls)
+    return cls
+
+
+def supported_models() -> list[str]:
+    _import_builtin_adapters()
+    return [name for cls in _ADAPTERS for name in cls.model_names]
+
+
+def get_adapter(model: Any) -> ModelAdapter:
+    """The adapter for ``model``; a clear error listing the supported models otherwise."""
+    _import_builtin_adapters()
+    for cls in _ADAPTERS:
+        if cls.matches(model):
+            return cls()
+    raise UnsupportedModelError(
+        f"vlaccel has no adapter for {type(model).__name__}. Supported: {', '.join(supported_models())}. "
+        "To support another model, subclass vlaccel.adapters.ModelAdapter and decorate it with "
+        "@vlaccel.adapters.register_adapter (see docs/adapters.md)."
+    )
+
+
+def _import_builtin_adapters() -> None:
+    import vlaccel.adapters.reference  # noqa: F401
+    try:
+        import vlaccel.adapters.hf_decoder  # noqa: F401
+    except ImportError:  # written by a later issue
+        pass

@@ -1,0 +1,1 @@
+"""Measurement: FLOPs, latency, memory, fidelity, cost model, reports."""

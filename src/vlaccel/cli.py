@@ -1,0 +1,55 @@
+"""``vlaccel`` command line. Each subsystem registers its own subcommands; heavy imports happen inside them.
+
+Commands build the same config objects as the Python API (``vlaccel.presets``), nothing CLI-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Modules exposing ``register(subparsers)``. Optional ones are skipped only if their *extra* is missing.
+_COMMAND_MODULES = [
+    "vlaccel.info",
+    "vlaccel.sim.cli",
+    "vlaccel.training.cli",
+    "vlaccel.bench.cli",
+    "vlaccel.techniques.kv_efficient.cli",
+    "vlaccel.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlaccel", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name and (err.name == name or name.startswith(err.name + ".")):
+                continue  # that command is not part of this version
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as err:
+        print(f"vlaccel {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

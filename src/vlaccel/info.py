@@ -1,0 +1,75 @@
+"""``vlaccel info``: parameters per module, tokens per frame and FLOPs per call of the reference policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="parameters, tokens per frame and FLOPs per call of a policy")
+    p.add_argument("--preset", choices=["tiny", "default"], default=None,
+                   help="describe a randomly initialised reference VLA of this size (default: the bundled policy "
+                        "if it exists, else the 'default' size)")
+    p.add_argument("--policy", default=None, help="'reference' or the folder of a saved policy")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=run)
+
+
+def describe(policy) -> dict:
+    import numpy as np
+
+    from vlaccel.bench.flops import count_flops
+
+    cfg = policy.config
+    modules = {"vision": policy.vision, "projector": policy.projector, "language_model": policy.language_model,
+               "action_head": policy.action_head}
+    if policy.proprio_proj is not None:
+        modules["proprio"] = policy.proprio_proj
+    params = {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()}
+    image = np.zeros((cfg.image_size, cfg.image_size, 3), np.uint8)
+    images = image if cfg.num_cameras == 1 else [image] * cfg.num_cameras
+    total, per_module = count_flops(lambda: policy.predict_action(images, "push the puck to the goal"))
+    # FlopCounterMode names a module called outside any parent forward by its class name.
+    roots = {**{k: type(m).__name__ for k, m in modules.items()}, "action_head": type(policy.action_head.dit).__name__}
+    flops = {k: per_module.get(root, 0) for k, root in roots.items()}
+    return {
+        "parameters": {**params, "total": sum(params.values())},
+        "visual_tokens_per_frame": cfg.visual_tokens,
+        "tokens_per_frame": cfg.tokens_per_frame,
+        "lm": {"layers": cfg.lm_layers, "hidden": cfg.lm_hidden, "heads": cfg.lm_heads, "kv_heads": cfg.lm_kv_heads},
+        "action_head": {"dit_blocks": cfg.dit_depth, "width": cfg.dit_width, "ddim_steps": cfg.inference_steps,
+                        "cfg_scale": cfg.cfg_scale, "chunk": [cfg.action_chunk, cfg.action_dim]},
+        "flops_per_predict_action": {**flops, "total": total},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, load_policy
+    from vlaccel.models.io import WEIGHTS, bundled_dir
+
+    if args.policy:
+        policy, source = load_policy(args.policy), args.policy
+    elif args.preset is None and (bundled_dir("reference") / WEIGHTS).exists():
+        policy, source = load_policy("reference"), "bundled reference policy"
+    else:
+        name = args.preset or "default"
+        policy, source = ReferenceVLA(ReferenceVLAConfig.preset(name)), f"random '{name}' preset"
+    info = {"source": source, **describe(policy)}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"vlaccel info: {source}")
+    table.add_column("module")
+    table.add_column("parameters", justify="right")
+    table.add_column("GFLOPs / predict_action", justify="right")
+    for k, n in info["parameters"].items():
+        table.add_row(k, f"{n / 1e6:.2f} M", f"{info['flops_per_predict_action'].get(k, 0) / 1e9:.3f}")
+    console = Console()
+    console.print(table)
+    console.print(f"tokens per frame: {info['tokens_per_frame']} ({info['visual_tokens_per_frame']} visual + "
+                  f"proprio + cognition); LM {info['lm']}; action head {info['action_head']}")
+    return 0

@@ -1,0 +1,85 @@
+"""Save / load reference policies (safetensors + JSON config) and ``load_policy``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from vlaccel.models.config import ReferenceVLAConfig
+from vlaccel.models.vla import ReferenceVLA
+
+WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "model_card.json"
+BUNDLED = {"reference": "reference"}  # name -> folder under vlaccel/assets
+
+
+def bundled_dir(name: str) -> Path:
+    return Path(str(resources.files("vlaccel") / "assets" / BUNDLED[name]))
+
+
+def save_policy(policy: ReferenceVLA, path: str | Path, card: dict | None = None,
+                storage_dtype: torch.dtype | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (+ ``model_card.json``) into the folder ``path``.
+
+    ``storage_dtype=torch.bfloat16`` halves the file (the bundled checkpoint uses it); loading casts the
+    weights back to the model's float32 parameters, so a reloaded policy computes in float32.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
+    if storage_dtype is not None:
+        state = {k: v.to(storage_dtype) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(path / WEIGHTS), metadata={"format": "pt", "fingerprint": fingerprint(policy)})
+    (path / CONFIG).write_text(policy.config.to_json() + "\n")
+    if card is not None:
+        (path / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    return path
+
+
+def load_reference(path: str | Path) -> ReferenceVLA:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    for name in (WEIGHTS, CONFIG):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{path} is not a saved policy: {name} is missing (save one with vlaccel.save_policy)")
+    config = ReferenceVLAConfig.from_dict(json.loads((path / CONFIG).read_text()))
+    policy = ReferenceVLA(config)
+    missing, unexpected = policy.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path / WEIGHTS} does not match its config: missing={missing[:5]} unexpected={unexpected[:5]}")
+    return policy.eval()
+
+
+def load_policy(name_or_path: str | Path) -> ReferenceVLA:
+    """``load_policy("reference")`` loads the bundled trained policy; ``load_policy(path)`` any saved one."""
+    key = str(name_or_path)
+    if key in BUNDLED:
+        folder = bundled_dir(key)
+        if not (folder / WEIGHTS).exists():
+            raise FileNotFoundError(
+                f"the bundled {key!r} checkpoint is not in this install ({folder}); train one with "
+                "`vlaccel collect && vlaccel train-reference` or pass the path of a saved policy"
+            )
+        return load_reference(folder)
+    path = Path(key)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"unknown policy {key!r}: not a bundled name ({', '.join(sorted(BUNDLED))}) and no such folder"
+        )
+    return load_reference(path)
+
+
+def fingerprint(policy: torch.nn.Module) -> str:
+    """sha256 over parameter names, shapes, dtypes and bytes: identifies the exact weights a gate was trained for."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(policy.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]

@@ -1,0 +1,271 @@
+"""``ReferenceVLA``: a CogACT-shaped Vision-Language-Action policy built from transformers configs.
+
+Pipeline (spec section C; CogACT arXiv 2411.19650 puts the image first, we put the instruction first so
+it can be a protected KV-cache prefix in history mode):
+
+    image(s) --SiglipVisionModel--> patch features --projector--> visual tokens
+    LM input  [<s> instruction][visual tokens][proprio token][<cog>]  --LlamaModel-->  h
+    cognition feature z = h at <cog> (last layer, after the final norm, as CogACT's hidden_states[-1])
+    z --DiT action head (DDIM 10 steps, CFG 1.5)--> action chunk [16, action_dim]
+
+History mode: ``reset(instruction)`` prefills the instruction into a transformers ``Cache``; each
+``step(image)`` appends that observation's ``[visual][proprio][<cog>]`` tokens, so step t attends to the
+instruction and every earlier frame. ``predict_action`` is exactly ``reset`` + one ``step`` on a fresh cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from vlaccel.models.config import ReferenceVLAConfig
+from vlaccel.models.dit import DiffusionActionHead
+from vlaccel.models.tokenizer import BOS, COG, load_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLayout:
+    """Where each segment sits inside the block of tokens the LM is processing *right now*.
+
+    Slices index the sequence dimension of that block (not the whole cache). ``kind`` is ``"prefix"``
+    for the instruction prefill and ``"observation"`` for an observation block.
+    """
+
+    kind: str
+    instruction: slice | None = None
+    visual: slice | None = None
+    cognition: int | None = None
+    length: int = 0
+
+
+class ReferenceVLA(nn.Module):
+    """The bundled reference policy. See the module docstring for the data flow."""
+
+    def __init__(self, config: ReferenceVLAConfig):
+        super().__init__()
+        from transformers import LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
+
+        self.config = config
+        torch.manual_seed(config.init_seed)
+        self.tokenizer = load_tokenizer()
+        if len(self.tokenizer) != config.vocab_size:
+            raise ValueError(f"config.vocab_size={config.vocab_size} but the shipped tokenizer has {len(self.tokenizer)}")
+        self.bos_id = self.tokenizer.convert_tokens_to_ids(BOS)
+        self.cog_id = self.tokenizer.convert_tokens_to_ids(COG)
+        self.vision = SiglipVisionModel(SiglipVisionConfig(
+            hidden_size=config.vision_hidden, intermediate_size=config.vision_intermediate,
+            num_hidden_layers=config.vision_layers, num_attention_heads=config.vision_heads,
+            image_size=config.image_size, patch_size=config.patch_size, num_channels=3, vision_use_head=False,
+        ))
+        self.projector = nn.Sequential(
+            nn.Linear(config.vision_hidden, config.lm_hidden), nn.GELU(), nn.Linear(config.lm_hidden, config.lm_hidden)
+        )
+        self.proprio_proj = nn.Linear(config.proprio_dim, config.lm_hidden) if config.proprio_dim else None
+        self.language_model = LlamaModel(LlamaConfig(
+            vocab_size=config.vocab_size, hidden_size=config.lm_hidden, intermediate_size=config.lm_intermediate,
+            num_hidden_layers=config.lm_layers, num_attention_heads=config.lm_heads,
+            num_key_value_heads=config.lm_kv_heads, max_position_embeddings=config.max_positions,
+            rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+            bos_token_id=self.bos_id, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=None,
+        ))
+        self.action_head = DiffusionActionHead(
+            config.action_dim, config.action_chunk, config.lm_hidden, config.dit_width, config.dit_depth,
+            config.dit_heads, config.dit_mlp_ratio, config.train_timesteps, config.inference_steps, config.cfg_scale,
+        )
+        self.noise_seed: int | None = 0  # fixed initial noise per call -> deterministic policy; None = global RNG
+        # Transformations set these through the adapter, never by editing this class.
+        self.cache_factory: Callable[[], Any] | None = None
+        self.current_layout: TokenLayout | None = None
+        self._reset_hooks: OrderedDict[int, Callable[[], None]] = OrderedDict()  # weak-referenceable for RemovableHandle
+        # History-mode state.
+        self.cache: Any = None
+        self.instruction: str | None = None
+        self.last_cognition: torch.Tensor | None = None
+        self.eval()
+
+    # ------------------------------------------------------------------ hooks for transformations
+    def register_reset_hook(self, fn: Callable[[], None]) -> RemovableHandle:
+        """``fn()`` runs at every ``reset`` (new episode), before the instruction is prefilled."""
+        handle = RemovableHandle(self._reset_hooks)
+        self._reset_hooks[handle.id] = fn
+        return handle
+
+    def make_cache(self) -> Any:
+        """A fresh KV cache for a new episode: ``cache_factory()`` if a technique set one, else ``DynamicCache``."""
+        from transformers import DynamicCache
+
+        return self.cache_factory() if self.cache_factory is not None else DynamicCache(config=self.language_model.config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector[0].weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector[0].weight.dtype
+
+    # ------------------------------------------------------------------ input checking / preprocessing
+    def _check_instruction(self, instruction: Any) -> str:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"instruction must be a non-empty string, got {instruction!r}")
+        return instruction
+
+    def pixels_from_images(self, image: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """uint8 HxWx3 image (or a list of them, one per camera) -> normalised [1, cams, 3, H, W]."""
+        cfg = self.config
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        if len(images) != cfg.num_cameras:
+            raise ValueError(f"expected {cfg.num_cameras} camera image(s), got {len(images)}")
+        want = (cfg.image_size, cfg.image_size, 3)
+        for i, img in enumerate(images):
+            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != want:
+                got = f"{type(img).__name__} {getattr(img, 'dtype', '')} {getattr(img, 'shape', '')}".strip()
+                raise ValueError(
+                    f"camera {i}: expected a uint8 numpy array of shape {want} (H, W, RGB), got {got}; "
+                    f"resize the image to {cfg.image_size}x{cfg.image_size}"
+                )
+        arr = torch.from_numpy(np.stack(images)).to(self.device)  # [cams, H, W, 3] uint8
+        return self.normalize_pixels(arr.unsqueeze(0))
+
+    def normalize_pixels(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """[..., H, W, 3] uint8 -> [..., 3, H, W] in [-1, 1] (SigLIP's mean/std of 0.5)."""
+        x = images_u8.to(self.dtype).movedim(-1, -3) / 255.0
+        return (x - 0.5) / 0.5
+
+    def proprio_tensor(self, proprio: Any, batch: int = 1) -> torch.Tensor | None:
+        p = self.config.proprio_dim
+        if not p:
+            if proprio is not None:
+                raise ValueError("this policy has proprio_dim=0; do not pass proprio")
+            return None
+        if proprio is None:
+            return torch.zeros(batch, p, device=self.device, dtype=self.dtype)
+        t = torch.as_tensor(np.asarray(proprio, dtype=np.float32), device=self.device).to(self.dtype)
+        if t.shape[-1] != p:
+            raise ValueError(f"proprio must have {p} values, got shape {tuple(t.shape)}")
+        return t.reshape(batch, p)
+
+    def instruction_ids(self, instruction: str) -> torch.Tensor:
+        """[1, L]: <s> + BPE ids of the instruction."""
+        ids = [self.bos_id] + self.tokenizer(self._check_instruction(instruction)).input_ids
+        return torch.tensor([ids], device=self.device)
+
+    # ------------------------------------------------------------------ embeddings
+    def embed_observation(self, pixels: torch.Tensor, proprio: torch.Tensor | None) -> torch.Tensor:
+        """pixels [B, cams, 3, H, W], proprio [B, P] -> observation tokens [B, n_obs, D]."""
+        b, cams = pixels.shape[:2]
+        feats = self.vision(pixel_values=pixels.flatten(0, 1)).last_hidden_state  # [B*cams, N, Dv]
+        visual = self.projector(feats).reshape(b, cams * feats.shape[1], -1)  # [B, cams*N, D]
+        parts = [visual]
+        if self.proprio_proj is not None:
+            parts.append(self.proprio_proj(proprio).unsqueeze(1))  # [B, 1, D]
+        cog = self.language_model.embed_tokens(torch.full((b, 1), self.cog_id, device=pixels.device))
+        parts.append(cog)  # [B, 1, D]
+        return torch.cat(parts, dim=1)
+
+    def observation_layout(self, offset: int = 0) -> TokenLayout:
+        n_vis, n = self.config.visual_tokens, self.config.tokens_per_frame
+        return TokenLayout("observation", visual=slice(offset, offset + n_vis), cognition=offset + n - 1,
+                           length=offset + n)
+
+    # ------------------------------------------------------------------ language model
+    def run_language_model(self, embeds: torch.Tensor, layout: TokenLayout, cache: Any,
+                           attention_mask: torch.Tensor | None = None,
+                           position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """One LM forward over ``embeds`` [B, T, D] appended to ``cache``; returns last hidden [B, T', D].
+
+        T' may be smaller than T when a transformation drops tokens inside the LM; the cognition
+        token is always last. Positions are logical: ``cache.get_seq_length()`` counts every token seen.
+        """
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            position_ids = torch.arange(past, past + embeds.shape[1], device=embeds.device).unsqueeze(0)
+        self.current_layout = layout
+        try:
+            out = self.language_model(
+                inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                past_key_values=cache, use_cache=cache is not None,
+            )
+        finally:
+            self.current_layout = None
+        return out.last_hidden_state
+
+    # ------------------------------------------------------------------ history mode
+    @torch.no_grad()
+    def reset(self, instruction: str, cache: Any = None) -> None:
+        """Start an episode: new KV cache (``cache`` if given), run reset hooks, prefill the instruction."""
+        ids = self.instruction_ids(instruction)
+        for fn in list(self._reset_hooks.values()):
+            fn()
+        self.cache = cache if cache is not None else self.make_cache()
+        self.instruction = instruction
+        embeds = self.language_model.embed_tokens(ids)  # [1, L, D]
+        layout = TokenLayout("prefix", instruction=slice(0, ids.shape[1]), length=ids.shape[1])
+        self.run_language_model(embeds, layout, self.cache)
+
+    @torch.no_grad()
+    def step(self, image: np.ndarray | Sequence[np.ndarray], proprio: Any = None) -> np.ndarray:
+        """Append one observation to the episode's KV cache and return its action chunk [chunk, action_dim]."""
+        if self.cache is None:
+            raise RuntimeError("call policy.reset(instruction) before policy.step(image)")
+        pixels = self.pixels_from_images(image)
+        embeds = self.embed_observation(pixels, self.proprio_tensor(proprio))  # [1, n_obs, D]
+        hidden = self.run_language_model(embeds, self.observation_layout(), self.cache)
+        z = hidden[:, -1]  # [1, D] cognition feature
+        self.last_cognition = z.float().clone()
+        return self.sample_actions(z)[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def predict_action(self, image: np.ndarray | Sequence[np.ndarray], instruction: str,
+                       proprio: Any = None) -> np.ndarray:
+        """One observation, no history: ``reset(instruction)`` + ``step(image)`` on a fresh cache."""
+        self._check_instruction(instruction)
+        self.pixels_from_images(image)  # validate before touching any state
+        self.reset(instruction)
+        return self.step(image, proprio)
+
+    def sample_actions(self, z: torch.Tensor) -> torch.Tensor:
+        """Cognition features [B, D] -> actions [B, chunk, A] (DDIM + CFG), reproducible via ``noise_seed``."""
+        gen = None
+        if self.noise_seed is not None:
+            gen = torch.Generator(device=z.device).manual_seed(self.noise_seed)
+        return self.action_head.sample(z, generator=gen)
+
+    # ------------------------------------------------------------------ whole-history forward (training)
+    def history_cognition(self, instr_ids: torch.Tensor, instr_mask: torch.Tensor, pixels: torch.Tensor,
+                          proprio: torch.Tensor | None) -> torch.Tensor:
+        """Cognition features of every frame of a history, from one LM forward over the whole sequence.
+
+        instr_ids/instr_mask: [B, L] left-padded (pads masked out, positions start at the first real token);
+        pixels: [B, F, cams, 3, H, W]; proprio: [B, F, P] -> z: [B, F, D]. This is the computation history
+        mode performs incrementally; with B = 1 the two agree (tested).
+        """
+        b, f = pixels.shape[:2]
+        n = self.config.tokens_per_frame
+        if proprio is None and self.config.proprio_dim:
+            proprio = pixels.new_zeros(b, f, self.config.proprio_dim)
+        obs = self.embed_observation(pixels.flatten(0, 1), None if proprio is None else proprio.flatten(0, 1))
+        obs = obs.reshape(b, f * n, -1)  # [B, F*n, D]
+        embeds = torch.cat([self.language_model.embed_tokens(instr_ids), obs], dim=1)  # [B, L+F*n, D]
+        mask = torch.cat([instr_mask, instr_mask.new_ones(b, f * n)], dim=1)  # [B, L+F*n]
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        layout = TokenLayout("history", instruction=slice(0, instr_ids.shape[1]), length=embeds.shape[1])
+        hidden = self.run_language_model(embeds, layout, cache=None, attention_mask=mask, position_ids=position_ids)
+        cog_pos = instr_ids.shape[1] + torch.arange(f, device=hidden.device) * n + n - 1  # [F]
+        return hidden[:, cog_pos]  # [B, F, D]
+
+    def batch_instruction_ids(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded [B, L] ids and mask for a batch of instructions (each starts with <s>)."""
+        seqs = [[self.bos_id] + self.tokenizer(self._check_instruction(s)).input_ids for s in instructions]
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+        return ids, mask

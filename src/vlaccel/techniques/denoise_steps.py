@@ -1,0 +1,49 @@
+"""``DenoiseStepsConfig``: run the diffusion action head with fewer DDIM steps.
+
+The simplest action-head acceleration and the baseline any head cache should beat: DDIM (Song et al.,
+arXiv 2010.02502) with S' < S steps skips whole DiT evaluations instead of reusing features.
+Neutral when ``steps`` equals the policy's own step count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from vlaccel.config import TechniqueConfig, register_handler
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiseStepsConfig(TechniqueConfig):
+    steps: int = 10
+
+    name = "denoise_steps"
+    order = 80
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"DenoiseStepsConfig.steps must be an integer >= 1, got {self.steps!r}")
+
+    def is_neutral(self, model: Any) -> bool:
+        from vlaccel.adapters import get_adapter
+
+        return get_adapter(model).inference_steps(model) == self.steps
+
+
+class _Applied:
+    def __init__(self, model: Any, adapter: Any, previous: int):
+        self.model, self.adapter, self.previous = model, adapter, previous
+
+    def remove(self) -> None:
+        self.adapter.set_inference_steps(self.model, self.previous)
+
+
+@register_handler(DenoiseStepsConfig)
+class DenoiseStepsHandler:
+    def validate(self, model: Any, config: DenoiseStepsConfig, adapter: Any) -> None:
+        adapter.inference_steps(model)  # raises if the model has no diffusion head
+
+    def apply(self, model: Any, config: DenoiseStepsConfig, adapter: Any) -> _Applied:
+        previous = adapter.inference_steps(model)
+        adapter.set_inference_steps(model, config.steps)
+        return _Applied(model, adapter, previous)

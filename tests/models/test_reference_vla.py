@@ -1,0 +1,154 @@
+"""Reference VLA: history mode == full recompute, save/load round trip, determinism, input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vlaccel
+from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, load_reference, save_policy
+
+HISTORY_ATOL = 1e-5  # incremental KV-cache decode vs one forward over the whole history (SDPA reductions differ)
+INSTR = "reach the goal you saw at the start"
+
+
+def test_tiny_preset_shapes(tiny_policy, frames):
+    cfg = tiny_policy.config
+    actions = tiny_policy.predict_action(frames[0], INSTR, [0, 0, 0, 0])
+    assert actions.shape == (cfg.action_chunk, cfg.action_dim) and actions.dtype == np.float32
+    assert np.isfinite(actions).all() and np.abs(actions).max() <= 1.0
+
+
+def test_default_preset_meets_issue_sizes():
+    cfg = ReferenceVLAConfig.default()
+    assert cfg.visual_tokens >= 64 and cfg.lm_layers >= 8 and cfg.dit_depth >= 4
+    assert cfg.action_chunk == 16 and cfg.inference_steps == 10 and cfg.cfg_scale == 1.5
+
+
+def test_history_mode_matches_full_recompute(tiny_policy, frames):
+    """step-by-step KV cache == recomputing the whole history from scratch (cognition and actions)."""
+    policy = tiny_policy
+    proprio = np.random.default_rng(0).normal(size=(len(frames), 4)).astype(np.float32)
+    policy.reset(INSTR)
+    step_z, step_actions = [], []
+    for f, p in zip(frames, proprio):
+        step_actions.append(policy.step(f, p))
+        step_z.append(policy.last_cognition)
+    assert policy.cache.get_seq_length() == policy.instruction_ids(INSTR).shape[1] + len(frames) * policy.config.tokens_per_frame
+
+    ids, mask = policy.batch_instruction_ids([INSTR])
+    pixels = torch.stack([policy.pixels_from_images(f)[0] for f in frames]).unsqueeze(0)  # [1, F, cams, 3, H, W]
+    with torch.no_grad():
+        full_z = policy.history_cognition(ids, mask, pixels, torch.from_numpy(proprio).unsqueeze(0))[0]  # [F, D]
+    for t in range(len(frames)):
+        torch.testing.assert_close(step_z[t][0], full_z[t], atol=HISTORY_ATOL, rtol=0)
+        recomputed = policy.sample_actions(full_z[t : t + 1])[0].numpy()
+        np.testing.assert_allclose(step_actions[t], recomputed, atol=HISTORY_ATOL, rtol=0)
+    # and history matters: the last frame's cognition differs from a no-history prediction of that frame
+    policy.predict_action(frames[-1], INSTR, proprio[-1])
+    assert not torch.allclose(policy.last_cognition, step_z[-1], atol=1e-3)
+
+
+def test_left_padded_batch_matches_single(tiny_policy, frames):
+    """Batched training forward with left-padded instructions == unpadded single sequences."""
+    policy = tiny_policy
+    instrs = ["go", INSTR]
+    ids, mask = policy.batch_instruction_ids(instrs)
+    pixels = torch.stack([policy.pixels_from_images(f)[0] for f in frames[:3]])  # [F, cams, 3, H, W]
+    pixels = torch.stack([pixels, pixels.flip(0)])  # [2, F, ...]
+    with torch.no_grad():
+        batched = policy.history_cognition(ids, mask, pixels, None)
+        for i, s in enumerate(instrs):
+            one_ids, one_mask = policy.batch_instruction_ids([s])
+            single = policy.history_cognition(one_ids, one_mask, pixels[i : i + 1], None)[0]
+            torch.testing.assert_close(batched[i], single, atol=HISTORY_ATOL, rtol=0)
+
+
+def test_same_seed_same_actions_and_seed_matters(tiny_policy, frames):
+    a = tiny_policy.predict_action(frames[0], INSTR)
+    b = tiny_policy.predict_action(frames[0], INSTR)
+    np.testing.assert_array_equal(a, b)
+    tiny_policy.noise_seed = 1
+    assert not np.array_equal(tiny_policy.predict_action(frames[0], INSTR), a)
+
+
+def test_save_load_round_trip_is_bit_identical(tiny_policy, frames, tmp_path):
+    before = tiny_policy.predict_action(frames[0], INSTR)
+    save_policy(tiny_policy, tmp_path / "p")
+    loaded = vlaccel.load_policy(tmp_path / "p")
+    for (k, v), (k2, v2) in zip(tiny_policy.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    np.testing.assert_array_equal(loaded.predict_action(frames[0], INSTR), before)
+    assert vlaccel.fingerprint(loaded) == vlaccel.fingerprint(tiny_policy)
+
+
+def test_bf16_storage_round_trip(tiny_policy, frames, tmp_path):
+    save_policy(tiny_policy, tmp_path / "a", storage_dtype=torch.bfloat16)
+    once = load_reference(tmp_path / "a")
+    assert once.projector[0].weight.dtype == torch.float32
+    torch.testing.assert_close(once.projector[0].weight, tiny_policy.projector[0].weight.bfloat16().float(), atol=0, rtol=0)
+    save_policy(once, tmp_path / "b", storage_dtype=torch.bfloat16)  # bf16 values survive a second trip exactly
+    twice = load_reference(tmp_path / "b")
+    np.testing.assert_array_equal(once.predict_action(frames[0], INSTR), twice.predict_action(frames[0], INSTR))
+
+
+def test_fingerprint_changes_with_weights(tiny_policy):
+    fp = vlaccel.fingerprint(tiny_policy)
+    with torch.no_grad():
+        tiny_policy.projector[0].bias[0] += 1e-3
+    assert vlaccel.fingerprint(tiny_policy) != fp
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        (np.zeros((16, 16, 3), np.uint8), r"shape \(32, 32, 3\)"),
+        (np.zeros((32, 32, 3), np.float32), "uint8"),
+        (np.zeros((32, 32), np.uint8), r"\(H, W, RGB\)"),
+        ([np.zeros((32, 32, 3), np.uint8)] * 2, "expected 1 camera"),
+    ],
+)
+def test_bad_image_gives_clear_error(tiny_policy, image, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_policy.predict_action(image, INSTR)
+
+
+@pytest.mark.parametrize("instruction", ["", "   ", None])
+def test_empty_instruction_gives_clear_error(tiny_policy, frames, instruction):
+    with pytest.raises(ValueError, match="instruction must be a non-empty string"):
+        tiny_policy.predict_action(frames[0], instruction)
+
+
+def test_step_before_reset_and_bad_proprio(tiny_policy, frames):
+    with pytest.raises(RuntimeError, match="reset"):
+        tiny_policy.step(frames[0])
+    with pytest.raises(ValueError, match="proprio must have 4 values"):
+        tiny_policy.predict_action(frames[0], INSTR, [1.0, 2.0])
+
+
+def test_unknown_policy_name_gives_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="unknown policy 'nope'"):
+        vlaccel.load_policy("nope")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
+        vlaccel.load_policy(tmp_path / "x")
+
+
+def test_any_cache_can_be_passed(tiny_policy, frames):
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=tiny_policy.language_model.config)
+    tiny_policy.reset(INSTR, cache=cache)
+    tiny_policy.step(frames[0])
+    assert tiny_policy.cache is cache and cache.get_seq_length() > tiny_policy.config.tokens_per_frame
+
+
+def test_config_validation_and_json():
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        ReferenceVLAConfig(image_size=100, patch_size=16)
+    with pytest.raises(ValueError, match="unknown reference preset"):
+        ReferenceVLAConfig.preset("huge")
+    cfg = ReferenceVLAConfig.tiny()
+    assert ReferenceVLAConfig.from_dict(cfg.to_dict()) == cfg
+    assert isinstance(ReferenceVLA(cfg), ReferenceVLA)
