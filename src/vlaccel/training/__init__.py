@@ -1,0 +1,1 @@
+"""Training the reference policy on simulator demonstrations (``vlaccel train-reference``)."""

@@ -1,0 +1,73 @@
+"""History batches from demonstrations: whole-episode prefixes, as history mode sees them at inference.
+
+A sample is one demo truncated to ``h`` frames (h random in [1, F], so every history length occurs); every
+frame's cognition position gets a diffusion loss on the 16 env-step actions that follow it. Frames after
+``h`` (padding to the longest sample in the batch) are masked out of the loss; attention is causal, so
+padding at the end cannot change earlier positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+
+@dataclasses.dataclass
+class HistoryBatch:
+    instructions: list[str]
+    images: torch.Tensor  # [B, F, H, W, 3] uint8
+    proprio: torch.Tensor  # [B, F, P] float32
+    actions: torch.Tensor  # [B, F, chunk, A] float32
+    action_mask: torch.Tensor  # [B, F, chunk] float32 (0 past the episode end or past the sample's h)
+
+
+def action_chunk(actions: np.ndarray, start: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """actions [T, A] -> (actions[start:start+chunk] zero-padded [chunk, A], valid mask [chunk])."""
+    out = np.zeros((chunk, actions.shape[1]), np.float32)
+    part = actions[start : start + chunk]
+    out[: len(part)] = part
+    mask = np.zeros(chunk, np.float32)
+    mask[: len(part)] = 1.0
+    return out, mask
+
+
+def sample_batch(demos: list, batch_size: int, chunk: int, rng: np.random.Generator,
+                 max_frames: int | None = None) -> HistoryBatch:
+    picks = [demos[i] for i in rng.integers(0, len(demos), batch_size)]
+    lengths = []
+    for d in picks:
+        f = len(d.images) if max_frames is None else min(len(d.images), max_frames)
+        lengths.append(int(rng.integers(1, f + 1)))
+    width = max(lengths)
+    h, w = picks[0].images.shape[1:3]
+    a_dim = picks[0].actions.shape[1]
+    images = np.zeros((batch_size, width, h, w, 3), np.uint8)
+    proprio = np.zeros((batch_size, width, picks[0].states.shape[1]), np.float32)
+    actions = np.zeros((batch_size, width, chunk, a_dim), np.float32)
+    mask = np.zeros((batch_size, width, chunk), np.float32)
+    for b, (d, n) in enumerate(zip(picks, lengths)):
+        images[b, :n] = d.images[:n]
+        images[b, n:] = d.images[n - 1]  # padding frames (masked out of the loss)
+        proprio[b, :n] = d.states[:n]
+        for k in range(n):
+            actions[b, k], mask[b, k] = action_chunk(d.actions, k * int(d.frame_every), chunk)
+    return HistoryBatch([d.instruction for d in picks], torch.from_numpy(images), torch.from_numpy(proprio),
+                        torch.from_numpy(actions), torch.from_numpy(mask))
+
+
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """DrQ-style augmentation: replicate-pad by ``pad`` px and crop back at a random offset per sequence.
+
+    images [B, F, H, W, 3] uint8; the same shift for every frame of a sequence (the camera does not move
+    within an episode).
+    """
+    if pad == 0:
+        return images
+    b, f, h, w, c = images.shape
+    x = images.permute(0, 1, 4, 2, 3).reshape(b, f * c, h, w).float()
+    x = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    offs = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
+    out = torch.stack([x[i, :, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(offs.tolist())])
+    return out.reshape(b, f, c, h, w).permute(0, 1, 3, 4, 2).round().to(torch.uint8)

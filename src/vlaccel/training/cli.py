@@ -1,0 +1,39 @@
+"""``vlaccel train-reference``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from vlaccel.training.reference import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train-reference", help="train the reference VLA on simulator demos (resumable)")
+    p.add_argument("--data", default=d.data, help="folder of demos from `vlaccel collect`")
+    p.add_argument("--run-dir", default=d.run_dir, help="checkpoints (resumes from here if one exists)")
+    p.add_argument("--out", default=d.out, help="where the trained policy is saved (safetensors + JSON)")
+    p.add_argument("--preset", default=d.preset, choices=["tiny", "default"])
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--minutes", type=float, default=None, help="wall-time budget; saves when reached")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-frames", type=int, default=None, help="cap history length per sample")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--repeat", type=int, default=d.repeat, help="noise draws per cognition feature")
+    p.add_argument("--shift-pad", type=int, default=d.shift_pad, help="random-shift augmentation (px)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--tasks", nargs="*", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlaccel.training.reference import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    train(cfg)
+    return 0

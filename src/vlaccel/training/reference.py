@@ -1,0 +1,161 @@
+"""``vlaccel train-reference``: behaviour cloning of the reference VLA on scripted Meta-World demos.
+
+Loss (CogACT): epsilon-MSE of the DiT head at every frame's cognition position of a whole-history
+forward, with ``repeat`` noise draws per position (CogACT's repeated diffusion steps) and CFG dropout of
+the condition. Checkpoints every ``--checkpoint-every`` steps into ``--run-dir`` and resumes from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, save_policy
+from vlaccel.training.batches import random_shift, sample_batch
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str = "data/demos"
+    run_dir: str = "runs/reference"
+    out: str = "src/vlaccel/assets/reference"
+    preset: str = "default"
+    steps: int = 3000
+    minutes: float | None = None  # stop early when this much wall time has passed (then save)
+    batch_size: int = 4
+    max_frames: int | None = None
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: int = 100
+    repeat: int = 4
+    shift_pad: int = 4
+    bf16: bool = True
+    checkpoint_every: int = 200
+    seed: int = 0
+    tasks: list[str] | None = None
+    threads: int | None = None
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    images = random_shift(batch.images, cfg.shift_pad, gen)
+    pixels = policy.normalize_pixels(images).unsqueeze(2)  # [B, F, cams=1, 3, H, W]
+    ids, mask = policy.batch_instruction_ids(batch.instructions)
+    z = policy.history_cognition(ids, mask, pixels, batch.proprio)  # [B, F, D]
+    valid = batch.action_mask.sum(-1) > 0  # [B, F]
+    z, actions, amask = z[valid], batch.actions[valid], batch.action_mask[valid]  # [N, D], [N, chunk, A], [N, chunk]
+    r = cfg.repeat
+    z = z.float().repeat(r, 1)
+    return policy.action_head.training_loss(z, actions.repeat(r, 1, 1), amask.repeat(r, 1),
+                                            cfg_dropout=policy.config.cfg_dropout)
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    from vlaccel.sim.data import load_demos
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    demos = load_demos(cfg.data, tasks=cfg.tasks)
+    if not demos:
+        raise FileNotFoundError(f"no demonstrations in {cfg.data}; create them with `vlaccel collect --out {cfg.data}`")
+    tasks = sorted({d.task for d in demos})
+    policy = ReferenceVLA(ReferenceVLAConfig.preset(cfg.preset))
+    if policy.config.image_size != demos[0].images.shape[1]:
+        raise ValueError(f"demos are {demos[0].images.shape[1]} px but the {cfg.preset!r} preset expects "
+                         f"{policy.config.image_size} px; collect with --image-size {policy.config.image_size}")
+    policy.train()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    step, history = 0, []
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        policy.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, history = ckpt["step"], ckpt["history"]
+        rng.bit_generator.state = ckpt["numpy_rng"]
+        gen.set_state(ckpt["torch_gen"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        log(f"resumed from {ckpt_path} at step {step}")
+
+    def save_checkpoint() -> None:
+        torch.save({"model": policy.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
+                    "numpy_rng": rng.bit_generator.state, "torch_gen": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(), "train_config": dataclasses.asdict(cfg)}, ckpt_path)
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    t0, ema = time.time(), None
+    with Progress(TextColumn("train-reference"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task("train", total=cfg.steps, completed=step, loss="-")
+        while step < cfg.steps:
+            if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
+                log(f"time budget of {cfg.minutes} min reached at step {step}")
+                break
+            batch = sample_batch(demos, cfg.batch_size, policy.config.action_chunk, rng, cfg.max_frames)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = batch_loss(policy, batch, cfg, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+            if step % 20 == 0:
+                history.append({"step": step, "loss_ema": round(ema, 5), "seconds": round(time.time() - t0, 1)})
+            bar.update(task, completed=step, loss=f"{ema:.4f}")
+            if step % cfg.checkpoint_every == 0:
+                save_checkpoint()
+    save_checkpoint()
+    policy.eval()
+    card = {
+        "model": "vlaccel ReferenceVLA", "preset": cfg.preset, "tasks": tasks,
+        "data": {"dir": cfg.data, "episodes": len(demos), "frames": int(sum(len(d.images) for d in demos)),
+                 "frame_every": int(demos[0].frame_every)},
+        "training": {**dataclasses.asdict(cfg), "steps_done": step, "final_loss_ema": ema,
+                     "loss_curve": history[-50:]},
+        "command": "vlaccel train-reference " + _cli_args(cfg),
+        "storage_dtype": "bfloat16",
+    }
+    out = save_policy(policy, cfg.out, card=card, storage_dtype=torch.bfloat16)
+    log(f"saved policy to {out} (steps {step}, loss_ema {ema})")
+    return card
+
+
+def _cli_args(cfg: TrainConfig) -> str:
+    defaults = TrainConfig()
+    parts = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if v != getattr(defaults, f.name):
+            flag = "--" + f.name.replace("_", "-")
+            parts.append(flag + ("" if v is True else " " + (" ".join(v) if isinstance(v, list) else str(v))))
+    return " ".join(parts)
+
+
+def write_card_success(out: str | Path, summary: dict, command: str) -> None:
+    """Record closed-loop success (from ``vlaccel eval`` output) in the model card."""
+    path = Path(out) / "model_card.json"
+    card = json.loads(path.read_text())
+    card["evaluation"] = {"command": command, "summary": summary}
+    path.write_text(json.dumps(card, indent=2) + "\n")
