@@ -40,3 +40,14 @@ def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
         fn()
     per_module = {k: int(sum(v.values())) for k, v in counter.get_flop_counts().items()}
     return int(counter.get_total_flops()), per_module
+
+
+def flops_by_module(modules: dict[str, Any], fn: Callable[[], Any]) -> dict[str, int]:
+    """FLOPs of ``fn()``: ``total`` plus the share of each named top-level module of ``modules``.
+
+    FlopCounterMode names a module called outside any parent forward by its class name, so each entry of
+    ``modules`` (name -> nn.Module, e.g. ``{"vision": policy.vision}``) is looked up by its class name.
+    """
+    total, per_module = count_flops(fn)
+    out = {name: per_module.get(type(m).__name__, 0) for name, m in modules.items()}
+    return {**out, "total": total}

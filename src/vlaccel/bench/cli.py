@@ -1,0 +1,92 @@
+"""``vlaccel bench``: speed, FLOPs, memory and fidelity of every preset against the unaccelerated policy."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="speedup, FLOPs, KV memory and fidelity of presets vs the baseline policy",
+                       description=__doc__)
+    p.add_argument("--policy", default=None, help="'reference' (bundled) or the folder of a saved policy")
+    p.add_argument("--preset-model", choices=["tiny", "default"], default=None,
+                   help="benchmark a random-weight reference VLA of this size (default: the bundled reference "
+                        "policy if it exists, else a random 'default'-size one)")
+    p.add_argument("--preset", nargs="+", default=None, metavar="NAME",
+                   help="presets to measure (default: every registered one; see `vlaccel.presets.names()`)")
+    p.add_argument("--history", action="store_true",
+                   help="also run the history study: per-step latency and KV bytes vs episode length, full "
+                        "cache vs KV-Efficient settings and the presets")
+    p.add_argument("--history-lengths", type=int, nargs="+", default=None, metavar="N",
+                   help="history lengths in control steps (default: 1 2 4 ... 256)")
+    p.add_argument("--history-repeats", type=int, default=1, help="lockstep episodes to take medians over")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the result as one JSON object ('-' = stdout)")
+    p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots into this folder")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"torch intra-op threads (default: all {os.cpu_count()} cores)")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per policy (median; default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up rounds (default 3)")
+    p.add_argument("--samples", type=int, default=16, help="observations for the fidelity metrics (default 16)")
+    p.add_argument("--demos", default="data/demos", help="recorded demos for fidelity (default: data/demos)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vlaccel.bench import harness, report
+    from vlaccel.bench.history import DEFAULT_LENGTHS
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but torch.cuda.is_available() is False (CPU-only torch?)")
+    threads = args.threads or os.cpu_count() or 1
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    options = harness.BenchOptions(
+        repeats=args.repeats, warmup=args.warmup, device=args.device, fidelity_samples=args.samples,
+        demos_dir=args.demos, history=args.history,
+        history_lengths=tuple(args.history_lengths or DEFAULT_LENGTHS), history_repeats=args.history_repeats,
+    )
+    to_stdout = args.json == "-"
+    console = Console(stderr=to_stdout)
+    if not console.is_terminal:
+        console.width = max(console.width, 150)  # logs and docs: keep the wide tables unwrapped
+    policy, source = harness.resolve_policy(args.policy, args.preset_model)
+    presets = args.preset or harness.default_presets()
+    console.print(f"policy: {source}; torch threads: {torch.get_num_threads()}; device: {args.device}; "
+                  f"presets: {', '.join(presets)}")
+
+    class _RichProgress(harness.Progress):
+        def __init__(self, bar: Progress):
+            self.bar = bar
+
+        def task(self, description: str, total: int):
+            tid = self.bar.add_task(description, total=total)
+            return lambda: self.bar.advance(tid)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        result = harness.run_benchmark(policy, presets, options, source, _RichProgress(bar))
+    result["targets"] = report.check_targets(result)
+    report.print_report(result, console)
+    if args.plot:
+        paths = [report.plot_presets(result, args.plot)] if result["presets"] else []
+        if "history" in result:
+            paths.append(report.plot_history(result, args.plot))
+        console.print("plots: " + ", ".join(str(p) for p in paths))
+    if args.json:
+        text = report.dumps(result)
+        if to_stdout:
+            sys.stdout.write(text + "\n")
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+            console.print(f"JSON: {args.json}")
+    return 0

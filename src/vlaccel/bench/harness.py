@@ -1,0 +1,241 @@
+"""The benchmark: every preset against the unaccelerated policy, for speed, FLOPs, memory and fidelity.
+
+For each preset the policy is deep-copied and the preset applied to the copy, so baseline and
+accelerated policy live side by side in one process and are timed alternately (``latency``). FLOPs use
+``FlopCounterMode`` with the CPU SDPA formula (``flops``); fidelity compares action chunks and cognition
+features on recorded observations (``fidelity``). ``--history`` adds the KV-cache scaling study
+(``history``). The result is one JSON-ready dict; ``report`` renders it for people.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import os
+import platform
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from vlaccel.bench.fidelity import compare_policies, load_observations
+from vlaccel.bench.flops import flops_by_module
+from vlaccel.bench.history import DEFAULT_LENGTHS, history_scaling
+from vlaccel.bench.latency import MODULES, ModuleTimer, Subject, policy_modules, ratio, time_alternating
+from vlaccel.bench.memory import count_parameters
+
+__all__ = [
+    "BenchOptions",
+    "Progress",
+    "bench_preset",
+    "default_presets",
+    "environment",
+    "kv_settings",
+    "resolve_policy",
+    "run_benchmark",
+]
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    repeats: int = 20  # timed calls per subject (median)
+    warmup: int = 3  # untimed rounds first
+    device: str = "cpu"
+    fidelity_samples: int = 16  # observations for action / cognition fidelity
+    demos_dir: str = "data/demos"
+    history: bool = False
+    history_lengths: Sequence[int] = DEFAULT_LENGTHS
+    history_repeats: int = 1
+    history_window: int = 4  # per-step latency at N = median of steps N-window+1..N
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.warmup < 0 or self.fidelity_samples < 1:
+            raise ValueError("repeats and fidelity_samples must be >= 1 and warmup >= 0 "
+                             f"(got {self.repeats}, {self.fidelity_samples}, {self.warmup})")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+
+class Progress:
+    """Progress sink: ``task(description, total)`` returns an ``advance()`` callable. This one is silent."""
+
+    def task(self, description: str, total: int) -> Callable[[], None]:
+        return lambda: None
+
+
+def resolve_policy(policy: str | None = None, preset_model: str | None = None) -> tuple[Any, str]:
+    """(policy, source label): a named/saved policy, a random ``tiny``/``default`` one, or by default the
+    bundled reference if it exists, else a random ``default``-size ReferenceVLA."""
+    from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, load_policy
+    from vlaccel.models.io import WEIGHTS, bundled_dir
+
+    if policy and preset_model:
+        raise ValueError("pass either --policy or --preset-model, not both")
+    if policy:
+        return load_policy(policy), f"policy {policy!r}"
+    if preset_model is None and (bundled_dir("reference") / WEIGHTS).exists():
+        return load_policy("reference"), "bundled reference policy (trained)"
+    name = preset_model or "default"
+    note = "" if preset_model else " (no bundled reference checkpoint found)"
+    return ReferenceVLA(ReferenceVLAConfig.preset(name)), f"random-weight '{name}' ReferenceVLA{note}"
+
+
+def environment(device: str = "cpu") -> dict[str, Any]:
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    env = {"machine": platform.machine(), "cpu": cpu, "cpu_count": os.cpu_count(),
+           "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def _is_kv_config(cfg: Any) -> bool:
+    return type(cfg).__name__ == "KVEfficientConfig" or type(cfg).__module__.startswith(
+        "vlaccel.techniques.kv_efficient")
+
+
+def default_presets() -> list[str]:
+    """Every registered preset except the baseline ("none") and cache-only ones (which only act in history
+    mode; they are measured by ``--history``)."""
+    import vlaccel
+
+    out = []
+    for name in vlaccel.presets.names():
+        if name == "none":
+            continue
+        configs = vlaccel.presets.get(name)
+        if configs and all(_is_kv_config(c) for c in configs):
+            continue
+        out.append(name)
+    return out
+
+
+def kv_settings() -> tuple[dict[str, list[Any]], str | None]:
+    """History-mode cache settings from the KV-Efficient module: (name -> configs, note if unavailable).
+
+    Looks for ``benchmark_settings()`` in ``vlaccel.techniques.kv_efficient`` (the KV-Efficient cache and
+    its retention baselines, each a list of configs); falls back to the registered presets made only of
+    KV-Efficient configs.
+    """
+    import vlaccel
+
+    try:
+        module = importlib.import_module("vlaccel.techniques.kv_efficient")
+    except ModuleNotFoundError as err:
+        if err.name and "kv_efficient" in err.name:
+            return {}, "KV-Efficient module not available: the history study compares the full cache and presets only"
+        raise
+    fn = getattr(module, "benchmark_settings", None)
+    if callable(fn):
+        return {name: list(cfgs) for name, cfgs in fn().items()}, None
+    settings = {}
+    for name in vlaccel.presets.names():
+        configs = vlaccel.presets.get(name)
+        if configs and all(_is_kv_config(c) for c in configs):
+            settings[name] = configs
+    if not settings:
+        return {}, "vlaccel.techniques.kv_efficient has no benchmark_settings() and no KV preset"
+    return settings, None
+
+
+def bench_preset(policy: Any, name: str, configs: Sequence[Any], observations: Sequence[Any],
+                 options: BenchOptions, baseline_flops: dict[str, int] | None = None,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Speed, FLOPs, parameters and fidelity of ``configs`` applied to a copy of ``policy``."""
+    import vlaccel
+
+    progress = progress or Progress()
+    accelerated = copy.deepcopy(policy)
+    handle = vlaccel.apply(accelerated, *configs) if configs else None
+    try:
+        obs = observations[0]
+
+        def call(p: Any) -> Callable[[], Any]:
+            return lambda: p.predict_action(obs.image, obs.instruction, obs.proprio)
+
+        with ModuleTimer(policy_modules(policy), options.device) as t_base, \
+                ModuleTimer(policy_modules(accelerated), options.device) as t_acc:
+            advance = progress.task(f"{name}: latency", 2 * options.repeats)
+            samples, _ = time_alternating(
+                [Subject("baseline", call(policy), t_base), Subject("accelerated", call(accelerated), t_acc)],
+                repeats=options.repeats, warmup=options.warmup, device=options.device, on_call=advance)
+        base, acc = samples["baseline"].median(), samples["accelerated"].median()
+
+        if baseline_flops is None:
+            baseline_flops = flops_by_module(policy_modules(policy), call(policy))
+        acc_flops = flops_by_module(policy_modules(accelerated), call(accelerated))
+
+        advance = progress.task(f"{name}: fidelity", 1)
+        fidelity = compare_policies(policy, accelerated, list(observations))
+        advance()
+    finally:
+        if handle is not None:
+            handle.remove()
+    return {
+        "configs": [c.to_dict() for c in configs],
+        "speedup_e2e": ratio(base["e2e"], acc["e2e"]),
+        "speedup_by_module": {m: ratio(base["modules"][m], acc["modules"][m]) for m in MODULES},
+        "latency_ms": {
+            "baseline": {"e2e": 1e3 * base["e2e"], **{m: 1e3 * base["modules"][m] for m in MODULES}},
+            "accelerated": {"e2e": 1e3 * acc["e2e"], **{m: 1e3 * acc["modules"][m] for m in MODULES}},
+        },
+        "flops_fraction": ratio(acc_flops["total"], baseline_flops["total"]),
+        "flops_fraction_by_module": {m: ratio(acc_flops[m], baseline_flops[m]) for m in MODULES},
+        "gflops": {"baseline": baseline_flops["total"] / 1e9, "accelerated": acc_flops["total"] / 1e9},
+        "params_fraction": ratio(count_parameters(accelerated), count_parameters(policy)),
+        **fidelity,
+    }
+
+
+def run_benchmark(policy: Any, presets: Sequence[str] | None = None, options: BenchOptions | None = None,
+                  source: str = "", progress: Progress | None = None) -> dict[str, Any]:
+    """The whole benchmark as one JSON-ready dict (see docs/benchmarks.md for the keys)."""
+    import vlaccel
+
+    options = options or BenchOptions()
+    progress = progress or Progress()
+    presets = list(presets) if presets else default_presets()
+    resolved = {name: vlaccel.presets.get(name) for name in presets}  # unknown names fail before any work
+    policy = policy.to(options.device).eval()
+    observations, obs_source = load_observations(policy.config, options.fidelity_samples, options.demos_dir)
+    baseline_flops = flops_by_module(policy_modules(policy), lambda: policy.predict_action(
+        observations[0].image, observations[0].instruction, observations[0].proprio))
+    result: dict[str, Any] = {
+        "environment": environment(options.device),
+        "policy": {"source": source, "parameters": count_parameters(policy),
+                   "gflops_per_predict_action": baseline_flops["total"] / 1e9,
+                   "tokens_per_frame": policy.config.tokens_per_frame},
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(options).items()},
+        "observations": obs_source,
+        "presets": {},
+        "notes": [],
+    }
+    for name, configs in resolved.items():
+        result["presets"][name] = bench_preset(policy, name, configs, observations, options, baseline_flops, progress)
+    if options.history:
+        kv, note = kv_settings()
+        if note:
+            result["notes"].append(note)
+        settings = {**{n: c for n, c in resolved.items() if c}, **kv}
+        total = (len(settings) + 1) * max(options.history_lengths) * options.history_repeats
+        hist = history_scaling(policy, settings, options.history_lengths, options.history_repeats,
+                               options.history_window, options.device, options.demos_dir,
+                               on_step=progress.task("history scaling (lockstep episodes)", total))
+        hist["kv_efficient_settings"] = sorted(kv)
+        result["history"] = hist
+        for name in result["presets"]:
+            if name in hist["summary"]:
+                s = hist["summary"][name]
+                result["presets"][name]["kv_bytes_reduction"] = s["kv_bytes_reduction"]
+                result["presets"][name]["history_per_step_speedup"] = s["per_step_speedup"]
+                result["presets"][name]["history_at_steps"] = s["at_steps"]
+    return result

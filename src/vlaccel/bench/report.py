@@ -1,0 +1,206 @@
+"""Rendering a benchmark result: rich tables for people, strict JSON for machines, PNG plots.
+
+JSON has no infinity: non-finite floats (the SQNR of an output identical to the baseline is +inf) are
+written as the strings ``"inf"``, ``"-inf"``, ``"nan"``, so the file parses with any strict reader.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TARGETS", "check_targets", "dumps", "plot_history", "plot_presets", "print_report", "to_jsonable"]
+
+
+def to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    return obj
+
+
+def dumps(result: dict[str, Any], indent: int | None = 2) -> str:
+    return json.dumps(to_jsonable(result), indent=indent, allow_nan=False)
+
+
+# (preset or history setting, where, metric, comparison, threshold, what the paper/spec target says)
+TARGETS: list[tuple[str, str, str, str, float, str]] = [
+    ("efficientvla", "presets", "speedup_e2e", ">=", 2.0, "EfficientVLA full preset end-to-end speedup"),
+    ("efficientvla", "presets", "flops_fraction", "<=", 0.35, "EfficientVLA full preset FLOPs fraction"),
+    ("efficientvla-tokens", "presets", "speedup_e2e", ">=", 1.25, "token pruning only, end-to-end speedup"),
+    ("head-cache", "presets", "speedup_by_module.action_head", ">=", 2.5, "head cache (N=5), action head alone"),
+    ("kv-efficient", "history", "kv_bytes_reduction", ">=", 3.0, "KV-Efficient at 64 steps: KV bytes reduction"),
+    ("kv-efficient", "history", "per_step_speedup", ">=", 1.5, "KV-Efficient at 64 steps: per-step speedup"),
+    ("kv-efficient", "history", "step_latency_growth", "<=", 0.10, "KV-Efficient per-step latency growth 16->256"),
+    ("kv-efficient", "history", "cache_update_fraction", "<", 0.05, "KV-Efficient cache update (gate) share of a step"),
+]
+
+
+def _lookup(entry: dict[str, Any], metric: str) -> Any:
+    for part in metric.split("."):
+        if not isinstance(entry, dict) or part not in entry:
+            return None
+        entry = entry[part]
+    return entry
+
+
+def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets whose preset / history setting was measured, with the value and whether it is met."""
+    out = []
+    for name, where, metric, op, threshold, what in TARGETS:
+        entry = result.get("presets", {}).get(name) if where == "presets" else \
+            result.get("history", {}).get("summary", {}).get(name)
+        value = _lookup(entry, metric) if entry else None
+        if value is None:
+            continue
+        met = {">=": value >= threshold, "<=": value <= threshold, "<": value < threshold}[op]
+        out.append({"target": what, "setting": name, "metric": metric, "value": value,
+                    "threshold": f"{op} {threshold:g}", "met": bool(met)})
+    return out
+
+
+def _fmt(x: Any, spec: str = ".2f", suffix: str = "") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and not math.isfinite(x):
+        return "inf" if x > 0 else ("-inf" if x < 0 else "nan")
+    return f"{x:{spec}}{suffix}"
+
+
+def print_report(result: dict[str, Any], console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    env, pol = result["environment"], result["policy"]
+    console.print(f"[bold]vlaccel bench[/bold]: {pol['source']}, {pol['parameters'] / 1e6:.2f} M parameters, "
+                  f"{pol['gflops_per_predict_action']:.3f} GFLOPs / predict_action")
+    console.print(f"torch {env['torch']}, transformers {env['transformers']}, {env['device']}"
+                  f"{' (' + env['gpu'] + ')' if 'gpu' in env else ''}, {env['cpu']}, "
+                  f"torch threads = {env['threads']} of {env['cpu_count']} cores")
+    console.print(f"fidelity observations: {result['observations']}")
+
+    table = Table(title="speedup vs the unaccelerated policy (median of alternating calls)")
+    for col in ("preset", "e2e", "vision", "LM", "action head", "FLOPs", "params", "action MSE",
+                "action SQNR dB", "cognition SQNR dB", "KV reduction"):
+        table.add_column(col, justify="left" if col == "preset" else "right")
+    for name, r in result["presets"].items():
+        m = r["speedup_by_module"]
+        table.add_row(name, _fmt(r["speedup_e2e"], suffix="x"), _fmt(m["vision"], suffix="x"),
+                      _fmt(m["language_model"], suffix="x"), _fmt(m["action_head"], suffix="x"),
+                      _fmt(r["flops_fraction"], ".3f"), _fmt(r["params_fraction"], ".3f"),
+                      _fmt(r.get("action_mse"), ".2e"), _fmt(r.get("action_sqnr_db"), ".1f"),
+                      _fmt(r.get("cognition_sqnr_db"), ".1f"), _fmt(r.get("kv_bytes_reduction"), suffix="x"))
+    console.print(table)
+
+    table = Table(title="median latency, ms (baseline / accelerated)")
+    for col in ("preset", "e2e", "vision", "LM", "action head"):
+        table.add_column(col, justify="left" if col == "preset" else "right")
+    for name, r in result["presets"].items():
+        b, a = r["latency_ms"]["baseline"], r["latency_ms"]["accelerated"]
+        table.add_row(name, *(f"{b[k]:.1f} / {a[k]:.1f}" for k in ("e2e", "vision", "language_model",
+                                                                    "action_head")))
+    console.print(table)
+
+    hist = result.get("history")
+    if hist:
+        names = list(hist["settings"])
+        table = Table(title=f"history mode: per-step latency ms / KV MB (frames: {hist['frames']})")
+        table.add_column("steps", justify="right")
+        for k in names:
+            table.add_column(k, justify="right")
+        for i, n in enumerate(hist["lengths"]):
+            table.add_row(str(n), *(f"{hist['settings'][k]['step_ms'][i]:.1f} / "
+                                    f"{hist['settings'][k]['kv_bytes'][i] / 2**20:.2f}" for k in names))
+        console.print(table)
+        table = Table(title="history summary vs the full cache")
+        for col in ("setting", "at steps", "step speedup", "LM speedup", "KV reduction", "growth",
+                    "cache update share"):
+            table.add_column(col, justify="left" if col == "setting" else "right")
+        for k, s in hist["summary"].items():
+            table.add_row(k, str(s["at_steps"]), _fmt(s["per_step_speedup"], suffix="x"),
+                          _fmt(s["lm_speedup"], suffix="x"), _fmt(s["kv_bytes_reduction"], suffix="x"),
+                          _fmt(100 * s["step_latency_growth"], ".0f", f"% ({s['growth_from']}->{s['growth_to']})"),
+                          _fmt(100 * s["cache_update_fraction"], ".1f", "%"))
+        console.print(table)
+
+    targets = check_targets(result)
+    if targets:
+        table = Table(title="targets")
+        for col in ("target", "value", "threshold", "met"):
+            table.add_column(col)
+        for t in targets:
+            table.add_row(t["target"], _fmt(t["value"], ".3f"), t["threshold"],
+                          "[green]yes[/green]" if t["met"] else "[red]no[/red]")
+        console.print(table)
+    for note in result.get("notes", []):
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print("[dim]absolute times depend on the machine and its load; the ratios (baseline and "
+                  "accelerated timed alternately) are the headline.[/dim]")
+
+
+def plot_history(result: dict[str, Any], folder: str | Path) -> Path:
+    """history_scaling.png: per-step latency and KV MB against history length, one line per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = result["history"]
+    n = hist["lengths"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, s in hist["settings"].items():
+        style = {"color": "black", "linewidth": 2.2} if name == "full" else {}
+        ax1.plot(n, s["step_ms"], marker="o", label=name, **style)
+        ax2.plot(n, [b / 2**20 for b in s["kv_bytes"]], marker="o", label=name, **style)
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("history length (control steps in the KV cache)")
+        ax.grid(alpha=0.3)
+    ax1.set_ylabel("per-step latency, ms (median near N)")
+    ax2.set_ylabel("KV cache, MiB (bytes held by the cache tensors)")
+    ax2.set_yscale("log")
+    ax1.legend(fontsize=8)
+    env = result["environment"]
+    fig.suptitle(f"{result['policy']['source']}; {env['device']}, {env['threads']} threads", fontsize=9)
+    fig.tight_layout()
+    path = Path(folder) / "history_scaling.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_presets(result: dict[str, Any], folder: str | Path) -> Path:
+    """presets_speedup.png: end-to-end and per-module speedup per preset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(result["presets"])
+    series = {"end to end": [result["presets"][k]["speedup_e2e"] for k in names]}
+    for m, label in (("vision", "vision"), ("language_model", "language model"), ("action_head", "action head")):
+        series[label] = [min(result["presets"][k]["speedup_by_module"][m], 20.0) for k in names]
+    x = np.arange(len(names))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names)), 4))
+    for i, (label, vals) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, vals, width, label=label)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(x, names, rotation=20)
+    ax.set_ylabel("speedup vs baseline (x)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(folder) / "presets_speedup.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

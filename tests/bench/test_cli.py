@@ -1,0 +1,49 @@
+"""``vlaccel bench`` end to end on the tiny preset: one strict-JSON object with every key, finite numbers."""
+
+import json
+import math
+
+import torch
+
+from vlaccel.cli import main
+
+PRESET_KEYS = ("speedup_e2e", "speedup_by_module", "flops_fraction", "params_fraction", "kv_bytes_reduction",
+               "action_mse", "action_cosine", "action_sqnr_db", "cognition_mse", "cognition_cosine",
+               "cognition_sqnr_db", "latency_ms")
+MODULES = ("vision", "language_model", "action_head")
+
+
+def test_bench_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    threads = torch.get_num_threads()  # keep the test process's setting
+    rc = main(["bench", "--preset-model", "tiny", "--preset", "ddim5", "--repeats", "3", "--warmup", "1",
+               "--samples", "2", "--history", "--history-lengths", "1", "2", "--json", str(path),
+               "--threads", str(threads), "--plot", str(tmp_path), "--demos", str(tmp_path / "no-demos")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert f"torch threads: {threads}" in text and "random-weight 'tiny'" in text
+    result = json.loads(path.read_text())  # strict JSON: would fail on Infinity / NaN
+    env = result["environment"]
+    assert {"machine", "threads", "torch", "transformers", "cpu"} <= set(env) and env["threads"] == threads
+    r = result["presets"]["ddim5"]
+    assert set(PRESET_KEYS) <= set(r)
+    for key in ("speedup_e2e", "flops_fraction", "params_fraction", "kv_bytes_reduction", "action_mse",
+                "action_cosine", "action_sqnr_db", "cognition_mse"):
+        assert isinstance(r[key], float) and math.isfinite(r[key]), key
+    assert set(r["speedup_by_module"]) == set(MODULES) and all(v > 0 for v in r["speedup_by_module"].values())
+    # 5 of 10 DDIM steps: exactly half the DiT FLOPs, the LM and vision untouched
+    assert r["flops_fraction_by_module"] == {"vision": 1.0, "language_model": 1.0, "action_head": 0.5}
+    assert 0.5 < r["flops_fraction"] < 1.0 and r["params_fraction"] == 1.0
+    assert r["cognition_mse"] == 0.0 and r["cognition_sqnr_db"] == "inf"  # same LM: identical features
+    assert r["kv_bytes_reduction"] == 1.0
+    assert result["observations"].startswith("SYNTHETIC")
+    assert set(result["history"]["settings"]) == {"full", "ddim5"}
+    assert (tmp_path / "history_scaling.png").stat().st_size > 0
+    assert (tmp_path / "presets_speedup.png").stat().st_size > 0
+
+
+def test_unknown_preset_is_a_clear_error(capsys):
+    rc = main(["bench", "--preset-model", "tiny", "--preset", "no-such-preset", "--repeats", "1",
+               "--threads", str(torch.get_num_threads())])
+    assert rc == 2
+    assert "no-such-preset" in capsys.readouterr().err

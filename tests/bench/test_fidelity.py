@@ -1,0 +1,56 @@
+"""Fidelity metrics against hand-computed values, and the labelled fallback to synthetic frames."""
+
+import math
+
+import numpy as np
+import pytest
+
+from vlaccel.bench.fidelity import FidelityAccumulator, cosine, load_observations, mse, sqnr_db
+
+
+def test_sqnr_of_identical_outputs_is_inf():
+    x = np.random.default_rng(0).normal(size=(16, 4))
+    assert sqnr_db(x, x.copy()) == math.inf
+
+
+def test_sqnr_of_known_noise():
+    ref = np.array([3.0, 4.0])  # signal energy 25
+    noisy = ref + np.array([0.5, 0.0])  # noise energy 0.25 -> 10 log10(100) = 20 dB
+    assert sqnr_db(ref, noisy) == pytest.approx(20.0, abs=1e-12)
+    ref = np.ones(1000)
+    assert sqnr_db(ref, ref + 0.1) == pytest.approx(20.0, abs=1e-9)  # 1000 / (1000 * 0.01)
+
+
+def test_mse_and_cosine_known_values():
+    assert mse([1.0, 2.0], [2.0, 4.0]) == pytest.approx(2.5)
+    assert cosine([1.0, 0.0], [0.0, 3.0]) == 0.0
+    assert cosine([1.0, 1.0], [2.0, 2.0]) == pytest.approx(1.0)
+
+
+def test_accumulator_pools_sqnr_and_averages_mse():
+    acc = FidelityAccumulator()
+    acc.add([3.0, 4.0], [3.5, 4.0])  # signal 25, noise 0.25, mse 0.125
+    acc.add([0.0, 5.0], [0.0, 5.0])  # signal 25, noise 0, mse 0
+    out = acc.result("action")
+    assert out["action_mse"] == pytest.approx(0.0625)
+    assert out["action_sqnr_db"] == pytest.approx(10 * math.log10(50 / 0.25))
+
+
+def test_missing_demos_fall_back_to_labelled_synthetic_frames(tiny_policy, tmp_path):
+    obs, label = load_observations(tiny_policy.config, 3, demos_dir=tmp_path / "nowhere")
+    assert label.startswith("SYNTHETIC") and len(obs) == 3
+    size = tiny_policy.config.image_size
+    assert all(o.image.shape == (size, size, 3) and o.image.dtype == np.uint8 for o in obs)
+
+
+def test_recorded_demos_are_used_when_they_fit(tiny_policy, tmp_path):
+    data = pytest.importorskip("vlaccel.sim.data")
+    size = tiny_policy.config.image_size
+    rng = np.random.default_rng(0)
+    for seed in range(2):
+        data.save_demo(data.demo_path(tmp_path, "reach", seed), images=rng.integers(0, 256, (5, size, size, 3)),
+                       states=rng.normal(size=(5, 4)), actions=rng.normal(size=(20, 4)), task="reach",
+                       instruction="reach the goal", seed=seed, success=True, frame_every=4, success_step=19)
+    obs, label = load_observations(tiny_policy.config, 4, demos_dir=tmp_path)
+    assert label.startswith("demos") and len(obs) == 4
+    assert {o.instruction for o in obs} == {"reach the goal"} and obs[0].proprio.shape == (4,)
