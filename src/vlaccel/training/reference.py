@@ -124,6 +124,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if step % 20 == 0:
                 history.append({"step": step, "loss_ema": round(ema, 5), "seconds": round(time.time() - t0, 1)})
             bar.update(task, completed=step, loss=f"{ema:.4f}")
+            if not bar.console.is_terminal and step % 50 == 0:  # keep background logs readable
+                log(f"step {step}/{cfg.steps} loss_ema {ema:.4f} elapsed {time.time() - t0:.0f}s")
             if step % cfg.checkpoint_every == 0:
                 save_checkpoint()
     save_checkpoint()
