@@ -54,7 +54,9 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         if not self.env_name.endswith("-v3"):
-            raise ValueError(f"TaskSpec {self.name!r}: env_name must be a Meta-World v3 name, got {self.env_name!r}")
+            raise ValueError(
+                f"TaskSpec {self.name!r}: env_name must be a Meta-World v3 name, got {self.env_name!r}"
+            )
         if self.max_steps <= 0:
             raise ValueError(f"TaskSpec {self.name!r}: max_steps must be positive, got {self.max_steps}")
         if self.memory and self.hide_goal_after is None:
@@ -65,17 +67,37 @@ class TaskSpec:
 
 def _specs() -> list[TaskSpec]:
     return [
-        TaskSpec("reach-v3", "reach-v3", "reach the green ball with the gripper", max_steps=120,
-                 goal_site_size=0.04, goal_range=_REACH_GOAL, goal_rgb=_GREEN),
+        TaskSpec(
+            "reach-v3",
+            "reach-v3",
+            "reach the green ball with the gripper",
+            max_steps=120,
+            goal_site_size=0.04,
+            goal_range=_REACH_GOAL,
+            goal_rgb=_GREEN,
+        ),
         TaskSpec("push-v3", "push-v3", "push the puck to the green ball", max_steps=120, goal_site_size=0.04),
         TaskSpec("drawer-open-v3", "drawer-open-v3", "open the drawer", max_steps=150),
         TaskSpec("drawer-close-v3", "drawer-close-v3", "close the drawer", max_steps=150),
-        TaskSpec("button-press-topdown-v3", "button-press-topdown-v3", "press the button from the top",
-                 max_steps=120),
+        TaskSpec(
+            "button-press-topdown-v3",
+            "button-press-topdown-v3",
+            "press the button from the top",
+            max_steps=120,
+        ),
         TaskSpec("window-open-v3", "window-open-v3", "slide the window open", max_steps=150),
         TaskSpec("plate-slide-v3", "plate-slide-v3", "slide the plate into the net", max_steps=120),
-        TaskSpec("reach-memory", "reach-v3", "reach where the green ball was shown at the start", max_steps=120,
-                 memory=True, goal_site_size=0.04, goal_range=_REACH_GOAL, goal_rgb=_GREEN, hide_goal_after=8),
+        TaskSpec(
+            "reach-memory",
+            "reach-v3",
+            "reach where the green ball was shown at the start",
+            max_steps=120,
+            memory=True,
+            goal_site_size=0.04,
+            goal_range=_REACH_GOAL,
+            goal_rgb=_GREEN,
+            hide_goal_after=8,
+        ),
     ]
 
 

@@ -1,0 +1,49 @@
+"""Scripted demos: collect writes loadable, self-consistent episodes."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("metaworld")
+
+from vlaccel.sim.collect import EXTRA_STEPS, collect
+from vlaccel.sim.data import action_targets, demo_path, load_demos
+
+pytestmark = pytest.mark.sim
+
+
+def test_collect_writes_consistent_npz(tmp_path):
+    report = collect(
+        ["reach-memory"], episodes_per_task=1, out_dir=tmp_path, seed0=5, workers=0, progress=False
+    )
+    assert report.written == 1 and not report.dropped
+    assert demo_path(tmp_path, "reach-memory", 5).exists()
+    (demo,) = load_demos(tmp_path)
+    assert demo.task == "reach-memory" and demo.seed == 5 and demo.success and demo.frame_every == 4
+    assert demo.instruction.startswith("reach")
+    T, F = demo.num_steps, demo.num_frames
+    assert demo.actions.shape == (T, 4) and demo.actions.dtype == np.float32
+    assert demo.images.shape == (F, 128, 128, 3) and demo.images.dtype == np.uint8
+    assert demo.states.shape == (F, 4) and demo.states.dtype == np.float32
+    assert T == demo.success_step + 1 + EXTRA_STEPS  # ran on a few steps past success
+    assert F == -(-T // 4)  # one frame every 4 steps, each followed by at least one action
+    assert np.all(np.abs(demo.actions) <= 1)
+    # frames really differ over time (the arm moves), and hand height is in the state
+    assert not np.array_equal(demo.images[0], demo.images[-1])
+    assert np.linalg.norm(demo.states[-1, :3] - demo.states[0, :3]) > 0.05
+
+    acts, mask = action_targets(demo, 0)
+    assert acts.shape == (16, 4) and mask.all()
+    np.testing.assert_array_equal(acts, demo.actions[:16])
+    acts, mask = action_targets(demo, F - 1)
+    n_real = T - (F - 1) * 4
+    assert mask.sum() == n_real and not mask[n_real:].any() and np.all(acts[n_real:] == 0)
+    np.testing.assert_array_equal(acts[:n_real], demo.actions[-n_real:])
+    with pytest.raises(IndexError):
+        action_targets(demo, F)
+
+    # a rerun keeps the file (resume) instead of re-collecting it
+    again = collect(
+        ["reach-memory"], episodes_per_task=1, out_dir=tmp_path, seed0=5, workers=0, progress=False
+    )
+    assert again.written == 0 and again.existing == 1
+    assert load_demos(tmp_path, tasks=["push-v3"]) == []

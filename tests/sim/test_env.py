@@ -1,0 +1,107 @@
+"""The task suite: every task resets, renders, steps, and its scripted expert succeeds."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("metaworld")
+
+from vlaccel.sim.env import ACTION_DIM, STATE_DIM, make_env
+from vlaccel.sim.tasks import TASKS, get_task
+
+pytestmark = pytest.mark.sim
+
+
+def test_registry_has_the_suite():
+    assert len(TASKS) >= 7
+    assert any(spec.memory for spec in TASKS.values())
+    for spec in TASKS.values():
+        assert spec.instruction and spec.max_steps <= 150
+    with pytest.raises(KeyError, match="choose from"):
+        get_task("no-such-task")
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_reset_render_step_and_expert_succeeds(task):
+    with make_env(task, seed=0) as env:
+        obs = env.reset()
+        assert obs.image.shape == (128, 128, 3) and obs.image.dtype == np.uint8
+        assert obs.image.std() > 10 and obs.image.max() > 50  # a real scene, not a blank frame
+        assert obs.state.shape == (STATE_DIM,) and obs.state.dtype == np.float32
+        assert obs.instruction == TASKS[task].instruction
+        obs, _, done = env.step(np.zeros(ACTION_DIM, dtype=np.float32), render=False)
+        assert obs.image is None and not done
+        succeeded = False
+        while not (succeeded or done):
+            action = env.expert_action()
+            assert action.shape == (ACTION_DIM,) and np.all(np.abs(action) <= 1)
+            obs, succeeded, done = env.step(action, render=False)
+        assert succeeded, f"expert failed {task} seed 0 after {env.t} steps"
+
+
+def test_same_seed_same_episode_and_seeds_differ():
+    with make_env("push-v3", seed=3) as env:
+        a = env.reset()
+        goal_a = env.goal_position()
+        env.step(np.ones(ACTION_DIM))
+        b = env.reset()
+        assert np.array_equal(a.image, b.image) and np.array_equal(goal_a, env.goal_position())
+        env.reset(seed=4)
+        assert not np.allclose(goal_a, env.goal_position())
+
+
+def test_proprio_is_hand_and_gripper_only():
+    with make_env("reach-memory", seed=1) as env:
+        obs = env.reset()
+        assert obs.state.shape == (4,)
+        goal = env.goal_position()
+        hand = env._env.get_endeff_pos()
+        np.testing.assert_allclose(obs.state[:3], hand, atol=0.02)  # xyz of the hand
+        assert 0.0 <= obs.state[3] <= 1.0  # gripper opening
+        # the goal is 3+ cm away from anything in the state vector
+        assert np.linalg.norm(obs.state[:3] - goal) > 0.1
+        assert not any(np.isclose(obs.state, g, atol=1e-4).any() for g in goal)
+
+
+def _goal_is_drawn(env, image):
+    """Is the goal marker drawn at its projected pixel? (green, unlike the table and arm)"""
+    r, c = env.goal_pixel()
+    patch = image[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].reshape(-1, 3).astype(int)
+    return bool(((patch[:, 1] > 150) & (patch[:, 0] < 120) & (patch[:, 2] < 120)).any())
+
+
+def test_memory_task_hides_goal_after_first_frames():
+    spec = TASKS["reach-memory"]
+    assert spec.memory and spec.hide_goal_after == 8
+    with make_env("reach-memory", seed=2) as env:
+        frames = [env.reset().image]
+        hold = np.zeros(ACTION_DIM, dtype=np.float32)  # keep the arm still so only the goal can change
+        for _ in range(12):
+            obs, _, _ = env.step(hold)
+            frames.append(obs.image)
+        assert (
+            _goal_is_drawn(env, frames[0])
+            and _goal_is_drawn(env, frames[4])
+            and _goal_is_drawn(env, frames[7])
+        )
+        for t in (8, 12):
+            assert not _goal_is_drawn(env, frames[t])
+        # and the only thing that changed between step 7 and 8 is the goal marker (~tens of pixels)
+        changed = (np.abs(frames[7].astype(int) - frames[8].astype(int)).sum(-1) > 30).sum()
+        assert 10 < changed < 400
+        # reset shows it again
+        assert _goal_is_drawn(env, env.reset().image)
+    # the plain reach task never hides it
+    with make_env("reach-v3", seed=2) as env:
+        env.reset()
+        for _ in range(12):
+            obs, _, _ = env.step(np.zeros(ACTION_DIM))
+        assert _goal_is_drawn(env, obs.image)
+
+
+def test_bad_actions_are_rejected():
+    with make_env("reach-v3", seed=0) as env:
+        env.reset(render=False)
+        with pytest.raises(ValueError):
+            env.step(np.zeros(3))
+        with pytest.raises(ValueError):
+            env.step(np.array([np.nan, 0, 0, 0]))

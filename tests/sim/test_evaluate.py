@@ -1,0 +1,166 @@
+"""Closed-loop evaluation harness, driven by small stand-in policies that follow the policy interface
+(`predict_action(image, instruction, proprio)`, `reset(instruction)` + `step(image, proprio)`)."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("metaworld")
+
+from vlaccel.sim.env import make_env
+from vlaccel.sim.evaluate import render_table, rollout, run_eval, summarize
+
+pytestmark = pytest.mark.sim
+
+
+class HoldStillPolicy:
+    """Always returns a zero action chunk (never succeeds at reaching)."""
+
+    def predict_action(self, image, instruction, proprio=None):
+        assert image.shape == (128, 128, 3) and proprio.shape == (4,)
+        return np.zeros((16, 4), dtype=np.float32)
+
+    def reset(self, instruction):
+        self.frames = 0
+
+    def step(self, image, proprio=None):
+        self.frames += 1
+        return np.zeros((16, 4), dtype=np.float32)
+
+
+class PushRaisesPolicy(HoldStillPolicy):
+    """Crashes on the push task only (stand-in for a model bug hit by some inputs)."""
+
+    def predict_action(self, image, instruction, proprio=None):
+        if "push" in instruction:
+            raise RuntimeError("boom on push")
+        return super().predict_action(image, instruction, proprio)
+
+
+class ExpertEchoPolicy:
+    """Test double with privileged access: repeats the scripted expert's current action for the chunk."""
+
+    def __init__(self, env):
+        self.env = env
+        self.calls = 0
+
+    def predict_action(self, image, instruction, proprio=None):
+        self.calls += 1
+        return np.tile(self.env.expert_action(), (16, 1))
+
+    def reset(self, instruction):
+        self.calls = 0
+
+    def step(self, image, proprio=None):
+        return self.predict_action(image, None, proprio)
+
+
+@pytest.mark.parametrize("history", [False, True])
+def test_rollout_detects_success_and_counts_calls(history):
+    with make_env("reach-v3", seed=0) as env:
+        policy = ExpertEchoPolicy(env)
+        res = rollout(policy, env, seed=1000, history=history, action_repeat=4)
+        assert res["success"] and res["steps"] < env.max_steps
+        assert res["policy_calls"] == policy.calls == -(-res["steps"] // 4)
+        assert res["latency_ms_mean"] > 0
+        still = rollout(HoldStillPolicy(), env, seed=1000, history=history)
+        assert not still["success"] and still["steps"] == env.max_steps
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_resume_skips_finished_episodes(tmp_path):
+    out = tmp_path / "res.jsonl"
+    run_eval(
+        HoldStillPolicy,
+        tasks=["reach-v3"],
+        episodes=2,
+        workers=0,
+        out_path=out,
+        progress=False,
+        video_dir=tmp_path / "vid",
+    )
+    first = _lines(out)
+    assert [(r["seed"], r["preset"]) for r in first] == [(1000, "none"), (1001, "none")]
+    assert all(r["error"] is None and r["success"] is False and r["steps"] == 120 for r in first)
+    assert len(list((tmp_path / "vid").glob("*.gif"))) == 1  # first episode per task/preset only
+    summary = run_eval(
+        HoldStillPolicy, tasks=["reach-v3"], episodes=3, workers=0, out_path=out, progress=False
+    )
+    lines = _lines(out)
+    assert len(lines) == 3 and lines[:2] == first and lines[2]["seed"] == 1002
+    cell = summary["tasks"]["reach-v3"]["none"]
+    assert cell["n"] == 3 and cell["successes"] == 0 and cell["ci95"][0] == 0.0
+    with pytest.raises(ValueError, match="different --out"):
+        run_eval(PushRaisesPolicy, tasks=["reach-v3"], episodes=1, workers=0, out_path=out, progress=False)
+
+
+def test_worker_exception_is_recorded_and_run_continues(tmp_path):
+    out = tmp_path / "res.jsonl"
+    summary = run_eval(
+        PushRaisesPolicy, tasks=["reach-v3", "push-v3"], episodes=1, workers=1, out_path=out, progress=False
+    )
+    recs = {r["task"]: r for r in _lines(out)}
+    assert recs["reach-v3"]["error"] is None and recs["reach-v3"]["steps"] == 120
+    assert "RuntimeError: boom on push" in recs["push-v3"]["error"] and recs["push-v3"]["success"] is False
+    assert "Traceback" in recs["push-v3"]["traceback"]
+    assert recs["reach-v3"]["pid"] != __import__("os").getpid()  # it really ran in a worker process
+    assert summary["errors"] == 1
+    push = summary["tasks"]["push-v3"]["none"]
+    assert (push["n"], push["successes"], push["errors"], push["success_rate"]) == (1, 0, 1, 0.0)
+
+
+def test_summary_pairs_presets_with_baseline(tmp_path):
+    out = tmp_path / "res.jsonl"
+    recs = []
+    for seed in range(10):
+        base_ok, fast_ok = seed < 8, seed < 5  # the preset loses 3 of the baseline's successes
+        for preset, ok, lat in (("none", base_ok, 100.0), ("fast", fast_ok, 50.0)):
+            recs.append(
+                {
+                    "task": "reach-v3",
+                    "seed": seed,
+                    "preset": preset,
+                    "history": True,
+                    "policy": "p",
+                    "success": ok,
+                    "steps": 40,
+                    "policy_calls": 10,
+                    "latency_ms_mean": lat,
+                    "error": None,
+                }
+            )
+    recs.append({**recs[-1], "seed": 10, "preset": "fast", "success": False, "error": "ValueError: x"})
+    out.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    s = summarize(out)
+    assert s["conditions"] == ["none+hist", "fast+hist"]
+    fast = s["tasks"]["reach-v3"]["fast+hist"]
+    assert fast["n"] == 11 and fast["successes"] == 5 and fast["errors"] == 1 and fast["latency_ms"] == 50.0
+    paired = s["paired"]["fast+hist"]["all"]
+    assert paired["n_pairs"] == 10 and paired["delta"] == pytest.approx(-0.3) and paired["only_baseline"] == 3
+    assert paired["ci95"][0] < -0.3 < paired["ci95"][1]  # 3 discordant pairs of 10: not significant
+    assert paired["mcnemar_p"] == pytest.approx(0.25)
+    table = render_table(s)
+    assert table.row_count == 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not __import__("os").environ.get("VLACCEL_RAY_TESTS"), reason="set VLACCEL_RAY_TESTS=1 (~30 s)"
+)
+def test_ray_path_records_results_and_errors(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "res.jsonl"
+    summary = run_eval(
+        "tests.sim.test_evaluate:PushRaisesPolicy",
+        tasks=["reach-v3", "push-v3"],
+        episodes=1,
+        ray_address="local",
+        out_path=out,
+        progress=False,
+    )
+    assert summary["tasks"]["reach-v3"]["none"]["errors"] == 0
+    assert summary["tasks"]["push-v3"]["none"]["errors"] == 1
