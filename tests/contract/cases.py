@@ -36,3 +36,26 @@ def _denoise(steps: int):
 CASES: list[TechniqueCase] = [
     TechniqueCase("denoise_steps", neutral=lambda m: _denoise(m.config.inference_steps), lossy=lambda m: _denoise(5)),
 ]
+
+
+# --- KV-Efficient (arXiv 2509.21354): RNN-gated chunked KV cache (history mode); neutral = window covers every
+# position the LM can address; lossy = one-frame window + 1 summary, gated by a gate trained for the tiny policy
+def _kv_efficient(model, window: int, **kwargs):
+    from tests.techniques.kv_efficient.helpers import tiny_gate
+    from vlaccel.techniques import KVEfficientConfig
+
+    if kwargs.get("retention", "gated") == "gated":
+        kwargs["gate"] = tiny_gate(model)
+    return KVEfficientConfig(window=window, **kwargs)
+
+
+CASES += [
+    TechniqueCase("kv_efficient", neutral=lambda m: _kv_efficient(m, m.config.max_positions, budget=1),
+                  lossy=lambda m: _kv_efficient(m, m.config.tokens_per_frame, budget=1), stateful=True),
+    TechniqueCase("kv_efficient_threshold", neutral=lambda m: _kv_efficient(m, m.config.max_positions, threshold=0.5),
+                  lossy=lambda m: _kv_efficient(m, m.config.tokens_per_frame, threshold=0.5), stateful=True),
+    *[TechniqueCase(f"kv_{r}", neutral=lambda m, r=r, b=b: _kv_efficient(m, m.config.max_positions, retention=r, **b),
+                    lossy=lambda m, r=r, b=b: _kv_efficient(m, m.config.tokens_per_frame, retention=r, **b),
+                    stateful=True)
+      for r, b in (("h2o", {"budget": 1}), ("streaming", {}))],  # mean/random: tests/techniques/kv_efficient
+]

@@ -4,5 +4,6 @@ Importing this package registers all built-in techniques (done lazily by vlaccel
 """
 
 from vlaccel.techniques.denoise_steps import DenoiseStepsConfig
+from vlaccel.techniques.kv_efficient import KVEfficientConfig
 
-__all__ = ["DenoiseStepsConfig"]
+__all__ = ["DenoiseStepsConfig", "KVEfficientConfig"]

@@ -1,0 +1,59 @@
+"""KV-Efficient VLA (arXiv 2509.21354): an RNN-gated chunked KV cache for policies that keep history in the LM.
+
+    import vlaccel
+    from vlaccel import KVEfficientConfig
+
+    policy = vlaccel.load_policy("reference")
+    with vlaccel.applied(policy, KVEfficientConfig(window=132, budget=8)):   # shipped gate, 2-frame window
+        policy.reset("reach the goal you saw at the start")
+        for frame in frames:
+            actions = policy.step(frame)                                      # KV memory stays bounded
+
+Modules: :mod:`.config` (the config), :mod:`.cache` (the transformers ``Cache``), :mod:`.gate` (MLP aggregator,
+LSTM gate, gate files), :mod:`.retention` (the method and its baselines), :mod:`.rope` (RoPE-correct
+summaries), :mod:`.handler` (``vlaccel.apply`` integration), :mod:`.train` (``vlaccel train-kv-gate``).
+"""
+
+from vlaccel import presets
+from vlaccel.techniques.kv_efficient import handler as _handler  # noqa: F401  (registers the handler)
+from vlaccel.techniques.kv_efficient.cache import ChunkedGatedCache
+from vlaccel.techniques.kv_efficient.config import RETENTIONS, KVEfficientConfig
+from vlaccel.techniques.kv_efficient.gate import KVGate, load_gate, save_gate
+
+__all__ = ["KVEfficientConfig", "ChunkedGatedCache", "KVGate", "load_gate", "save_gate", "RETENTIONS",
+           "benchmark_settings"]
+
+#: settings of the presets and the benchmark: a 2-frame raw window and 8 summaries of the default policy's
+#: 66-token frames (chunk = one frame), i.e. at most P + 8 + 65 + 132 tokens per layer
+WINDOW, BUDGET = 132, 8
+
+
+@presets.register("kv-efficient", "KV-Efficient gated chunked KV cache (shipped gate; window 132, 8 summaries)")
+def _kv_efficient() -> list[KVEfficientConfig]:
+    return [KVEfficientConfig(window=WINDOW, budget=BUDGET)]
+
+
+@presets.register("kv-streaming", "StreamingLLM-style KV cache: instruction prefix + 132-token window, history dropped")
+def _kv_streaming() -> list[KVEfficientConfig]:
+    return [KVEfficientConfig(window=WINDOW, retention="streaming")]
+
+
+def benchmark_settings(include_gated: bool | None = None) -> dict[str, list[KVEfficientConfig]]:
+    """The method and its baselines at one KV budget, for ``vlaccel bench --history``.
+
+    ``include_gated``: None = only if a gate is shipped with this install (it only fits the bundled policy).
+    """
+    from vlaccel.techniques.kv_efficient.gate import GATE_WEIGHTS
+    from vlaccel.techniques.kv_efficient.resolve import shipped_gate_dir
+
+    if include_gated is None:
+        include_gated = (shipped_gate_dir() / GATE_WEIGHTS).exists()
+    settings = {
+        "kv-mean": [KVEfficientConfig(window=WINDOW, budget=BUDGET, retention="mean")],
+        "kv-random": [KVEfficientConfig(window=WINDOW, budget=BUDGET, retention="random")],
+        "kv-h2o": [KVEfficientConfig(window=WINDOW, budget=BUDGET, retention="h2o")],
+        "kv-streaming": [KVEfficientConfig(window=WINDOW, retention="streaming")],
+    }
+    if include_gated:
+        settings = {"kv-gated": [KVEfficientConfig(window=WINDOW, budget=BUDGET)], **settings}
+    return settings

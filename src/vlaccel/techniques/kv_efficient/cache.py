@@ -1,0 +1,368 @@
+"""``ChunkedGatedCache``: the KV-Efficient chunked cache as a transformers ``Cache`` (spec A, arXiv 2509.21354).
+
+Any transformers decoder accepts it as ``past_key_values`` (forward and ``generate()``); the reference policy's
+history mode uses it when a :class:`KVEfficientConfig` is applied. Per layer, oldest to newest::
+
+    [protected prefix P][retained summaries, s slots each][raw tail (< C)][recent window W, raw]
+
+Each ``update`` appends the new tokens raw and returns the whole layer (so the current block attends to
+everything stored plus itself, exactly like ``DynamicCache``), then compresses what it keeps: raw tokens older
+than the last W leave the window; every full chunk of C of them is summarised (RoPE-correct, see :mod:`.rope`)
+and the retention policy (:mod:`.retention`) keeps or drops it. Dropped chunks vanish from K, V and the mask
+together; a decision is made once per chunk for K and V and every KV head of the layer, for the whole batch.
+
+Logical positions follow transformers' sliding-window layer: ``get_seq_length()`` is the number of tokens ever
+seen (the next position id), ``get_mask_sizes(q)`` returns ``(stored + q, seen - stored)`` so the causal mask
+places the stored entries before the new block.
+
+Transformers builds one attention mask for all full-attention layers, so every layer must hold the same number
+of slots. Budget mode gives that by construction (each layer keeps its own best ``min(k, M)`` summaries).
+Threshold mode therefore decides per chunk for the whole model: keep iff the layer- and batch-mean utility
+g >= tau (the paper's per-layer threshold would need per-layer masks; padded slots are the official code's bug).
+Held memory per layer after every update: ``P + M*s + (C - 1) + W`` tokens at most in budget mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
+from vlaccel.techniques.kv_efficient.gate import KVGate, MeanAggregator
+from vlaccel.techniques.kv_efficient.retention import Retention, make_retention
+from vlaccel.techniques.kv_efficient.rope import (
+    RotaryFrame,
+    apply_rotation,
+    find_rotary,
+    remove_rotation,
+    representative_positions,
+)
+
+__all__ = ["ChunkedGatedCache", "ChunkedGatedLayer", "TokenCountMismatchError"]
+
+
+class TokenCountMismatchError(RuntimeError):
+    pass
+
+
+class ChunkedGatedLayer(CacheLayerMixin):
+    """One decoder layer's storage and bookkeeping (keys/values ``[B, H_kv, N, d_h]``)."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, cache: ChunkedGatedCache, layer_idx: int):
+        super().__init__()
+        self.cache = cache
+        self.layer_idx = layer_idx
+        self.clear()
+
+    # ------------------------------------------------------------------ state
+    def clear(self) -> None:
+        """Episode reset: drop every stored token, summary, utility and the LSTM state."""
+        self.keys = self.values = None
+        self.is_initialized = False
+        self.seen = 0  # tokens ever appended = next logical position
+        self.protect_len: int | None = None  # tokens that are never evicted (set at the first update)
+        self.n_protected = 0
+        self.n_chunks = 0  # chunks completed so far (ids of summaries)
+        self.summary_pos = torch.zeros(0, dtype=torch.long)  # [k] representative position of each summary
+        self.chunk_ids = torch.zeros(0, dtype=torch.long)  # [k] which chunk each retained summary came from
+        self.utility = torch.zeros(0)  # [k] batch-mean utility used for eviction
+        self.gate_g: torch.Tensor | None = None  # [B, k] gate output per summary (gated retention)
+        self.lstm_state: tuple[torch.Tensor, torch.Tensor] | None = None  # (h, c) [B, hidden]
+        self.pending = 0  # threshold mode: newest summaries awaiting the model-wide decision
+        self.raw_score: torch.Tensor | None = None  # h2o: attention received by each raw token [raw]
+        self.attn_layout: dict[str, Any] | None = None  # h2o: how the last returned layout maps to storage
+        self.generator: torch.Generator | None = None  # random retention
+        self._awaiting_attention = False  # h2o: an update whose attention was not observed yet
+        self._missed_attention = False  # h2o: some forward's attention was never observed
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        b, h, _, d = key_states.shape
+        self.keys = key_states.new_zeros(b, h, 0, d)
+        self.values = value_states.new_zeros(b, h, 0, value_states.shape[-1])
+        self.summary_pos = self.summary_pos.to(self.device)
+        self.chunk_ids = self.chunk_ids.to(self.device)
+        self.utility = torch.zeros(0, device=self.device)
+        self.gate_g = torch.zeros(b, 0, device=self.device)
+        self.raw_score = torch.zeros(0, device=self.device)
+        self.is_initialized = True
+
+    def reset(self) -> None:
+        self.clear()
+
+    @property
+    def n_summaries(self) -> int:
+        return int(self.summary_pos.numel())
+
+    @property
+    def stored(self) -> int:
+        return 0 if self.keys is None else int(self.keys.shape[-2])
+
+    @property
+    def raw_start(self) -> int:
+        return self.n_protected + self.n_summaries * self.cache.slots
+
+    def positions(self) -> torch.Tensor:
+        """[N] logical position of every stored slot (prefix, summaries at their representative positions, raw)."""
+        raw = self.stored - self.raw_start
+        dev = self.summary_pos.device
+        return torch.cat([torch.arange(self.n_protected, device=dev),
+                          self.summary_pos.repeat_interleave(self.cache.slots),
+                          torch.arange(self.seen - raw, self.seen, device=dev)])
+
+    # ------------------------------------------------------------------ transformers Cache API
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.stored + query_length, self.seen - self.stored
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append ``[B, H_kv, q, d]`` new keys/values; return every stored slot plus them; then compress storage."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        cfg, q = self.cache.config, key_states.shape[-2]
+        if self.protect_len is None:
+            self.protect_len = (q if cfg.protect_prefix else 0) + cfg.sinks
+        full_k = torch.cat([self.keys, key_states], dim=-2)  # [B, H, N + q, d]
+        full_v = torch.cat([self.values, value_states], dim=-2)
+        self.keys, self.values = full_k, full_v
+        self.seen += q
+        # Protected tokens arrive before any raw token exists, so they are always the first stored slots.
+        self.n_protected = min(self.seen, self.protect_len)
+        retention = self.cache.retention
+        if retention.needs_attention:
+            retention.before_update(self, q)
+        if not retention.evicts:
+            return full_k, full_v
+        raw = self.stored - self.raw_start
+        if raw - cfg.window >= self.cache.chunk:
+            self._compress((raw - cfg.window) // self.cache.chunk)
+        elif retention.needs_attention:
+            retention.no_compression(self)
+        return full_k, full_v
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("ChunkedGatedCache keeps per-episode gate state; beam search is not supported")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("ChunkedGatedCache does not support expanding the batch (num_return_sequences > 1)")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise NotImplementedError("ChunkedGatedCache does not support selecting batch items")
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("ChunkedGatedCache cannot be cropped (evicted chunks cannot be restored)")
+
+    # ------------------------------------------------------------------ compression
+    def _compress(self, n: int) -> None:
+        """Summarise the ``n`` oldest full chunks of the raw region and let the retention policy keep or drop them."""
+        cache, retention = self.cache, self.cache.retention
+        c, s = cache.chunk, cache.slots
+        start, end = self.raw_start, self.raw_start + n * c
+        first = self.seen - (self.stored - start)  # logical position of the oldest raw token
+        chunk_pos = torch.arange(first, first + n * c, device=self.device).view(n, c)  # [n, C]
+        ids = torch.arange(self.n_chunks, self.n_chunks + n, device=self.device)  # [n]
+        self.n_chunks += n
+        head_k, head_v = self.keys[:, :, : self.n_protected], self.values[:, :, : self.n_protected]
+        old_k = self.keys[:, :, self.n_protected:start]  # [B, H, k*s, d]
+        old_v = self.values[:, :, self.n_protected:start]
+        seg_k, seg_v = self.keys[:, :, start:end], self.values[:, :, start:end]  # [B, H, n*C, d]
+        tail_k, tail_v = self.keys[:, :, end:], self.values[:, :, end:]
+        if not retention.summarises:  # streaming: the chunks just leave
+            retention.after_drop(self, n)
+            self.keys, self.values = torch.cat([head_k, old_k, tail_k], -2), torch.cat([head_v, old_v, tail_v], -2)
+            return
+        sk, sv, sk_plain, sv_plain, rep = cache.summarise(seg_k, seg_v, chunk_pos)  # [B, H, n, s, d], rep [n]
+        util_new = retention.score_new(self, sk_plain, sv_plain, n)  # [n] batch-mean utility
+        b, h, _, d = old_k.shape
+        k_all = torch.cat([old_k.reshape(b, h, -1, s, d), sk], dim=2)  # [B, H, k+n, s, d]
+        v_all = torch.cat([old_v.reshape(b, h, -1, s, old_v.shape[-1]), sv], dim=2)
+        utility = torch.cat([self.utility, util_new])  # [k+n]
+        pos = torch.cat([self.summary_pos, rep])
+        ids = torch.cat([self.chunk_ids, ids])
+        keep = retention.select(self, utility)  # LongTensor [k'] ascending, or None = keep all
+        if keep is not None:
+            k_all, v_all = k_all.index_select(2, keep), v_all.index_select(2, keep)
+            utility, pos, ids = utility[keep], pos[keep], ids[keep]
+        retention.after_select(self, keep, n)
+        self.utility, self.summary_pos, self.chunk_ids = utility, pos, ids
+        self.keys = torch.cat([head_k, k_all.flatten(2, 3), tail_k], dim=-2)
+        self.values = torch.cat([head_v, v_all.flatten(2, 3), tail_v], dim=-2)
+
+    def keep_summaries(self, keep: torch.Tensor) -> None:
+        """Keep only the retained summaries at indices ``keep`` (ascending; threshold resolution)."""
+        s, start = self.cache.slots, self.n_protected
+        slot = (keep.unsqueeze(1) * s + torch.arange(s, device=keep.device)).flatten() + start  # [k'*s]
+        idx = torch.cat([torch.arange(start, device=keep.device), slot,
+                         torch.arange(self.raw_start, self.stored, device=keep.device)])
+        self.keys, self.values = self.keys.index_select(2, idx), self.values.index_select(2, idx)
+        self.utility, self.summary_pos, self.chunk_ids = self.utility[keep], self.summary_pos[keep], self.chunk_ids[keep]
+        if self.gate_g is not None:
+            self.gate_g = self.gate_g[:, keep]
+
+    def slot_bias(self) -> torch.Tensor:
+        """[B, N] additive attention bias of the stored slots: log g on summary slots, 0 elsewhere (training)."""
+        b, n = self.keys.shape[0], self.stored
+        g = self.gate_g if self.gate_g is not None else torch.ones(b, self.n_summaries, device=self.device)
+        log_g = torch.log(g.clamp_min(1e-6)).repeat_interleave(self.cache.slots, dim=1)  # [B, k*s]
+        zeros = log_g.new_zeros(b, self.n_protected)
+        return torch.cat([zeros, log_g, log_g.new_zeros(b, n - self.raw_start)], dim=1)
+
+
+class _PlainDecoder:
+    """What :meth:`ChunkedGatedCache.for_model` needs from a transformers model no adapter claims."""
+
+    def lm_config(self, model: Any) -> Any:
+        return model.config.get_text_config(decoder=True)
+
+    def decoder_owner(self, model: Any) -> Any:
+        return model
+
+
+class ChunkedGatedCache(Cache):
+    """KV-Efficient chunked cache (see the module docstring). Build it with :meth:`for_model` or directly.
+
+    Args:
+        config: the :class:`KVEfficientConfig`.
+        num_layers: decoder layers (one cache layer each; built from the *current* LM config, so layer pruning works).
+        chunk: tokens per chunk (resolves ``config.chunk=None``).
+        rotary: the model's ``rotary_emb`` module (needed by every summarising retention).
+        head_dim: head size (needed to check the rotary embedding).
+        gate: a :class:`KVGate` (``retention="gated"``).
+        soft: training relaxation: every summary stays, ``slot_bias()`` gives log g for the attention logits.
+    """
+
+    def __init__(self, config: KVEfficientConfig, num_layers: int, *, chunk: int | None = None,
+                 rotary: nn.Module | None = None, head_dim: int | None = None, gate: KVGate | None = None,
+                 soft: bool = False):
+        chunk = chunk if chunk is not None else config.chunk
+        if chunk is None or chunk < 1:
+            raise ValueError("ChunkedGatedCache needs a chunk size: set KVEfficientConfig(chunk=...) "
+                             "(None means the tokens of one observation, which only a VLA adapter knows)")
+        if config.summary_slots > chunk:
+            raise ValueError(f"summary_slots={config.summary_slots} > chunk={chunk}")
+        if config.summarises and rotary is None:
+            raise ValueError(
+                f"retention={config.retention!r} re-rotates summary keys, which needs a RoPE model (a module with "
+                "`rotary_emb`); this model has none. Use retention='streaming' or 'full'."
+            )
+        if config.retention == "gated" and gate is None:
+            raise ValueError("retention='gated' needs a trained gate (KVGate); see KVEfficientConfig.gate")
+        self.config = config
+        self.chunk = int(chunk)
+        self.slots = config.summary_slots
+        self.soft = soft
+        self.gate = gate
+        self.rope = RotaryFrame(rotary, head_dim or 0) if rotary is not None else None
+        self.aggregator = gate.aggregator if gate is not None else MeanAggregator(self.slots)
+        self.retention: Retention = make_retention(config, self)
+        self._block_tokens: int | None = None
+        self._rope_memo: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        super().__init__(layers=[ChunkedGatedLayer(self, i) for i in range(num_layers)])
+
+    # ------------------------------------------------------------------ construction from a model
+    @classmethod
+    def for_model(cls, model: Any, config: KVEfficientConfig, *, gate: KVGate | None = None,
+                  chunk: int | None = None, soft: bool = False) -> ChunkedGatedCache:
+        """A cache for ``model`` (a VLA with an adapter, or a transformers decoder) from its current config.
+
+        ``gate``: an already loaded gate; otherwise ``config.gate`` (or the shipped one) is loaded and its
+        policy fingerprint checked against ``model``.
+        """
+        from vlaccel.adapters import UnsupportedModelError, get_adapter
+        from vlaccel.techniques.kv_efficient.resolve import resolve_chunk, resolve_gate
+
+        try:
+            adapter = get_adapter(model)
+        except UnsupportedModelError:  # any transformers decoder: its text config and rotary_emb are enough
+            adapter = _PlainDecoder()
+        lm_cfg = adapter.lm_config(model)
+        chunk = chunk if chunk is not None else resolve_chunk(config, model, adapter)
+        if config.retention == "gated" and gate is None:
+            gate = resolve_gate(config, model, adapter)
+        head_dim = getattr(lm_cfg, "head_dim", None) or lm_cfg.hidden_size // lm_cfg.num_attention_heads
+        return cls(config, lm_cfg.num_hidden_layers, chunk=chunk, rotary=find_rotary(adapter.decoder_owner(model)),
+                   head_dim=head_dim, gate=gate, soft=soft)
+
+    # ------------------------------------------------------------------ Cache API
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        q = key_states.shape[-2]
+        if layer_idx == 0:
+            self._block_tokens = q
+            self._rope_memo.clear()
+        elif q != self._block_tokens:
+            raise TokenCountMismatchError(
+                f"KV-Efficient cache: layer {layer_idx} received {q} new tokens but layer 0 received "
+                f"{self._block_tokens} in the same forward. Chunks and the shared attention mask need every layer "
+                "to store the same tokens; a technique that drops tokens inside the LM (TokenPruneConfig) cannot "
+                "be combined with KVEfficientConfig."
+            )
+        out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if layer_idx == len(self.layers) - 1:
+            self.retention.end_of_forward(self)
+        return out
+
+    def reset(self) -> None:
+        """New episode: every layer's storage, summaries, utilities and LSTM state are cleared."""
+        for layer in self.layers:
+            layer.clear()
+        self._block_tokens = None
+        self._rope_memo.clear()
+
+    def observe_attention(self, layer_idx: int, probs: torch.Tensor) -> None:
+        """Attention probabilities ``[B, H, q, N]`` of the last forward of ``layer_idx`` (H2O-like retention)."""
+        self.retention.observe(self.layers[layer_idx], probs)
+
+    # ------------------------------------------------------------------ summaries
+    def _cos_sin(self, first: int, count: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (first, count)
+        if key not in self._rope_memo:  # every layer summarises the same positions in one forward
+            pos = torch.arange(first, first + count, device=like.device)
+            self._rope_memo[key] = self.rope.cos_sin(pos, like)
+        return self._rope_memo[key]
+
+    def summarise(self, seg_k: torch.Tensor, seg_v: torch.Tensor, chunk_pos: torch.Tensor):
+        """Raw chunks -> RoPE-correct summaries.
+
+        seg_k/seg_v: [B, H, n*C, d] (keys rotated at ``chunk_pos`` [n, C]). Returns rotated summary keys and
+        values [B, H, n, s, d] (cache dtype), the position-free keys and values (float32, for the gate) and the
+        representative positions [n].
+        """
+        b, h, _, d = seg_k.shape
+        n, c = chunk_pos.shape
+        like = seg_k.new_empty(0, dtype=torch.float32)
+        cos, sin = self._cos_sin(int(chunk_pos[0, 0]), n * c, like)  # [n*C, d]
+        k_plain = remove_rotation(seg_k.float(), cos, sin).view(b, h, n, c, d)  # [B, H, n, C, d]
+        v = seg_v.float().view(b, h, n, c, seg_v.shape[-1])
+        w = self.aggregator.weights(k_plain, v)  # [B, H, n, s, C]
+        sk_plain, sv = w @ k_plain, w @ v  # [B, H, n, s, d]
+        rep = representative_positions(chunk_pos)  # [n]
+        rcos, rsin = self.rope.cos_sin(rep, like)  # [n, d]
+        sk = apply_rotation(sk_plain, rcos.unsqueeze(1), rsin.unsqueeze(1))  # rotate every slot at its chunk's centre
+        return sk.to(seg_k.dtype), sv.to(seg_v.dtype), sk_plain, sv, rep
+
+    # ------------------------------------------------------------------ measurement helpers
+    def stored_tokens(self) -> list[int]:
+        """Slots held per layer."""
+        return [layer.stored for layer in self.layers]
+
+    def kv_bytes(self) -> int:
+        """Bytes held by the key and value tensors of every layer."""
+        return int(sum(t.nbytes for layer in self.layers if layer.is_initialized for t in (layer.keys, layer.values)))
+
+    def retained_chunks(self, layer_idx: int = 0) -> list[int]:
+        """Ids (0 = first chunk of the episode) of the chunks whose summaries ``layer_idx`` holds."""
+        return self.layers[layer_idx].chunk_ids.tolist()

@@ -1,0 +1,180 @@
+"""Chunk aggregators (MLP and mean) and the LSTM utility gate of KV-Efficient VLA (arXiv 2509.21354), and their files.
+
+Aggregator (paper: "an MLP aggregates each chunk"; the official code mean-pools). Ours, per KV head and
+vectorised over batch, heads and chunks: an MLP scores each of the chunk's C tokens from its de-rotated key
+and its value, a softmax over the chunk turns the scores into ``s`` pooling distributions, and the ``s``
+summary slots are those weighted means of the keys and of the values::
+
+    w[j, c] = softmax_c( MLP([k_c ; v_c])_j + prior[j, c] )      j < s, c < C
+    k_sum[j] = sum_c w[j, c] k_c,   v_sum[j] = sum_c w[j, c] v_c
+
+Keys and values share the weights, so a slot pools the same tokens in K and in V. The last MLP layer starts at
+zero and ``prior`` assigns slot j to the j-th contiguous part of the chunk, so an untrained aggregator is
+exactly the mean baseline; training moves it away. Convex weights keep a summary inside its chunk's span and
+make the RoPE bookkeeping exact (a chunk of identical de-rotated keys summarises to that key).
+
+Gate (paper: "LSTM gating ... learned utility scores"). Per layer, the LSTM reads one feature vector per
+completed chunk (the chunk summary: for every KV head, the slot-mean of the de-rotated summary key and of the
+summary value, concatenated, layer-normed), with (h, c) carried from that layer's previous chunk:
+``h_m, c_m = LSTMCell(x_m, (h_{m-1}, c_{m-1}))``, ``g_m = sigmoid(w^T h_m + b)``. One set of weights serves every
+layer (as in the official code); each layer keeps its own state in the cache. Differences from the official
+code (papers.md 4.1): the LSTM reads the summary of the chunk it decides on (not the newest tokens), K and V
+get one decision, and the weights are trained (:mod:`.train`).
+
+Files: ``gate.safetensors`` + ``gate.json`` (sizes, the fingerprint of the policy it was trained for, the
+cache settings and training statistics). :func:`load_gate` refuses a gate trained for another policy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ChunkAggregator", "MeanAggregator", "LSTMGate", "KVGate", "load_gate", "save_gate", "gate_files",
+           "GateMismatchError", "GATE_WEIGHTS", "GATE_META"]
+
+GATE_WEIGHTS, GATE_META = "gate.safetensors", "gate.json"
+PRIOR_OUTSIDE = -30.0  # logit prior for tokens outside a slot's segment: exp(-30) ~ 1e-13, i.e. not pooled
+
+
+class GateMismatchError(ValueError):
+    """A gate file does not fit the policy (trained for another policy, or other head sizes)."""
+
+
+def segment_prior(slots: int, chunk: int, device: torch.device) -> torch.Tensor:
+    """[s, C] log-prior: 0 where token c belongs to slot j's contiguous segment, ``PRIOR_OUTSIDE`` elsewhere."""
+    seg = torch.div(torch.arange(chunk, device=device) * slots, chunk, rounding_mode="floor")  # [C] slot of token
+    inside = seg.unsqueeze(0) == torch.arange(slots, device=device).unsqueeze(1)  # [s, C]
+    return torch.where(inside, 0.0, PRIOR_OUTSIDE)
+
+
+class MeanAggregator(nn.Module):
+    """Mean of each of ``s`` contiguous segments of the chunk (the official code's ``aggregate_mean`` for s = 1)."""
+
+    def __init__(self, slots: int = 1):
+        super().__init__()
+        self.slots = slots
+
+    def weights(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """keys/values [..., C, d] -> pooling weights [..., s, C] (each row sums to 1)."""
+        c = keys.shape[-2]
+        inside = segment_prior(self.slots, c, keys.device) == 0  # [s, C]
+        w = inside.to(keys.dtype) / inside.sum(-1, keepdim=True).to(keys.dtype)
+        return w.expand(*keys.shape[:-2], self.slots, c)
+
+
+class ChunkAggregator(nn.Module):
+    """MLP aggregator: per KV head, C x d_h keys and values -> s summary slots (see the module docstring)."""
+
+    def __init__(self, head_dim: int, slots: int = 1, hidden: int = 64):
+        super().__init__()
+        self.slots = slots
+        self.norm = nn.LayerNorm(2 * head_dim, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * head_dim, hidden), nn.GELU(), nn.Linear(hidden, slots))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def weights(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """keys (de-rotated)/values [..., C, d] -> pooling weights [..., s, C]."""
+        c = keys.shape[-2]
+        logits = self.mlp(self.norm(torch.cat([keys, values], dim=-1)))  # [..., C, s]
+        logits = logits.transpose(-1, -2) + segment_prior(self.slots, c, keys.device)  # [..., s, C]
+        return torch.softmax(logits, dim=-1)
+
+
+class LSTMGate(nn.Module):
+    """Utility g in (0, 1) of a chunk, from its summary features and the layer's recurrent state."""
+
+    def __init__(self, in_dim: int, hidden: int = 64, init_utility: float = 0.5):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.cell = nn.LSTMCell(in_dim, hidden)
+        self.head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.constant_(self.head.bias, math.log(init_utility / (1 - init_utility)))
+
+    def forward(self, features: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """features [B, in] -> g [B], new (h, c) [B, hidden] each."""
+        h, c = self.cell(self.norm(features), state)
+        return torch.sigmoid(self.head(h)).squeeze(-1), (h, c)
+
+
+def summary_features(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """De-rotated summary keys / values [B, H, n, s, d] -> gate inputs [B, n, H*2*d] (slot means per head)."""
+    b, h, n, _, d = keys.shape
+    x = torch.cat([keys.mean(-2), values.mean(-2)], dim=-1)  # [B, H, n, 2d]
+    return x.permute(0, 2, 1, 3).reshape(b, n, h * 2 * d)
+
+
+class KVGate(nn.Module):
+    """The trainable part of KV-Efficient: MLP chunk aggregator + LSTM gate, and what they were trained for."""
+
+    def __init__(self, head_dim: int, kv_heads: int, slots: int = 1, agg_hidden: int = 64, lstm_hidden: int = 64,
+                 init_utility: float = 0.5, meta: dict[str, Any] | None = None):
+        super().__init__()
+        self.sizes = {"head_dim": head_dim, "kv_heads": kv_heads, "slots": slots, "agg_hidden": agg_hidden,
+                      "lstm_hidden": lstm_hidden, "init_utility": init_utility}
+        self.aggregator = ChunkAggregator(head_dim, slots, agg_hidden)
+        self.lstm = LSTMGate(kv_heads * 2 * head_dim, lstm_hidden, init_utility)
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.meta.get("fingerprint")
+
+    def check_fits(self, head_dim: int, kv_heads: int, slots: int) -> None:
+        want = {"head_dim": head_dim, "kv_heads": kv_heads, "slots": slots}
+        got = {k: self.sizes[k] for k in want}
+        if got != want:
+            raise GateMismatchError(f"this gate was built for {got} but the cache needs {want}; train a gate for "
+                                    "these settings with `vlaccel train-kv-gate`")
+
+
+def gate_files(path: str | Path) -> tuple[Path, Path]:
+    """A gate folder (or its ``gate.safetensors``) -> (weights path, JSON path)."""
+    path = Path(path)
+    folder = path if path.suffix != ".safetensors" else path.parent
+    weights = path if path.suffix == ".safetensors" else folder / GATE_WEIGHTS
+    return weights, weights.with_suffix(".json") if path.suffix == ".safetensors" else folder / GATE_META
+
+
+def save_gate(gate: KVGate, folder: str | Path) -> Path:
+    """Write ``gate.safetensors`` + ``gate.json`` into ``folder``; returns the folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in gate.state_dict().items()}
+    save_file(state, str(folder / GATE_WEIGHTS), metadata={"format": "pt", "fingerprint": str(gate.fingerprint)})
+    (folder / GATE_META).write_text(json.dumps({"sizes": gate.sizes, **gate.meta}, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def load_gate(path: str | Path, fingerprint: str | None = None) -> KVGate:
+    """Load a gate; with ``fingerprint`` (``vlaccel.fingerprint(policy)``) refuse one trained for another policy."""
+    from safetensors.torch import load_file
+
+    weights, meta_path = gate_files(path)
+    for p in (weights, meta_path):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} not found: {path} is not a KV-Efficient gate (train one with `vlaccel train-kv-gate`)")
+    meta = json.loads(meta_path.read_text())
+    sizes = meta.pop("sizes")
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        raise GateMismatchError(
+            f"the gate at {path} was trained for policy fingerprint {meta.get('fingerprint')!r}, but this policy's "
+            f"fingerprint is {fingerprint!r}: a gate only fits the exact weights it was trained with. Train one for "
+            "this policy (`vlaccel train-kv-gate --policy PATH`), or use a gate-free baseline "
+            "(retention='mean', 'streaming', 'random' or 'h2o'). If the policy was pruned by another technique, "
+            "apply KVEfficientConfig in the same vlaccel.apply call (validation sees the unmodified policy)."
+        )
+    gate = KVGate(**sizes, meta=meta)
+    gate.load_state_dict(load_file(str(weights)))
+    return gate.eval()
+

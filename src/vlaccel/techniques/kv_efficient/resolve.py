@@ -1,0 +1,92 @@
+"""Resolve a :class:`KVEfficientConfig` against a model: chunk size, the gate file, RoPE and layer types.
+
+Every check raises before anything is changed, with an error that says how to fix the setting.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
+from vlaccel.techniques.kv_efficient.gate import GATE_WEIGHTS, KVGate, load_gate
+from vlaccel.techniques.kv_efficient.rope import find_rotary
+
+__all__ = ["shipped_gate_dir", "resolve_chunk", "resolve_gate", "check_model"]
+
+
+def shipped_gate_dir() -> Path:
+    """Where the gate trained for the bundled reference policy lives (``vlaccel/assets/kv_gate``)."""
+    return Path(str(resources.files("vlaccel") / "assets" / "kv_gate"))
+
+
+def resolve_chunk(config: KVEfficientConfig, model: Any, adapter: Any) -> int:
+    if config.chunk is not None:
+        chunk = config.chunk
+    else:
+        per_frame = getattr(adapter, "tokens_per_frame", None)
+        if per_frame is None:
+            raise ValueError(
+                f"KVEfficientConfig(chunk=None) means 'the tokens of one observation', which {type(model).__name__} "
+                "does not have; pass chunk=N explicitly"
+            )
+        chunk = int(per_frame(model))
+    if config.summary_slots > chunk:
+        raise ValueError(f"summary_slots={config.summary_slots} > chunk={chunk} tokens: a summary must be smaller "
+                         "than its chunk")
+    return chunk
+
+
+def _head_sizes(lm_cfg: Any) -> tuple[int, int]:
+    head_dim = getattr(lm_cfg, "head_dim", None) or lm_cfg.hidden_size // lm_cfg.num_attention_heads
+    return int(head_dim), int(getattr(lm_cfg, "num_key_value_heads", None) or lm_cfg.num_attention_heads)
+
+
+def resolve_gate(config: KVEfficientConfig, model: Any, adapter: Any) -> KVGate:
+    """Load ``config.gate`` (or the shipped gate) and check it fits ``model`` (fingerprint and head sizes)."""
+    from vlaccel.models.io import fingerprint
+
+    fp = fingerprint(model)
+    if config.gate is not None:
+        gate = load_gate(config.gate, fingerprint=fp)
+    else:
+        shipped = shipped_gate_dir()
+        if not (shipped / GATE_WEIGHTS).exists():
+            raise FileNotFoundError(
+                "retention='gated' with gate=None uses the gate shipped for the bundled reference policy, and this "
+                f"install has none ({shipped}). Train one with `vlaccel train-kv-gate --policy reference` and pass "
+                "gate=PATH, or choose a gate-free baseline: retention='mean', 'streaming', 'random' or 'h2o'."
+            )
+        try:
+            gate = load_gate(shipped, fingerprint=fp)
+        except ValueError as err:
+            raise ValueError(
+                f"no trained gate for this policy (fingerprint {fp}): the shipped gate belongs to the bundled "
+                f"reference policy. Train one with `vlaccel train-kv-gate --policy PATH` and pass gate=PATH, or choose "
+                "a gate-free baseline: retention='mean', 'streaming', 'random' or 'h2o'."
+            ) from err
+    head_dim, kv_heads = _head_sizes(adapter.lm_config(model))
+    gate.check_fits(head_dim, kv_heads, config.summary_slots)
+    return gate
+
+
+def check_model(config: KVEfficientConfig, model: Any, adapter: Any) -> None:
+    """Layer types the cache supports, RoPE when summaries are re-rotated, and the cache plumbing."""
+    from vlaccel.adapters.base import ModelAdapter
+
+    if type(adapter).set_cache_factory is ModelAdapter.set_cache_factory:
+        raise TypeError(
+            f"{type(model).__name__} has no history mode vlaccel can give a cache to; build "
+            "ChunkedGatedCache.for_model(model, config) and pass it as past_key_values to forward()/generate()"
+        )
+    lm_cfg = adapter.lm_config(model)
+    types = set(getattr(lm_cfg, "layer_types", None) or ["full_attention"])
+    if types != {"full_attention"}:
+        raise ValueError(f"KV-Efficient supports full-attention decoders only; this LM has layer types {sorted(types)}")
+    if config.summarises and find_rotary(adapter.decoder_owner(model)) is None:
+        raise ValueError(
+            f"retention={config.retention!r} re-rotates summary keys at their chunk's position, which needs RoPE "
+            f"attention; {type(adapter.decoder_owner(model)).__name__} has no rotary embedding. Use "
+            "retention='streaming' (no summaries) or 'full'."
+        )

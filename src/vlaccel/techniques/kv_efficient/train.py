@@ -1,0 +1,262 @@
+"""Training the KV-Efficient gate and aggregator by distillation (spec A "Training"; the paper's gate is "learned",
+its released code never trains it, reference/papers.md 1.3).
+
+Teacher: the frozen policy with its full, uncompressed history (one LM forward over the whole episode).
+Student: the same frozen policy whose history lives in a *soft* :class:`ChunkedGatedCache`: every chunk that
+leaves the window is summarised by the MLP aggregator and stays, and ``log g`` (the LSTM gate's utility) is
+added to the attention logits of its slots, so g -> 0 is exactly dropping it. Per-layer biases need per-layer
+masks, so a forward pre-hook on every attention module replaces its ``attention_mask`` by a float mask
+``[B, 1, q, N + q]`` (``slot_bias`` of the stored slots, causal over the new block); SDPA takes float masks.
+
+Loss per episode (frames t = 1..F, cognition features z at the ``<cog>`` positions)::
+
+    L = mean_t |z_student(t) - z_teacher(t)|^2 / |z_teacher(t)|^2  +  lambda * (mean g - rho)^2
+
+Only the aggregator and the gate learn; the policy stays frozen (the paper's "LoRA compensation" is not done).
+Data: the simulator demos (``vlaccel.sim.data.load_demos``), whole-episode prefixes from frame 0 (memory tasks
+show the goal only in the first frames), or random frames for smoke tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlaccel.techniques.kv_efficient.cache import ChunkedGatedCache
+from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
+from vlaccel.techniques.kv_efficient.gate import KVGate, save_gate
+
+__all__ = ["GateTrainConfig", "Episode", "train_gate", "episodes_from_demos", "synthetic_episodes",
+           "soft_attention", "episode_loss"]
+
+
+@dataclasses.dataclass
+class GateTrainConfig:
+    """Settings of ``vlaccel train-kv-gate`` (the cache settings are stored with the gate)."""
+
+    window: int = 132
+    budget: int = 8
+    chunk: int | None = None
+    summary_slots: int = 1
+    max_frames: int = 16  # episode prefix length (frames from the start of a demo)
+    min_frames: int | None = None  # default: the first frame whose cache holds a summary, + 2
+    steps: int = 300
+    minutes: float | None = None  # stop early after this much wall time
+    lr: float = 3e-3
+    target_retention: float = 0.5  # rho
+    retention_weight: float = 1.0  # lambda
+    agg_hidden: int = 64
+    lstm_hidden: int = 64
+    seed: int = 0
+
+    def kv_config(self) -> KVEfficientConfig:
+        return KVEfficientConfig(window=self.window, chunk=self.chunk, summary_slots=self.summary_slots,
+                                 budget=self.budget, gate=None, retention="gated")
+
+
+@dataclasses.dataclass
+class Episode:
+    instruction: str
+    images: np.ndarray  # uint8 [F, H, W, 3]
+    states: np.ndarray | None  # float32 [F, P] or None
+    source: str = ""
+
+
+def episodes_from_demos(demos: Sequence[Any]) -> list[Episode]:
+    return [Episode(d.instruction, d.images, getattr(d, "states", None), str(getattr(d, "path", d.task)))
+            for d in demos]
+
+
+def synthetic_episodes(policy_config: Any, n: int, frames: int, seed: int = 0) -> list[Episode]:
+    """Random frames (for smoke tests and tiny policies; not meaningful training data)."""
+    rng = np.random.default_rng(seed)
+    size, p = policy_config.image_size, policy_config.proprio_dim
+    words = ("push the puck to the goal", "reach the goal", "open the drawer", "press the button from the top")
+    return [Episode(words[i % len(words)], rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8),
+                    rng.normal(size=(frames, p)).astype(np.float32) if p else None, f"synthetic-{i}")
+            for i in range(n)]
+
+
+@contextlib.contextmanager
+def soft_attention(policy: Any) -> Iterator[None]:
+    """Per-layer float attention masks carrying the soft cache's ``log g`` slot biases (removed on exit)."""
+    from vlaccel.adapters import get_adapter
+
+    adapter = get_adapter(policy)
+
+    def pre_hook(module: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        cache = kwargs.get("past_key_values")
+        if not isinstance(cache, ChunkedGatedCache) or not cache.soft:
+            return args, kwargs
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        b, q = hidden.shape[:2]
+        layer = cache.layers[module.layer_idx]
+        low = torch.finfo(hidden.dtype).min
+        causal = torch.full((q, q), low, dtype=hidden.dtype, device=hidden.device).triu(1)  # [q, q]
+        past = layer.slot_bias().to(hidden.dtype) if layer.is_initialized else hidden.new_zeros(b, 0)  # [B, N]
+        mask = torch.cat([past[:, None, None, :].expand(b, 1, q, past.shape[1]),
+                          causal.expand(b, 1, q, q)], dim=-1)  # [B, 1, q, N + q]
+        kwargs["attention_mask"] = mask
+        return args, kwargs
+
+    hooks = []
+    for layer in adapter.decoder_layers(policy):
+        attn = adapter.attention_module(policy, layer) if hasattr(adapter, "attention_module") else layer.self_attn
+        hooks.append(attn.register_forward_pre_hook(pre_hook, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _observations(policy: Any, ep: Episode, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen parts: instruction embeddings [1, L, D] and observation tokens [F, n, D]."""
+    with torch.no_grad():
+        ids = policy.instruction_ids(ep.instruction)
+        instr = policy.language_model.embed_tokens(ids)
+        imgs = torch.from_numpy(np.ascontiguousarray(ep.images[:frames])).to(policy.device)
+        pixels = policy.normalize_pixels(imgs).unsqueeze(1)  # [F, cams=1, 3, H, W]
+        proprio = None
+        if policy.config.proprio_dim:
+            states = ep.states[:frames] if ep.states is not None else np.zeros((frames, policy.config.proprio_dim))
+            proprio = torch.as_tensor(np.asarray(states, np.float32), device=policy.device).to(policy.dtype)
+        obs = policy.embed_observation(pixels, proprio)  # [F, n, D]
+    return instr, obs
+
+
+def teacher_cognition(policy: Any, instr: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    """Cognition features [F, D] with the full history: one LM forward over ``[instr][obs_1]..[obs_F]``."""
+    f, n, d = obs.shape
+    seq = torch.cat([instr, obs.reshape(1, f * n, d)], dim=1)
+    pos = torch.arange(seq.shape[1], device=seq.device).unsqueeze(0)
+    with torch.no_grad():
+        hidden = policy.language_model(inputs_embeds=seq, position_ids=pos, use_cache=False).last_hidden_state
+    cog = instr.shape[1] + torch.arange(f, device=seq.device) * n + n - 1
+    return hidden[0, cog]
+
+
+def student_cognition(policy: Any, cache: ChunkedGatedCache, instr: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    """Cognition features [F, D] of history mode on ``cache`` (gradients flow into the gate and aggregator)."""
+    from vlaccel.models.vla import TokenLayout
+
+    policy.run_language_model(instr, TokenLayout("prefix", instruction=slice(0, instr.shape[1]),
+                                                 length=instr.shape[1]), cache)
+    out = []
+    for t in range(obs.shape[0]):
+        hidden = policy.run_language_model(obs[t:t + 1], policy.observation_layout(), cache)
+        out.append(hidden[0, -1])
+    return torch.stack(out)
+
+
+def episode_loss(policy: Any, gate: KVGate, kv: KVEfficientConfig, chunk: int, ep: Episode, frames: int,
+                 cfg: GateTrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    instr, obs = _observations(policy, ep, frames)
+    z_teacher = teacher_cognition(policy, instr, obs)  # [F, D]
+    cache = ChunkedGatedCache.for_model(policy, kv, gate=gate, chunk=chunk, soft=True)
+    with soft_attention(policy):
+        z_student = student_cognition(policy, cache, instr, obs)
+    err = ((z_student - z_teacher) ** 2).sum(-1) / (z_teacher ** 2).sum(-1).clamp_min(1e-8)  # [F]
+    g = torch.cat([layer.gate_g.flatten() for layer in cache.layers])
+    distill = err.mean()
+    if g.numel() == 0:
+        return distill, {"distill": float(distill.detach()), "mean_g": float("nan")}
+    reg = (g.mean() - cfg.target_retention) ** 2
+    return distill + cfg.retention_weight * reg, {"distill": float(distill.detach()), "mean_g": float(g.detach().mean())}
+
+
+def _first_summary_frame(cfg: GateTrainConfig, chunk: int, tokens_per_frame: int) -> int:
+    """Frames after which the cache holds its first summary (raw >= window + chunk)."""
+    return math.ceil((cfg.window + chunk) / tokens_per_frame)
+
+
+def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, progress: bool = True,
+               meta: dict[str, Any] | None = None) -> tuple[KVGate, dict[str, Any]]:
+    """Train a gate for ``policy`` (frozen) on ``episodes``; returns the gate (meta filled) and training stats."""
+    from vlaccel.adapters import get_adapter
+    from vlaccel.models.io import fingerprint
+    from vlaccel.techniques.kv_efficient.resolve import resolve_chunk
+
+    if not episodes:
+        raise ValueError("train_gate needs at least one episode")
+    if not 0.0 < cfg.target_retention < 1.0:
+        raise ValueError(f"target_retention must be in (0, 1), got {cfg.target_retention}")
+    adapter = get_adapter(policy)
+    kv = cfg.kv_config()
+    chunk = resolve_chunk(kv, policy, adapter)
+    lm_cfg = adapter.lm_config(policy)
+    head_dim = getattr(lm_cfg, "head_dim", None) or lm_cfg.hidden_size // lm_cfg.num_attention_heads
+    fp = fingerprint(policy)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(cfg.seed)
+        gate = KVGate(head_dim, lm_cfg.num_key_value_heads, cfg.summary_slots, cfg.agg_hidden, cfg.lstm_hidden,
+                      init_utility=cfg.target_retention).to(policy.device)
+    tokens = policy.config.tokens_per_frame
+    first = _first_summary_frame(cfg, chunk, tokens)
+    min_frames = cfg.min_frames or min(cfg.max_frames, first + 2)
+    usable = [e for e in episodes if len(e.images) >= min_frames]
+    if not usable:
+        raise ValueError(f"no episode has the {min_frames} frames needed to fill the window ({cfg.window} tokens) "
+                         f"and a chunk ({chunk}); use a smaller --window or longer episodes")
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.Adam(gate.parameters(), lr=cfg.lr)
+    frozen = [(p, p.requires_grad) for p in policy.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    bar = _progress(progress)
+    try:
+        with bar:
+            task = bar.add_task("train-kv-gate", total=cfg.steps)
+            for step in range(cfg.steps):
+                ep = usable[int(rng.integers(len(usable)))]
+                frames = int(rng.integers(min_frames, min(cfg.max_frames, len(ep.images)) + 1))
+                loss, stats = episode_loss(policy, gate, kv, chunk, ep, frames, cfg)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(gate.parameters(), 1.0)
+                opt.step()
+                history.append({"step": step, "loss": float(loss.detach()), **stats})
+                bar.update(task, advance=1, description=f"train-kv-gate loss {float(loss.detach()):.4f} "
+                                                         f"distill {stats['distill']:.4f} g {stats['mean_g']:.2f}")
+                if cfg.minutes is not None and time.perf_counter() - start > 60 * cfg.minutes:
+                    break
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+    gate.eval()
+    k = max(1, len(history) // 10)
+    stats_out = {
+        "steps": len(history), "seconds": round(time.perf_counter() - start, 1), "episodes": len(usable),
+        "frames": [min_frames, cfg.max_frames], "loss_first": float(np.mean([h["loss"] for h in history[:k]])),
+        "loss_last": float(np.mean([h["loss"] for h in history[-k:]])),
+        "distill_first": float(np.mean([h["distill"] for h in history[:k]])),
+        "distill_last": float(np.mean([h["distill"] for h in history[-k:]])),
+        "mean_g_last": float(np.nanmean([h["mean_g"] for h in history[-k:]])),
+    }
+    gate.meta = {"fingerprint": fp, "kv": {"window": cfg.window, "chunk": chunk, "budget": cfg.budget,
+                                            "summary_slots": cfg.summary_slots},
+                 "train": {**dataclasses.asdict(cfg), **stats_out}, **(meta or {})}
+    return gate.cpu(), stats_out
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not enabled, transient=False)
+
+
+def train_and_save(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, out: str | Path,
+                   progress: bool = True, meta: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    gate, stats = train_gate(policy, episodes, cfg, progress=progress, meta=meta)
+    return save_gate(gate, out), stats
