@@ -37,7 +37,7 @@ def test_bench_json(tmp_path, capsys):
     assert r["cognition_mse"] == 0.0 and r["cognition_sqnr_db"] == "inf"  # same LM: identical features
     assert r["kv_bytes_reduction"] == 1.0
     assert result["observations"].startswith("SYNTHETIC")
-    assert set(result["history"]["settings"]) == {"full", "ddim5"}
+    assert {"full", "ddim5"} <= set(result["history"]["settings"])
     assert (tmp_path / "history_scaling.png").stat().st_size > 0
     assert (tmp_path / "presets_speedup.png").stat().st_size > 0
 

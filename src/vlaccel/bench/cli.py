@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed calls per policy (median; default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up rounds (default 3)")
     p.add_argument("--samples", type=int, default=16, help="observations for the fidelity metrics (default 16)")
-    p.add_argument("--demos", default="data/demos", help="recorded demos for fidelity (default: data/demos)")
+    p.add_argument("--demos", default="data/demos",
+                   help="recorded demos for fidelity and layer-pruning calibration (default: data/demos)")
+    p.add_argument("--profile", action="store_true",
+                   help="add torch.profiler's top ops of one baseline and one accelerated call per preset")
     p.set_defaults(func=run)
 
 
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats, warmup=args.warmup, device=args.device, fidelity_samples=args.samples,
         demos_dir=args.demos, history=args.history,
         history_lengths=tuple(args.history_lengths or DEFAULT_LENGTHS), history_repeats=args.history_repeats,
+        profile=args.profile,
     )
     to_stdout = args.json == "-"
     console = Console(stderr=to_stdout)
@@ -89,4 +93,4 @@ def run(args: argparse.Namespace) -> int:
             with open(args.json, "w") as f:
                 f.write(text + "\n")
             console.print(f"JSON: {args.json}")
-    return 0
+    return 1 if result["errors"] else 0

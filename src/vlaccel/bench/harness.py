@@ -22,13 +22,22 @@ import torch
 from vlaccel.bench.fidelity import compare_policies, load_observations
 from vlaccel.bench.flops import flops_by_module
 from vlaccel.bench.history import DEFAULT_LENGTHS, history_scaling
-from vlaccel.bench.latency import MODULES, ModuleTimer, Subject, policy_modules, ratio, time_alternating
+from vlaccel.bench.latency import (
+    MODULES,
+    ModuleTimer,
+    Subject,
+    policy_modules,
+    profile_call,
+    ratio,
+    time_alternating,
+)
 from vlaccel.bench.memory import count_parameters
 
 __all__ = [
     "BenchOptions",
     "Progress",
     "bench_preset",
+    "calibration_setter",
     "default_presets",
     "environment",
     "kv_settings",
@@ -43,16 +52,18 @@ class BenchOptions:
     warmup: int = 3  # untimed rounds first
     device: str = "cpu"
     fidelity_samples: int = 16  # observations for action / cognition fidelity
+    calibration_samples: int = 64  # observations handed to layer pruning's calibration
     demos_dir: str = "data/demos"
     history: bool = False
     history_lengths: Sequence[int] = DEFAULT_LENGTHS
     history_repeats: int = 1
     history_window: int = 4  # per-step latency at N = median of steps N-window+1..N
+    profile: bool = False  # torch.profiler top ops of one baseline and one accelerated call per preset
 
     def __post_init__(self) -> None:
-        if self.repeats < 1 or self.warmup < 0 or self.fidelity_samples < 1:
-            raise ValueError("repeats and fidelity_samples must be >= 1 and warmup >= 0 "
-                             f"(got {self.repeats}, {self.fidelity_samples}, {self.warmup})")
+        if min(self.repeats, self.fidelity_samples, self.calibration_samples) < 1 or self.warmup < 0:
+            raise ValueError("repeats, fidelity_samples and calibration_samples must be >= 1 and warmup >= 0 (got "
+                             f"{self.repeats}, {self.fidelity_samples}, {self.calibration_samples}, {self.warmup})")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
 
@@ -147,14 +158,36 @@ def kv_settings() -> tuple[dict[str, list[Any]], str | None]:
     return settings, None
 
 
+def calibration_setter(observations: Sequence[Any]) -> Callable[[Any], None]:
+    """A ``prepare(policy_copy)`` that gives layer pruning its calibration observations (before apply).
+
+    Layer pruning (EfficientVLA Eq. 1) calibrates on observations of the target tasks; the bench hands it
+    the same source it uses for fidelity (the demos, or the labelled synthetic fallback), so presets run
+    whatever the working directory holds.
+    """
+    samples = [{"image": o.image, "instruction": o.instruction,
+                **({"proprio": o.proprio} if o.proprio is not None else {})} for o in observations]
+
+    def prepare(p: Any) -> None:
+        try:
+            from vlaccel.techniques.layer_prune import set_calibration_observations
+        except ImportError:
+            return
+        set_calibration_observations(p, samples)
+
+    return prepare
+
+
 def bench_preset(policy: Any, name: str, configs: Sequence[Any], observations: Sequence[Any],
                  options: BenchOptions, baseline_flops: dict[str, int] | None = None,
-                 progress: Progress | None = None) -> dict[str, Any]:
+                 progress: Progress | None = None, prepare: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Speed, FLOPs, parameters and fidelity of ``configs`` applied to a copy of ``policy``."""
     import vlaccel
 
     progress = progress or Progress()
     accelerated = copy.deepcopy(policy)
+    if prepare is not None:
+        prepare(accelerated)
     handle = vlaccel.apply(accelerated, *configs) if configs else None
     try:
         obs = observations[0]
@@ -174,9 +207,15 @@ def bench_preset(policy: Any, name: str, configs: Sequence[Any], observations: S
             baseline_flops = flops_by_module(policy_modules(policy), call(policy))
         acc_flops = flops_by_module(policy_modules(accelerated), call(accelerated))
 
+        profile = None
+        if options.profile:
+            profile = {"baseline": profile_call(call(policy), options.device),
+                       "accelerated": profile_call(call(accelerated), options.device)}
+
         advance = progress.task(f"{name}: fidelity", 1)
         fidelity = compare_policies(policy, accelerated, list(observations))
         advance()
+        params_fraction = ratio(count_parameters(accelerated), count_parameters(policy))  # while applied
     finally:
         if handle is not None:
             handle.remove()
@@ -191,8 +230,12 @@ def bench_preset(policy: Any, name: str, configs: Sequence[Any], observations: S
         "flops_fraction": ratio(acc_flops["total"], baseline_flops["total"]),
         "flops_fraction_by_module": {m: ratio(acc_flops[m], baseline_flops[m]) for m in MODULES},
         "gflops": {"baseline": baseline_flops["total"] / 1e9, "accelerated": acc_flops["total"] / 1e9},
-        "params_fraction": ratio(count_parameters(accelerated), count_parameters(policy)),
+        "params_fraction": params_fraction,
+        # where the accelerated call spends its time (the module to look at when a speedup falls short)
+        "dominant_module": max(MODULES, key=lambda m: acc["modules"][m]),
+        "dominant_module_share": max(acc["modules"].values()) / acc["e2e"],
         **fidelity,
+        **({"profile": profile} if profile else {}),
     }
 
 
@@ -207,6 +250,9 @@ def run_benchmark(policy: Any, presets: Sequence[str] | None = None, options: Be
     resolved = {name: vlaccel.presets.get(name) for name in presets}  # unknown names fail before any work
     policy = policy.to(options.device).eval()
     observations, obs_source = load_observations(policy.config, options.fidelity_samples, options.demos_dir)
+    calibration, calib_source = load_observations(policy.config, options.calibration_samples, options.demos_dir,
+                                                  seed=1)
+    prepare = calibration_setter(calibration)
     baseline_flops = flops_by_module(policy_modules(policy), lambda: policy.predict_action(
         observations[0].image, observations[0].instruction, observations[0].proprio))
     result: dict[str, Any] = {
@@ -216,22 +262,29 @@ def run_benchmark(policy: Any, presets: Sequence[str] | None = None, options: Be
                    "tokens_per_frame": policy.config.tokens_per_frame},
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(options).items()},
         "observations": obs_source,
+        "calibration": calib_source,
         "presets": {},
+        "errors": {},
         "notes": [],
     }
     for name, configs in resolved.items():
-        result["presets"][name] = bench_preset(policy, name, configs, observations, options, baseline_flops, progress)
+        try:
+            result["presets"][name] = bench_preset(policy, name, configs, observations, options, baseline_flops,
+                                                   progress, prepare)
+        except Exception as err:  # e.g. a preset sized for another policy: reported, the others still run
+            result["errors"][name] = f"{type(err).__name__}: {err}"
     if options.history:
         kv, note = kv_settings()
         if note:
             result["notes"].append(note)
-        settings = {**{n: c for n, c in resolved.items() if c}, **kv}
+        settings = {**{n: resolved[n] for n in result["presets"] if resolved[n]}, **kv}
         total = (len(settings) + 1) * max(options.history_lengths) * options.history_repeats
         hist = history_scaling(policy, settings, options.history_lengths, options.history_repeats,
-                               options.history_window, options.device, options.demos_dir,
+                               options.history_window, options.device, options.demos_dir, prepare=prepare,
                                on_step=progress.task("history scaling (lockstep episodes)", total))
         hist["kv_efficient_settings"] = sorted(kv)
         result["history"] = hist
+        result["errors"].update({f"history/{k}": v for k, v in hist["errors"].items()})
         for name in result["presets"]:
             if name in hist["summary"]:
                 s = hist["summary"][name]

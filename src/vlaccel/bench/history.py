@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from vlaccel.bench.fidelity import FidelityAccumulator, episode_frames
 from vlaccel.bench.latency import ModuleTimer, _Clock, policy_modules, ratio
 from vlaccel.bench.memory import cache_tensor_bytes, kv_bytes, kv_storage_bytes
@@ -64,13 +65,15 @@ def _window_median(series: list[list[float]], n: int, window: int) -> float:
 
 def history_scaling(policy: Any, settings: Mapping[str, Sequence[Any]], lengths: Sequence[int] = DEFAULT_LENGTHS,
                     repeats: int = 1, window: int = 4, device: str = "cpu", demos_dir: str = "data/demos",
-                    warmup_steps: int = 3, on_step: Callable[[], None] | None = None) -> dict[str, Any]:
+                    warmup_steps: int = 3, prepare: Callable[[Any], None] | None = None,
+                    on_step: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run the lockstep episodes; return the JSON series (see module docstring).
 
     A short unrecorded episode of ``warmup_steps`` steps per setting runs first (allocator, kernels).
 
     ``settings`` maps a name to the technique configs to apply ("full" with ``[]`` is added first if
-    missing: it is the reference for speedups, KV reduction and action fidelity).
+    missing: it is the reference for speedups, KV reduction and action fidelity). ``prepare(copy)`` runs
+    on each setting's policy copy before its configs are applied (e.g. calibration data).
     """
     import vlaccel
 
@@ -84,13 +87,20 @@ def history_scaling(policy: Any, settings: Mapping[str, Sequence[Any]], lengths:
     instruction, frames, proprio, source = episode_frames(policy.config, steps, demos_dir)
     clock = _Clock(device)
 
-    policies, handles, timers = {}, [], {}
+    policies, handles, timers, errors = {}, [], {}, {}
     for name, configs in settings.items():
         p = copy.deepcopy(policy)
-        if configs:
-            handles.append(vlaccel.apply(p, *configs))
+        try:
+            if configs and prepare is not None:
+                prepare(p)
+            if configs:
+                handles.append(vlaccel.apply(p, *configs))
+        except Exception as err:  # a setting this policy does not support: reported, the others still run
+            errors[name] = f"{type(err).__name__}: {err}"
+            continue
         policies[name] = p
         timers[name] = ModuleTimer(policy_modules(p), device).attach()
+    settings = {k: v for k, v in settings.items() if k in policies}
 
     names = list(settings)
     lat = {k: [] for k in names}  # [repeat][step] seconds
@@ -157,12 +167,25 @@ def history_scaling(policy: Any, settings: Mapping[str, Sequence[Any]], lengths:
         }
     return {"lengths": lengths, "repeats": repeats, "window": window, "frames": source,
             "instruction": instruction, "tokens_per_frame": policy.config.tokens_per_frame,
-            "settings": series, "summary": summarize(lengths, series)}
+            "settings": series, "summary": summarize(lengths, series), "errors": errors}
+
+
+def _linear_fit(x: Sequence[int], y: Sequence[float]) -> dict[str, float | None]:
+    """Least-squares line y = a + b x: slope (ms per history step) and R^2 (1 = linear growth)."""
+    if len(x) < 3:
+        return {"ms_per_history_step": None, "linear_r2": None}
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    slope, intercept = np.polyfit(xs, ys, 1)
+    resid = ys - (intercept + slope * xs)
+    total = float(np.sum((ys - ys.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(resid ** 2)) / total if total > 0 else 1.0
+    return {"ms_per_history_step": float(slope), "linear_r2": r2}
 
 
 def summarize(lengths: Sequence[int], series: Mapping[str, Mapping[str, list]], at: int = 64) -> dict[str, Any]:
     """Per setting: speedup and KV reduction vs the full cache at ``at`` steps (or the longest run if
-    shorter), growth of per-step latency from step 16 (or the first) to the last, and cache-update share."""
+    shorter), growth of per-step latency from step 16 (or the first) to the last, cache-update share, and
+    a straight-line fit of per-step latency against history length (slope, R^2)."""
     lengths = list(lengths)
     idx_at = lengths.index(at) if at in lengths else len(lengths) - 1
     idx_lo = lengths.index(16) if 16 in lengths else 0
@@ -178,5 +201,6 @@ def summarize(lengths: Sequence[int], series: Mapping[str, Mapping[str, list]], 
             "growth_to": lengths[-1],
             "step_latency_growth": ratio(s["step_ms"][-1], s["step_ms"][idx_lo]) - 1.0,
             "cache_update_fraction": ratio(s["cache_update_ms"][idx_at], s["step_ms"][idx_at]),
+            **_linear_fit(lengths, s["step_ms"]),
         }
     return out

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["MODULES", "ModuleTimer", "Samples", "Subject", "policy_modules", "ratio", "time_alternating"]
+__all__ = ["MODULES", "ModuleTimer", "Samples", "Subject", "policy_modules", "profile_call", "ratio", "time_alternating"]
 
 #: the modules timed separately, in report order
 MODULES = ("vision", "language_model", "action_head")
@@ -188,3 +188,22 @@ def ratio(numerator: float, denominator: float) -> float:
     if denominator == 0:
         return 1.0 if numerator == 0 else float("inf")
     return numerator / denominator
+
+
+def profile_call(fn: Callable[[], Any], device: str | torch.device = "cpu", top: int = 12) -> list[dict[str, Any]]:
+    """``torch.profiler`` over one call of ``fn``: the ``top`` ops by self time (where the time goes when a
+    speedup falls short). Each row: op name, calls, self ms, total ms (CUDA time on GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    clock = _Clock(device)
+    with profile(activities=activities) as prof:
+        fn()
+        clock.sync()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
+    total_key = "device_time_total" if cuda else "cpu_time_total"
+    return [{"op": e.key, "calls": int(e.count), "self_ms": getattr(e, key, 0.0) / 1e3,
+             "total_ms": getattr(e, total_key, 0.0) / 1e3} for e in rows]
+
