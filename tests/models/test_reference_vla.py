@@ -152,3 +152,20 @@ def test_config_validation_and_json():
     cfg = ReferenceVLAConfig.tiny()
     assert ReferenceVLAConfig.from_dict(cfg.to_dict()) == cfg
     assert isinstance(ReferenceVLA(cfg), ReferenceVLA)
+
+
+def test_window_positions_match_full_history_positions(tiny_policy, frames):
+    """A training window starting at frame s uses exactly the positions those frames have in the full history."""
+    policy = tiny_policy
+    ids, mask = policy.batch_instruction_ids([INSTR])
+    pixels = torch.stack([policy.pixels_from_images(f)[0] for f in frames]).unsqueeze(0)
+    seen = []
+    hook = policy.language_model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True)
+    with torch.no_grad():
+        policy.history_cognition(ids, mask, pixels, None)
+        policy.history_cognition(ids, mask, pixels[:, 2:4], None, first_frame=torch.tensor([2]))
+    hook.remove()
+    full, window = seen
+    n, L = policy.config.tokens_per_frame, ids.shape[1]
+    torch.testing.assert_close(window[0, L:], full[0, L + 2 * n : L + 4 * n], atol=0, rtol=0)

@@ -86,3 +86,22 @@ def _cfg_fields(cfg):
 def test_missing_demos_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="vlaccel collect"):
         train(TrainConfig(data=str(tmp_path / "none"), preset="tiny"))
+
+
+def test_windows_start_inside_episode_and_mask_tail(tmp_path):
+    from vlaccel.sim.data import load_demos
+    from vlaccel.training.batches import sample_windows
+
+    make_demos(tmp_path, n=2, frames=5)
+    demos = load_demos(tmp_path)
+    batch = sample_windows(demos, 8, 16, np.random.default_rng(0), frames=3)
+    assert batch.images.shape[:2] == (8, 3) and batch.first_frame.shape == (8,)
+    assert (batch.first_frame >= 0).all() and (batch.first_frame <= 2).all()
+    # the window's first action chunk starts at env step first_frame * frame_every
+    checked = 0
+    for b in range(8):
+        s = int(batch.first_frame[b])
+        d = next(d for d in demos if torch.equal(batch.images[b, 0], torch.from_numpy(d.images[s])))
+        np.testing.assert_array_equal(batch.actions[b, 0, :4].numpy(), d.actions[s * 4 : s * 4 + 4])
+        checked += 1
+    assert checked == 8

@@ -21,6 +21,7 @@ class HistoryBatch:
     proprio: torch.Tensor  # [B, F, P] float32
     actions: torch.Tensor  # [B, F, chunk, A] float32
     action_mask: torch.Tensor  # [B, F, chunk] float32 (0 past the episode end or past the sample's h)
+    first_frame: torch.Tensor | None = None  # [B] episode frame index of each window's first frame
 
 
 def action_chunk(actions: np.ndarray, start: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,3 +72,27 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
     offs = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
     out = torch.stack([x[i, :, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(offs.tolist())])
     return out.reshape(b, f, c, h, w).permute(0, 1, 3, 4, 2).round().to(torch.uint8)
+
+
+def sample_windows(demos: list, batch_size: int, chunk: int, rng: np.random.Generator, frames: int) -> HistoryBatch:
+    """Short windows of ``frames`` consecutive frames starting anywhere in an episode (more episodes per step).
+
+    Positions are shifted as if the earlier frames were present (``first_frame``), so the distance to the
+    instruction matches inference; whole-prefix batches (:func:`sample_batch`) teach the use of old frames.
+    """
+    picks = [demos[i] for i in rng.integers(0, len(demos), batch_size)]
+    starts = [int(rng.integers(0, max(1, len(d.images) - frames + 1))) for d in picks]
+    h, w = picks[0].images.shape[1:3]
+    a_dim = picks[0].actions.shape[1]
+    images = np.zeros((batch_size, frames, h, w, 3), np.uint8)
+    proprio = np.zeros((batch_size, frames, picks[0].states.shape[1]), np.float32)
+    actions = np.zeros((batch_size, frames, chunk, a_dim), np.float32)
+    mask = np.zeros((batch_size, frames, chunk), np.float32)
+    for b, (d, s) in enumerate(zip(picks, starts)):
+        n = min(frames, len(d.images) - s)
+        images[b, :n], proprio[b, :n] = d.images[s : s + n], d.states[s : s + n]
+        images[b, n:] = d.images[s + n - 1]
+        for k in range(n):
+            actions[b, k], mask[b, k] = action_chunk(d.actions, (s + k) * int(d.frame_every), chunk)
+    return HistoryBatch([d.instruction for d in picks], torch.from_numpy(images), torch.from_numpy(proprio),
+                        torch.from_numpy(actions), torch.from_numpy(mask), torch.tensor(starts))

@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=None, help="wall-time budget; saves when reached")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--max-frames", type=int, default=None, help="cap history length per sample")
+    p.add_argument("--window-prob", type=float, default=d.window_prob,
+                   help="fraction of steps on short windows (more episodes per step) vs whole-episode prefixes")
+    p.add_argument("--window-frames", type=int, default=d.window_frames)
+    p.add_argument("--window-batch", type=int, default=d.window_batch)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--repeat", type=int, default=d.repeat, help="noise draws per cognition feature")
     p.add_argument("--shift-pad", type=int, default=d.shift_pad, help="random-shift augmentation (px)")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, save_policy
-from vlaccel.training.batches import random_shift, sample_batch
+from vlaccel.training.batches import random_shift, sample_batch, sample_windows
 
 
 @dataclasses.dataclass
@@ -30,6 +30,9 @@ class TrainConfig:
     minutes: float | None = None  # stop early when this much wall time has passed (then save)
     batch_size: int = 4
     max_frames: int | None = None
+    window_prob: float = 0.75  # fraction of steps that use short windows instead of whole-episode prefixes
+    window_frames: int = 3
+    window_batch: int = 16
     lr: float = 3e-4
     weight_decay: float = 0.01
     warmup: int = 100
@@ -53,7 +56,7 @@ def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generat
     images = random_shift(batch.images, cfg.shift_pad, gen)
     pixels = policy.normalize_pixels(images).unsqueeze(2)  # [B, F, cams=1, 3, H, W]
     ids, mask = policy.batch_instruction_ids(batch.instructions)
-    z = policy.history_cognition(ids, mask, pixels, batch.proprio)  # [B, F, D]
+    z = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.first_frame)  # [B, F, D]
     valid = batch.action_mask.sum(-1) > 0  # [B, F]
     z, actions, amask = z[valid], batch.actions[valid], batch.action_mask[valid]  # [N, D], [N, chunk, A], [N, chunk]
     r = cfg.repeat
@@ -110,7 +113,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
                 log(f"time budget of {cfg.minutes} min reached at step {step}")
                 break
-            batch = sample_batch(demos, cfg.batch_size, policy.config.action_chunk, rng, cfg.max_frames)
+            if rng.random() < cfg.window_prob:
+                batch = sample_windows(demos, cfg.window_batch, policy.config.action_chunk, rng, cfg.window_frames)
+            else:
+                batch = sample_batch(demos, cfg.batch_size, policy.config.action_chunk, rng, cfg.max_frames)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
