@@ -38,6 +38,44 @@ CASES: list[TechniqueCase] = [
 ]
 
 
+# --- EfficientVLA (arXiv 2506.10100): layer pruning (+ MLP channels), visual-token selection, DiT feature cache
+def _calibrate_on_random_frames(model) -> None:
+    """Layer pruning calibrates on real observations; the contract's random tiny policy gets random frames."""
+    from tests.conftest import random_frames
+    from vlaccel.techniques.layer_prune import set_calibration_observations
+
+    frames = random_frames(model.config, 4, seed=7)
+    set_calibration_observations(model, [{"image": f, "instruction": "push the puck to the goal"} for f in frames])
+
+
+def _layer_prune(keep: int, mlp: float = 0.0):
+    from vlaccel.techniques import LayerPruneConfig
+
+    return LayerPruneConfig(keep_layers=keep, mlp_prune_ratio=mlp)
+
+
+def _token_prune(keep: int, method: str):
+    from vlaccel.techniques import TokenPruneConfig
+
+    return TokenPruneConfig(keep_tokens=keep, layer=1, method=method)
+
+
+def _head_cache(interval: int):
+    from vlaccel.techniques import HeadCacheConfig
+
+    return HeadCacheConfig(interval=interval)
+
+
+CASES += [
+    TechniqueCase("layer_prune", neutral=lambda m: _layer_prune(m.config.lm_layers),
+                  lossy=lambda m: _layer_prune(m.config.lm_layers - 1, mlp=0.25), prepare=_calibrate_on_random_frames),
+    *[TechniqueCase(f"token_prune_{method}", neutral=lambda m, k=method: _token_prune(m.config.visual_tokens, k),
+                    lossy=lambda m, k=method: _token_prune(6, k), stateful=True)
+      for method in ("efficientvla", "fastv", "random", "diversity")],
+    TechniqueCase("head_cache", neutral=lambda m: _head_cache(1), lossy=lambda m: _head_cache(5), stateful=True),
+]
+
+
 # --- KV-Efficient (arXiv 2509.21354): RNN-gated chunked KV cache (history mode); neutral = window covers every
 # position the LM can address; lossy = one-frame window + 1 summary, gated by a gate trained for the tiny policy
 def _kv_efficient(model, window: int, **kwargs):

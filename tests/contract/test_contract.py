@@ -65,6 +65,8 @@ def test_remove_restores_exactly(case, tiny_policy, frames):
 
 
 def test_applying_twice_raises(case, tiny_policy):
+    if case.prepare:
+        case.prepare(tiny_policy)
     with vlaccel.applied(tiny_policy, case.lossy(tiny_policy)):
         with pytest.raises(RuntimeError, match="already applied"):
             vlaccel.apply(tiny_policy, case.lossy(tiny_policy))

@@ -50,6 +50,32 @@ class ModelAdapter:
         """Spans of the block currently being processed (``TokenLayout``), or ``None`` if unknown."""
         raise NotImplementedError(f"{type(self).__name__} does not know visual/instruction token spans")
 
+    def visual_tokens(self, model: Any) -> int:
+        """Visual tokens in one observation block (all cameras) - the budget token pruning selects from."""
+        raise NotImplementedError(f"{type(self).__name__}: this model has no visual tokens")
+
+    def run_calibration_sample(self, model: Any, sample: dict[str, Any]) -> None:
+        """Run one calibration sample (a dict of named fields) through the language model, for statistics
+        collected by hooks (layer importance, MLP activations). Must leave the model's state unchanged."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run calibration samples")
+
+    # Defaults below follow the transformers decoder-layer convention (Llama, Qwen2/3, Mistral, Gemma):
+    # ``layer.self_attn`` (q_proj, k_proj, layer_idx, head_dim, optional q_norm) and ``layer.mlp``
+    # (gate_proj, up_proj, down_proj, act_fn). Override for other layer shapes.
+    def attention_module(self, model: Any, layer: nn.Module) -> nn.Module:
+        """The self-attention module of one decoder layer (holds ``layer_idx``)."""
+        return layer.self_attn
+
+    def mlp_module(self, model: Any, layer: nn.Module) -> nn.Module:
+        """The gated FFN of one decoder layer: ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``."""
+        return layer.mlp
+
+    def attention_queries(self, model: Any, layer: nn.Module, hidden_states: Any, position_embeddings: Any) -> Any:
+        """Post-RoPE queries [B, H, T, d_h] the layer would compute from its input ``hidden_states`` [B, T, D]."""
+        from vlaccel.adapters.hf_decoder import decoder_layer_queries
+
+        return decoder_layer_queries(layer, hidden_states, position_embeddings)
+
     # --- action head ------------------------------------------------------------------------------
     def action_head_blocks(self, model: Any) -> nn.ModuleList:
         raise NotImplementedError(f"{type(self).__name__}: this model has no diffusion action head")

@@ -26,6 +26,27 @@ class ReferenceVLAAdapter(ModelAdapter):
     def token_layout(self, model: Any) -> Any:
         return model.current_layout  # TokenLayout set by ReferenceVLA.run_language_model
 
+    def visual_tokens(self, model: Any) -> int:
+        return model.config.visual_tokens
+
+    def run_calibration_sample(self, model: Any, sample: dict[str, Any]) -> None:
+        """sample: {"image": uint8 HxWx3 (or a list per camera), "instruction": str, "proprio": optional}.
+
+        Runs the LM as ``predict_action`` does (instruction prefix, then one observation block on a fresh
+        cache) without the action head, and restores the episode state afterwards.
+        """
+        import torch
+
+        saved = model.cache, model.instruction, model.last_cognition
+        try:
+            with torch.no_grad():
+                model.reset(sample["instruction"])
+                pixels = model.pixels_from_images(sample["image"])
+                embeds = model.embed_observation(pixels, model.proprio_tensor(sample.get("proprio")))
+                model.run_language_model(embeds, model.observation_layout(), model.cache)
+        finally:
+            model.cache, model.instruction, model.last_cognition = saved
+
     def action_head_blocks(self, model: Any) -> nn.ModuleList:
         return model.action_head.dit.blocks  # DiTBlock: .attn_branch, .mlp_branch
 

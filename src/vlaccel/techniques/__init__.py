@@ -4,6 +4,10 @@ Importing this package registers all built-in techniques (done lazily by vlaccel
 """
 
 from vlaccel.techniques.denoise_steps import DenoiseStepsConfig
+from vlaccel.techniques.layer_prune import LayerPruneConfig
+from vlaccel.techniques.token_prune import TokenPruneConfig
+from vlaccel.techniques.head_cache import HeadCacheConfig
 from vlaccel.techniques.kv_efficient import KVEfficientConfig
+from vlaccel.techniques import efficientvla_presets  # noqa: F401  (registers the EfficientVLA presets)
 
-__all__ = ["DenoiseStepsConfig", "KVEfficientConfig"]
+__all__ = ["DenoiseStepsConfig", "LayerPruneConfig", "TokenPruneConfig", "HeadCacheConfig", "KVEfficientConfig"]

@@ -1,0 +1,355 @@
+"""``LayerPruneConfig``: EfficientVLA's training-free, non-contiguous decoder-layer pruning (arXiv 2506.10100, Sec. 3.2).
+
+Importance of layer l (paper Eq. 1): ``I_l = 1 - mean_{samples, tokens} cos(x_l, x_{l+1})`` with x_l the layer's
+input and x_{l+1} its output hidden state (before the final norm). A layer that barely rotates its residual
+stream is cheap to remove; the n layers with the lowest I go, wherever they sit (see :func:`layer_importance`).
+
+Calibration (spec B1: real observations of the target tasks). Sources, in this order:
+  1. ``LayerPruneConfig(calibration_data=PATH)``: a demo folder (``vlaccel collect`` output), one demo ``.npz``,
+     or an ``.npz`` of per-sample arrays named like the sample fields (``image`` [N, H, W, 3], ``instruction``
+     [N] or one string, optional ``proprio`` [N, P]; ``input_ids`` [N, T] for plain LMs);
+  2. observations recorded on the model with :func:`set_calibration_observations`;
+  3. the simulator demos under ``data/demos`` (:data:`DEFAULT_DEMOS`, via ``vlaccel.sim.data.load_demos``).
+Otherwise apply raises and says how to provide them: there is no silent fallback to random inputs.
+``calibration`` samples are taken, evenly spaced, from the source. One calibration pass (LM forwards only, via
+the adapter) collects both the layer importances and, when ``mlp_prune_ratio > 0``, the MLP channel statistics
+of :mod:`vlaccel.techniques.mlp_prune`; both are measured on the unpruned model.
+
+Surgery (reference/env.md section 2): ``owner.layers = ModuleList(kept)``, ``num_hidden_layers``, subset
+``layer_types`` and renumber each kept layer's ``self_attn.layer_idx``, so transformers' KV caches get exactly
+one slot per kept layer and ``generate()`` keeps working. ``remove()`` restores the list, the config values
+and every ``layer_idx``. Structural, so it is applied before the hook-based techniques (``order = 10``);
+token pruning's ``layer`` then counts kept layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlaccel.config import TechniqueConfig, register_handler
+from vlaccel.techniques import mlp_prune
+
+__all__ = [
+    "LayerPruneConfig", "layer_importance", "calibrate", "Calibration", "set_calibration_observations",
+    "load_calibration_observations", "DEFAULT_DEMOS",
+]
+
+METHODS = ("efficientvla", "last")
+DEFAULT_DEMOS = "data/demos"  # relative to the working directory, where `vlaccel collect` writes by default
+_OBS_ATTR = "_vlaccel_calibration_observations"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPruneConfig(TechniqueConfig):
+    """Keep ``keep_layers`` (or drop ``drop_layers``) decoder layers; optionally prune MLP channels of the kept ones.
+
+    ``method="efficientvla"`` drops the lowest-importance layers (Eq. 1, calibrated); ``"last"`` drops the last
+    ones (a baseline needing no calibration). ``mlp_prune_ratio``: fraction of FFN channels removed per kept
+    layer (a stand-in for PruneNet, see :mod:`vlaccel.techniques.mlp_prune`). Neutral when every layer is kept
+    and the ratio is 0.
+    """
+
+    keep_layers: int | None = None
+    drop_layers: int | None = None
+    calibration: int = 64
+    mlp_prune_ratio: float = 0.0
+    method: str = "efficientvla"
+    calibration_data: str | None = None
+
+    name = "layer_prune"
+    order = 10
+
+    def __post_init__(self) -> None:
+        if (self.keep_layers is None) == (self.drop_layers is None):
+            raise ValueError("LayerPruneConfig needs exactly one of keep_layers=N or drop_layers=N")
+        if self.keep_layers is not None and (not isinstance(self.keep_layers, int) or self.keep_layers < 1):
+            raise ValueError(f"keep_layers must be an integer >= 1, got {self.keep_layers!r}")
+        if self.drop_layers is not None and (not isinstance(self.drop_layers, int) or self.drop_layers < 0):
+            raise ValueError(f"drop_layers must be an integer >= 0, got {self.drop_layers!r}")
+        if not isinstance(self.calibration, int) or self.calibration < 1:
+            raise ValueError(f"calibration (number of calibration samples) must be an integer >= 1, got {self.calibration!r}")
+        if not 0.0 <= self.mlp_prune_ratio < 1.0:
+            raise ValueError(f"mlp_prune_ratio must be in [0, 1), got {self.mlp_prune_ratio!r} (0.25 = PruneNet's 25%)")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+
+    def kept_count(self, total: int) -> int:
+        return self.keep_layers if self.keep_layers is not None else total - self.drop_layers
+
+    def needs_calibration(self, total: int) -> bool:
+        return (self.method == "efficientvla" and self.kept_count(total) < total) or self.mlp_prune_ratio > 0
+
+    def is_neutral(self, model: Any) -> bool:
+        from vlaccel.adapters import get_adapter
+
+        total = len(get_adapter(model).decoder_layers(model))
+        return self.kept_count(total) == total and self.mlp_prune_ratio == 0
+
+
+# ---------------------------------------------------------------------------------------------- importance
+def layer_importance(hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Paper Eq. 1: ``I_l = 1 - mean_{b, t} cos(x_l[b, t], x_{l+1}[b, t])``.
+
+    hidden_states: L + 1 tensors [B, T, D] - the input of layer 0, then each layer's output (pre final norm).
+    Returns float32 [L]. Averaging per sample first and then over samples (as Eq. 1 does) is the caller's
+    choice: :func:`calibrate` calls this once per sample.
+    """
+    if len(hidden_states) < 2:
+        raise ValueError("layer_importance needs L + 1 >= 2 hidden states (input of layer 0, then every layer's output)")
+    x = torch.stack([h.float() for h in hidden_states])  # [L+1, B, T, D]
+    cos = F.cosine_similarity(x[:-1], x[1:], dim=-1)  # [L, B, T]
+    return 1.0 - cos.flatten(1).mean(dim=1)  # [L]
+
+
+@dataclasses.dataclass
+class Calibration:
+    """What one calibration pass measured on the unpruned model."""
+
+    layer_importance: torch.Tensor  # [L], mean over samples of Eq. 1
+    mlp_activation: list[torch.Tensor] | None  # per layer [I]: mean |act_fn(gate(x)) * up(x)| per channel
+    samples: int
+
+
+def calibrate(model: Any, observations: Sequence[dict[str, Any]], mlp: bool = False, adapter: Any = None) -> Calibration:
+    """Run ``observations`` through the model's LM (via its adapter) and measure layer importance (Eq. 1).
+
+    Hooks capture the input of layer 0 and every layer's output for each forward; a sample may span several
+    forwards (the reference VLA: instruction prefix, then the observation block), which are concatenated along
+    the token axis before Eq. 1. With ``mlp=True`` the mean |input of down_proj| per channel is collected too.
+    """
+    from vlaccel.adapters import get_adapter
+
+    adapter = adapter or get_adapter(model)
+    layers = adapter.decoder_layers(model)
+    if not observations:
+        raise ValueError("calibrate() needs at least one observation")
+    captured: list[list[torch.Tensor]] = [[] for _ in range(len(layers) + 1)]
+    act_sum = [None] * len(layers) if mlp else None
+    act_count = [0] * len(layers)
+
+    def grab_input(_mod, args, kwargs):
+        captured[0].append((args[0] if args else kwargs["hidden_states"]).detach())
+
+    def grab_output(i):
+        def hook(_mod, _args, output):
+            captured[i + 1].append((output[0] if isinstance(output, tuple) else output).detach())
+        return hook
+
+    def grab_mlp(i):
+        def hook(_mod, args):
+            a = args[0].detach().abs().flatten(0, -2)  # [B*T, I]
+            act_sum[i] = a.sum(0) if act_sum[i] is None else act_sum[i] + a.sum(0)
+            act_count[i] += a.shape[0]
+        return hook
+
+    handles = [layers[0].register_forward_pre_hook(grab_input, with_kwargs=True)]
+    handles += [layer.register_forward_hook(grab_output(i)) for i, layer in enumerate(layers)]
+    if mlp:
+        handles += [mlp_prune.mlp_parts(adapter.mlp_module(model, layer))[2].register_forward_pre_hook(grab_mlp(i))
+                    for i, layer in enumerate(layers)]
+    per_sample = []
+    try:
+        for sample in observations:
+            for c in captured:
+                c.clear()
+            adapter.run_calibration_sample(model, sample)
+            per_sample.append(layer_importance([torch.cat(c, dim=1) for c in captured]))
+    finally:
+        for h in handles:
+            h.remove()
+    acts = [s / max(n, 1) for s, n in zip(act_sum, act_count)] if mlp else None
+    return Calibration(torch.stack(per_sample).mean(0), acts, len(per_sample))
+
+
+# ---------------------------------------------------------------------------------------------- calibration data
+def set_calibration_observations(model: Any, observations: Sequence[dict[str, Any]]) -> None:
+    """Record calibration observations on ``model`` (used by :class:`LayerPruneConfig` when it has no
+    ``calibration_data``). For the reference VLA each is ``{"image": uint8 HxWx3, "instruction": str,
+    "proprio": optional}``; for plain LMs ``{"input_ids": ...}``. Kept as a plain attribute (not in the
+    state dict; survives ``copy.deepcopy``). ``None`` or ``[]`` clears them."""
+    if not observations:
+        model.__dict__.pop(_OBS_ATTR, None)
+        return
+    observations = list(observations)
+    bad = [i for i, o in enumerate(observations) if not isinstance(o, dict)]
+    if bad:
+        raise TypeError(f"calibration observations must be dicts of named fields; item {bad[0]} is {type(observations[bad[0]]).__name__}")
+    model.__dict__[_OBS_ATTR] = observations
+
+
+def load_calibration_observations(path: str | Path) -> list[dict[str, Any]]:
+    """Observations from a demo folder, a demo ``.npz``, or an ``.npz`` of per-sample field arrays."""
+    path = Path(path)
+    if path.is_dir():
+        return _demo_folder_observations(path, None)
+    if not path.is_file():
+        raise FileNotFoundError(f"calibration_data {str(path)!r} does not exist (expected a demo folder or an .npz)")
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    if "images" in arrays and "states" in arrays:  # one demo file (vlaccel.sim.data format)
+        from vlaccel.sim.data import load_demo
+
+        return _demo_observations([load_demo(path)])
+    sized = {k: v for k, v in arrays.items() if v.ndim > 0}
+    if not sized:
+        raise ValueError(f"{path}: no per-sample arrays; expected e.g. image [N, H, W, 3] and instruction [N]")
+    n = len(next(iter(sized.values())))
+    if any(len(v) != n for v in sized.values()):
+        raise ValueError(f"{path}: per-sample arrays disagree on N: { {k: v.shape for k, v in sized.items()} }")
+    return [{k: _field(v, i) for k, v in arrays.items()} for i in range(n)]
+
+
+def _field(array: np.ndarray, i: int) -> Any:
+    value = array if array.ndim == 0 else array[i]
+    return str(value) if value.dtype.kind in "US" else value
+
+
+def _demo_observations(demos: Sequence[Any], per_demo: int | None = None) -> list[dict[str, Any]]:
+    """Frames of demos as samples: all frames, or ``per_demo`` evenly spaced ones of each."""
+    out = []
+    for d in demos:
+        frames = range(d.num_frames) if per_demo is None else _evenly_spaced(range(d.num_frames), per_demo)
+        out += [{"image": d.images[f], "instruction": d.instruction, "proprio": d.states[f]} for f in frames]
+    return out
+
+
+def _demo_folder_observations(root: Path, k: int | None) -> list[dict[str, Any]]:
+    """Samples from a demo folder (``<root>/<task>/*.npz``, the ``vlaccel collect`` layout). With ``k``, only
+    ~k evenly spaced demo files are read (a few frames each when there are fewer files than k)."""
+    from vlaccel.sim.data import load_demo
+
+    paths = sorted(root.glob("*/*.npz"))
+    if not paths:
+        raise FileNotFoundError(f"no demos (<task>/*.npz) under {str(root)!r}")
+    if k is None:
+        return _demo_observations([load_demo(p) for p in paths])
+    chosen = _evenly_spaced(paths, k)
+    return _demo_observations([load_demo(p) for p in chosen], per_demo=-(-k // len(chosen)))
+
+
+def _evenly_spaced(items: Sequence[Any], k: int) -> list[Any]:
+    if len(items) <= k:
+        return list(items)
+    idx = np.unique(np.linspace(0, len(items) - 1, k).round().astype(int))
+    return [items[i] for i in idx]
+
+
+def _demos_available() -> bool:
+    return Path(DEFAULT_DEMOS).is_dir() and any(Path(DEFAULT_DEMOS).glob("*/*.npz"))
+
+
+def _check_calibration_source(model: Any, config: LayerPruneConfig) -> None:
+    if config.calibration_data is not None:
+        if not Path(config.calibration_data).exists():
+            raise FileNotFoundError(f"LayerPruneConfig.calibration_data {config.calibration_data!r} does not exist")
+    elif _OBS_ATTR not in model.__dict__ and not _demos_available():
+        raise RuntimeError(
+            "LayerPruneConfig needs calibration observations and found none. Provide them with "
+            "LayerPruneConfig(..., calibration_data='path/to/demos_or_file.npz'), or "
+            "vlaccel.techniques.layer_prune.set_calibration_observations(policy, [{'image': ..., 'instruction': ...}, ...]), "
+            f"or collect simulator demos into {DEFAULT_DEMOS!r} (`vlaccel collect`). "
+            "method='last' needs no calibration (unless mlp_prune_ratio > 0)."
+        )
+
+
+def calibration_observations(model: Any, config: LayerPruneConfig) -> list[dict[str, Any]]:
+    """The ``config.calibration`` samples used for ``model`` (sources in the module docstring, in order)."""
+    _check_calibration_source(model, config)
+    source = config.calibration_data
+    if source is not None and Path(source).is_dir():
+        pool = _demo_folder_observations(Path(source), config.calibration)
+    elif source is not None:
+        pool = load_calibration_observations(source)
+    elif _OBS_ATTR in model.__dict__:
+        pool = model.__dict__[_OBS_ATTR]
+    else:
+        pool = _demo_folder_observations(Path(DEFAULT_DEMOS), config.calibration)
+    return _evenly_spaced(pool, config.calibration)
+
+
+# ---------------------------------------------------------------------------------------------- handler
+def layers_to_keep(importance: torch.Tensor | None, total: int, keep: int, method: str) -> list[int]:
+    """Indices (ascending) of the kept layers: drop the ``total - keep`` lowest-importance ones
+    (ties: the lower index is dropped first), or the last ones for ``method="last"``."""
+    if method == "last" or keep == total:
+        return list(range(keep))
+    order = torch.sort(importance, stable=True).indices  # ascending importance
+    return sorted(order[total - keep:].tolist())
+
+
+class _Applied:
+    def __init__(self, adapter: Any, model: Any, keep: list[int]):
+        self.owner = adapter.decoder_owner(model)
+        self.lm_config = adapter.lm_config(model)
+        self.old_layers = self.owner.layers
+        self.old_num = self.lm_config.num_hidden_layers
+        self.old_types = getattr(self.lm_config, "layer_types", None)
+        self.attns = [adapter.attention_module(model, layer) for layer in self.old_layers]
+        self.old_idx = [a.layer_idx for a in self.attns]
+        self.kept = keep  # original indices of the kept layers
+        self.importance: torch.Tensor | None = None  # [L] Eq. 1 scores, when calibrated
+        self.mlp: mlp_prune.MLPPruned | None = None
+        self.owner.layers = nn.ModuleList([self.old_layers[i] for i in keep])
+        self.lm_config.num_hidden_layers = len(keep)
+        if self.old_types is not None:
+            self.lm_config.layer_types = [self.old_types[i] for i in keep]
+        for j, i in enumerate(keep):
+            self.attns[i].layer_idx = j
+
+    def remove(self) -> None:
+        if self.mlp is not None:
+            self.mlp.remove()
+        self.owner.layers = self.old_layers
+        self.lm_config.num_hidden_layers = self.old_num
+        if self.old_types is not None:
+            self.lm_config.layer_types = self.old_types
+        for attn, idx in zip(self.attns, self.old_idx):
+            attn.layer_idx = idx
+
+
+@register_handler(LayerPruneConfig)
+class LayerPruneHandler:
+    def validate(self, model: Any, config: LayerPruneConfig, adapter: Any) -> None:
+        from vlaccel.api import applied_configs
+
+        total = len(adapter.decoder_layers(model))
+        if config.keep_layers is not None and not 1 <= config.keep_layers <= total:
+            raise ValueError(f"keep_layers={config.keep_layers} is outside [1, {total}] for this {total}-layer decoder "
+                             f"({total} keeps every layer)")
+        if config.drop_layers is not None and not 0 <= config.drop_layers <= total - 1:
+            raise ValueError(f"drop_layers={config.drop_layers} is outside [0, {total - 1}] for this {total}-layer decoder")
+        if any(c.technique_name() == "token_prune" for c in applied_configs(model)):
+            raise RuntimeError("apply LayerPruneConfig before TokenPruneConfig (or in the same vlaccel.apply call): "
+                               "token pruning hooks index the decoder layers")
+        if config.mlp_prune_ratio > 0:
+            for layer in adapter.decoder_layers(model):
+                mlp_prune.mlp_parts(adapter.mlp_module(model, layer))
+        if config.needs_calibration(total):
+            _check_calibration_source(model, config)
+
+    def apply(self, model: Any, config: LayerPruneConfig, adapter: Any) -> _Applied:
+        total = len(adapter.decoder_layers(model))
+        keep_n = config.kept_count(total)
+        calib = None
+        if config.needs_calibration(total):
+            calib = calibrate(model, calibration_observations(model, config), mlp=config.mlp_prune_ratio > 0,
+                              adapter=adapter)
+        keep = layers_to_keep(None if calib is None else calib.layer_importance, total, keep_n, config.method)
+        state = _Applied(adapter, model, keep)
+        if config.mlp_prune_ratio > 0:
+            try:
+                mlps = [adapter.mlp_module(model, layer) for layer in adapter.decoder_layers(model)]
+                state.mlp = mlp_prune.prune(mlps, [calib.mlp_activation[i] for i in keep], config.mlp_prune_ratio)
+            except BaseException:
+                state.remove()
+                raise
+        state.importance = None if calib is None else calib.layer_importance
+        return state
