@@ -3,8 +3,6 @@
 import json
 import math
 
-import torch
-
 from vlaccel.cli import main
 
 PRESET_KEYS = ("speedup_e2e", "speedup_by_module", "flops_fraction", "params_fraction", "kv_bytes_reduction",
@@ -13,12 +11,13 @@ PRESET_KEYS = ("speedup_e2e", "speedup_by_module", "flops_fraction", "params_fra
 MODULES = ("vision", "language_model", "action_head")
 
 
-def test_bench_json(tmp_path, capsys):
+def test_bench_json(tmp_path, capsys, one_thread):
     path = tmp_path / "bench.json"
-    threads = torch.get_num_threads()  # keep the test process's setting
+    threads = one_thread
     rc = main(["bench", "--preset-model", "tiny", "--preset", "ddim5", "--repeats", "3", "--warmup", "1",
                "--samples", "2", "--history", "--history-lengths", "1", "2", "--json", str(path),
-               "--threads", str(threads), "--plot", str(tmp_path), "--demos", str(tmp_path / "no-demos")])
+               "--threads", str(threads), "--plot", str(tmp_path), "--markdown", str(tmp_path / "bench.md"),
+               "--demos", str(tmp_path / "no-demos")])
     assert rc == 0
     text = capsys.readouterr().out
     assert f"torch threads: {threads}" in text and "random-weight 'tiny'" in text
@@ -40,10 +39,11 @@ def test_bench_json(tmp_path, capsys):
     assert {"full", "ddim5"} <= set(result["history"]["settings"])
     assert (tmp_path / "history_scaling.png").stat().st_size > 0
     assert (tmp_path / "presets_speedup.png").stat().st_size > 0
+    assert "| ddim5 |" in (tmp_path / "bench.md").read_text()
 
 
-def test_unknown_preset_is_a_clear_error(capsys):
+def test_unknown_preset_is_a_clear_error(capsys, one_thread):
     rc = main(["bench", "--preset-model", "tiny", "--preset", "no-such-preset", "--repeats", "1",
-               "--threads", str(torch.get_num_threads())])
+               "--threads", str(one_thread)])
     assert rc == 2
     assert "no-such-preset" in capsys.readouterr().err

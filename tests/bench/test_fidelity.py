@@ -54,3 +54,17 @@ def test_recorded_demos_are_used_when_they_fit(tiny_policy, tmp_path):
     obs, label = load_observations(tiny_policy.config, 4, demos_dir=tmp_path)
     assert label.startswith("demos") and len(obs) == 4
     assert {o.instruction for o in obs} == {"reach the goal"} and obs[0].proprio.shape == (4,)
+
+
+def test_calibration_and_evaluation_halves_are_disjoint(tiny_policy, tmp_path):
+    data = pytest.importorskip("vlaccel.sim.data")
+    size = tiny_policy.config.image_size
+    images = (np.arange(12 * size * size * 3).reshape(12, size, size, 3) % 251).astype(np.uint8)  # distinct frames
+    data.save_demo(data.demo_path(tmp_path, "push", 0), images=images, states=np.zeros((12, 4)),
+                   actions=np.zeros((48, 4)), task="push", instruction="push", seed=0, success=True,
+                   frame_every=4, success_step=47)
+    even, _ = load_observations(tiny_policy.config, 6, demos_dir=tmp_path, half=0)
+    odd, _ = load_observations(tiny_policy.config, 6, demos_dir=tmp_path, half=1)
+    frame_of = {images[f].tobytes(): f for f in range(12)}
+    assert [frame_of[o.image.tobytes()] for o in even] == [0, 2, 4, 6, 8, 10]
+    assert [frame_of[o.image.tobytes()] for o in odd] == [1, 3, 5, 7, 9, 11]

@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--history-repeats", type=int, default=1, help="lockstep episodes to take medians over")
     p.add_argument("--json", default=None, metavar="PATH", help="write the result as one JSON object ('-' = stdout)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots into this folder")
+    p.add_argument("--markdown", default=None, metavar="PATH", help="write the tables as markdown (for docs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=None,
                    help=f"torch intra-op threads (default: all {os.cpu_count()} cores)")
@@ -66,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     presets = args.preset or harness.default_presets()
     console.print(f"policy: {source}; torch threads: {torch.get_num_threads()}; device: {args.device}; "
                   f"presets: {', '.join(presets)}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if threads > 1 and load > (os.cpu_count() or 1):
+        console.print(f"[yellow]warning:[/yellow] load average {load:.1f} on {os.cpu_count()} cores: other processes "
+                      f"compete for the CPU, and {threads} threads per op then wait on each other; --threads 1 "
+                      "gives steadier timings on a shared machine")
 
     class _RichProgress(harness.Progress):
         def __init__(self, bar: Progress):
@@ -85,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         if "history" in result:
             paths.append(report.plot_history(result, args.plot))
         console.print("plots: " + ", ".join(str(p) for p in paths))
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(report.to_markdown(result))
+        console.print(f"markdown: {args.markdown}")
     if args.json:
         text = report.dumps(result)
         if to_stdout:

@@ -17,6 +17,7 @@ and fit the policy; otherwise from synthetic random frames, and the returned lab
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -115,16 +116,23 @@ def synthetic_observations(config: Any, n: int, seed: int = 0) -> list[Observati
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _load_demos(demos_dir: str) -> tuple[Any, ...]:
+    from vlaccel.sim.data import load_demos
+
+    return tuple(load_demos(demos_dir))
+
+
 def _demo_frames(config: Any, demos_dir: str | Path) -> tuple[list[Any], str | None]:
     """Demos that fit the policy, or ([], reason) if there are none."""
     if config.num_cameras != 1:
         return [], f"the policy wants {config.num_cameras} cameras, demos have 1"
     try:
-        from vlaccel.sim.data import load_demos
+        import vlaccel.sim.data  # noqa: F401
     except ImportError as err:
         return [], f"vlaccel.sim.data is not available ({err})"
     try:
-        demos = load_demos(demos_dir)
+        demos = _load_demos(str(Path(demos_dir).resolve()))
     except FileNotFoundError:
         return [], f"no demos in {demos_dir}"
     if not demos:
@@ -136,38 +144,43 @@ def _demo_frames(config: Any, demos_dir: str | Path) -> tuple[list[Any], str | N
     return fitting, None
 
 
-def load_observations(config: Any, n: int, demos_dir: str | Path = "data/demos",
-                      seed: int = 0) -> tuple[list[Observation], str]:
-    """``n`` observations spread evenly over the demos (round robin over episodes), and a source label."""
+def load_observations(config: Any, n: int, demos_dir: str | Path = "data/demos", seed: int = 0,
+                      half: int | None = None) -> tuple[list[Observation], str]:
+    """``n`` observations evenly spaced over the frames of every demo (so every task is covered), and a
+    source label. ``half=0`` / ``half=1`` draw only from the even / odd frames of the pool, so two calls
+    get disjoint frames (calibration vs evaluation). ``seed`` only affects the synthetic fallback."""
     demos, reason = _demo_frames(config, demos_dir)
     if not demos:
         return synthetic_observations(config, n, seed), f"SYNTHETIC random frames ({reason})"
-    per_demo = max(1, math.ceil(n / len(demos)))
-    picks: list[Observation] = []
-    for j in range(per_demo):
-        for d in demos:
-            if len(picks) == n:
-                break
-            f = min(d.num_frames - 1, (j * d.num_frames) // per_demo)
-            proprio = d.states[f] if config.proprio_dim == d.states.shape[1] else None
-            picks.append(Observation(d.images[f], d.instruction, proprio))
+    index = [(d, f) for d in demos for f in range(d.num_frames)]
+    if half is not None:
+        index = index[half::2]
+    n = min(n, len(index))
+    picks = []
+    for i in range(n):
+        d, f = index[i * len(index) // n]
+        proprio = d.states[f] if config.proprio_dim == d.states.shape[1] else None
+        picks.append(Observation(d.images[f], d.instruction, proprio))
     tasks = sorted({d.task for d in demos})
-    return picks, f"demos ({len(picks)} frames from {len(demos)} episodes of {', '.join(tasks)} in {demos_dir})"
+    part = "" if half is None else (" even-numbered", " odd-numbered")[half]
+    return picks, (f"demos ({n} of {len(index)}{part} frames, evenly spaced over {len(demos)} episodes of "
+                   f"{len(tasks)} tasks in {demos_dir})")
 
 
 def episode_frames(config: Any, steps: int, demos_dir: str | Path = "data/demos",
                    seed: int = 0) -> tuple[str, list[np.ndarray], list[np.ndarray | None], str]:
     """One long episode for history mode: (instruction, frames, proprio, source label).
 
-    Frames of consecutive demos of the first task are concatenated until ``steps`` frames exist (a long
-    episode of one task); synthetic random frames otherwise.
+    Frames of consecutive demos of one task (a memory task if there is one, the task history is for;
+    else the first) are concatenated until ``steps`` frames exist; synthetic random frames otherwise.
     """
     demos, reason = _demo_frames(config, demos_dir)
     if not demos:
         obs = synthetic_observations(config, steps, seed)
         return (SYNTHETIC_INSTRUCTIONS[0], [o.image for o in obs], [o.proprio for o in obs],
                 f"SYNTHETIC random frames ({reason})")
-    task = demos[0].task
+    tasks = [d.task for d in demos]
+    task = next((t for t in tasks if "memory" in t), tasks[0])
     same = [d for d in demos if d.task == task]
     frames: list[np.ndarray] = []
     proprio: list[np.ndarray | None] = []

@@ -249,9 +249,11 @@ def run_benchmark(policy: Any, presets: Sequence[str] | None = None, options: Be
     presets = list(presets) if presets else default_presets()
     resolved = {name: vlaccel.presets.get(name) for name in presets}  # unknown names fail before any work
     policy = policy.to(options.device).eval()
-    observations, obs_source = load_observations(policy.config, options.fidelity_samples, options.demos_dir)
+    # disjoint frames of the same pool: layer-pruning calibration on the even ones, fidelity on the odd ones
+    observations, obs_source = load_observations(policy.config, options.fidelity_samples, options.demos_dir,
+                                                 half=1)
     calibration, calib_source = load_observations(policy.config, options.calibration_samples, options.demos_dir,
-                                                  seed=1)
+                                                  seed=1, half=0)
     prepare = calibration_setter(calibration)
     baseline_flops = flops_by_module(policy_modules(policy), lambda: policy.predict_action(
         observations[0].image, observations[0].instruction, observations[0].proprio))

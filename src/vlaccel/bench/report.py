@@ -11,7 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TARGETS", "check_targets", "dumps", "plot_history", "plot_presets", "print_report", "to_jsonable"]
+__all__ = [
+    "TARGETS", "check_targets", "dumps", "plot_history", "plot_presets", "print_report", "to_jsonable", "to_markdown",
+]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -67,6 +69,8 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 def _fmt(x: Any, spec: str = ".2f", suffix: str = "") -> str:
     if x is None:
         return "-"
+    if isinstance(x, str):  # a non-finite value read back from JSON ("inf")
+        return x
     if isinstance(x, float) and not math.isfinite(x):
         return "inf" if x > 0 else ("-inf" if x < 0 else "nan")
     return f"{x:{spec}}{suffix}"
@@ -217,3 +221,60 @@ def plot_presets(result: dict[str, Any], folder: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The same tables as :func:`print_report`, as GitHub markdown (docs/benchmarks.md is pasted from this)."""
+    env, pol = result["environment"], result["policy"]
+    lines = [f"Policy: {pol['source']}, {pol['parameters'] / 1e6:.2f} M parameters, "
+             f"{pol['gflops_per_predict_action']:.3f} GFLOPs per `predict_action`. "
+             f"torch {env['torch']}, transformers {env['transformers']}, {env['device']}, {env['cpu']}, "
+             f"{env['threads']} torch threads of {env['cpu_count']} cores.",
+             "", f"Fidelity observations: {result['observations']}. "
+             f"Layer-pruning calibration: {result['calibration']}.", ""]
+    lines += ["| preset | speedup e2e | vision | LM | action head | FLOPs fraction | params fraction | action MSE "
+              "| action SQNR dB | cognition SQNR dB | KV reduction | dominant module (accelerated) |",
+              "|---|" + "---:|" * 11]
+    for name, r in result["presets"].items():
+        m = r["speedup_by_module"]
+        lines.append(
+            f"| {name} | {_fmt(r['speedup_e2e'], suffix='x')} | {_fmt(m['vision'], suffix='x')} | "
+            f"{_fmt(m['language_model'], suffix='x')} | {_fmt(m['action_head'], suffix='x')} | "
+            f"{_fmt(r['flops_fraction'], '.3f')} | {_fmt(r['params_fraction'], '.3f')} | "
+            f"{_fmt(r.get('action_mse'), '.2e')} | {_fmt(r.get('action_sqnr_db'), '.1f')} | "
+            f"{_fmt(r.get('cognition_sqnr_db'), '.1f')} | {_fmt(r.get('kv_bytes_reduction'), suffix='x')} | "
+            f"{r['dominant_module']} {100 * r['dominant_module_share']:.0f}% |")
+    lines += ["", "Median latency in ms, baseline / accelerated (each pair timed alternately):", "",
+              "| preset | e2e | vision | LM | action head |", "|---|---:|---:|---:|---:|"]
+    for name, r in result["presets"].items():
+        b, a = r["latency_ms"]["baseline"], r["latency_ms"]["accelerated"]
+        lines.append(f"| {name} | " + " | ".join(f"{b[k]:.1f} / {a[k]:.1f}" for k in
+                                                  ("e2e", "vision", "language_model", "action_head")) + " |")
+    hist = result.get("history")
+    if hist:
+        names = list(hist["settings"])
+        lines += ["", f"History mode ({hist['frames']}): per-step latency ms / KV MiB held by the cache tensors", "",
+                  "| steps | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+        for i, n in enumerate(hist["lengths"]):
+            lines.append(f"| {n} | " + " | ".join(
+                f"{hist['settings'][k]['step_ms'][i]:.1f} / {hist['settings'][k]['kv_bytes'][i] / 2**20:.2f}"
+                for k in names) + " |")
+        lines += ["", "| setting | at steps | per-step speedup | LM speedup | KV reduction | latency growth "
+                  "| ms per history step | linear R2 | cache.update share |", "|---|" + "---:|" * 8]
+        for k, s in hist["summary"].items():
+            lines.append(
+                f"| {k} | {s['at_steps']} | {_fmt(s['per_step_speedup'], suffix='x')} | "
+                f"{_fmt(s['lm_speedup'], suffix='x')} | {_fmt(s['kv_bytes_reduction'], suffix='x')} | "
+                f"{_fmt(100 * s['step_latency_growth'], '.0f', '%')} ({s['growth_from']}->{s['growth_to']}) | "
+                f"{_fmt(s.get('ms_per_history_step'), '.3f')} | {_fmt(s.get('linear_r2'), '.3f')} | "
+                f"{_fmt(100 * s['cache_update_fraction'], '.1f', '%')} |")
+    targets = check_targets(result)
+    if targets:
+        lines += ["", "| target | setting | value | threshold | met |", "|---|---|---:|---|---|"]
+        for t in targets:
+            lines.append(f"| {t['target']} | {t['setting']} | {_fmt(t['value'], '.3f')} | {t['threshold']} | "
+                         f"{'yes' if t['met'] else '**no**'} |")
+    for name, err in result.get("errors", {}).items():
+        lines.append(f"\n{name} failed: {err}")
+    return "\n".join(lines) + "\n"
+
