@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from vlaccel.bench.fidelity import FidelityAccumulator, episode_frames
 from vlaccel.bench.latency import ModuleTimer, _Clock, policy_modules, ratio
 from vlaccel.bench.memory import cache_tensor_bytes, kv_bytes, kv_storage_bytes
@@ -95,7 +96,7 @@ def history_scaling(policy: Any, settings: Mapping[str, Sequence[Any]], lengths:
                 prepare(p)
             if configs:
                 handles.append(vlaccel.apply(p, *configs))
-        except Exception as err:  # a setting this policy does not support: reported, the others still run
+        except Exception as err:  # noqa: BLE001 - a setting this policy does not support: reported, the others still run
             errors[name] = f"{type(err).__name__}: {err}"
             continue
         policies[name] = p

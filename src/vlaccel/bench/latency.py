@@ -19,7 +19,7 @@ import gc
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -72,7 +72,7 @@ class ModuleTimer:
         self._open: dict[str, list[Any]] = {k: [] for k in self.modules}
         self._spans: dict[str, list[tuple[Any, Any]]] = {k: [] for k in self.modules}
 
-    def attach(self) -> ModuleTimer:
+    def attach(self) -> Self:
         if self._handles:
             raise RuntimeError("ModuleTimer is already attached")
         for name, module in self.modules.items():
@@ -85,7 +85,7 @@ class ModuleTimer:
             h.remove()
         self._handles.clear()
 
-    def __enter__(self) -> ModuleTimer:
+    def __enter__(self) -> Self:
         return self.attach()
 
     def __exit__(self, *exc: object) -> None:

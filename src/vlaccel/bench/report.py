@@ -226,14 +226,14 @@ def plot_presets(result: dict[str, Any], folder: str | Path) -> Path:
 def to_markdown(result: dict[str, Any]) -> str:
     """The same tables as :func:`print_report`, as GitHub markdown (docs/benchmarks.md is pasted from this)."""
     env, pol = result["environment"], result["policy"]
-    lines = [f"Policy: {pol['source']}, {pol['parameters'] / 1e6:.2f} M parameters, "
-             f"{pol['gflops_per_predict_action']:.3f} GFLOPs per `predict_action`. "
-             f"torch {env['torch']}, transformers {env['transformers']}, {env['device']}, {env['cpu']}, "
-             f"{env['threads']} torch threads of {env['cpu_count']} cores.",
-             "", f"Fidelity observations: {result['observations']}. "
-             f"Layer-pruning calibration: {result['calibration']}.", ""]
-    lines += ["| preset | speedup e2e | vision | LM | action head | FLOPs fraction | params fraction | action MSE "
-              "| action SQNR dB | cognition SQNR dB | KV reduction | dominant module (accelerated) |",
+    lines = [(f"Policy: {pol['source']}, {pol['parameters'] / 1e6:.2f} M parameters, "
+              f"{pol['gflops_per_predict_action']:.3f} GFLOPs per `predict_action`. "
+              f"torch {env['torch']}, transformers {env['transformers']}, {env['device']}, {env['cpu']}, "
+              f"{env['threads']} torch threads of {env['cpu_count']} cores."),
+             "", (f"Fidelity observations: {result['observations']}. "
+                  f"Layer-pruning calibration: {result['calibration']}."), ""]
+    lines += [("| preset | speedup e2e | vision | LM | action head | FLOPs fraction | params fraction | action MSE "
+               "| action SQNR dB | cognition SQNR dB | KV reduction | dominant module (accelerated) |"),
               "|---|" + "---:|" * 11]
     for name, r in result["presets"].items():
         m = r["speedup_by_module"]
@@ -259,8 +259,8 @@ def to_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {n} | " + " | ".join(
                 f"{hist['settings'][k]['step_ms'][i]:.1f} / {hist['settings'][k]['kv_bytes'][i] / 2**20:.2f}"
                 for k in names) + " |")
-        lines += ["", "| setting | at steps | per-step speedup | LM speedup | KV reduction | latency growth "
-                  "| ms per history step | linear R2 | cache.update share |", "|---|" + "---:|" * 8]
+        lines += ["", ("| setting | at steps | per-step speedup | LM speedup | KV reduction | latency growth "
+                       "| ms per history step | linear R2 | cache.update share |"), "|---|" + "---:|" * 8]
         for k, s in hist["summary"].items():
             lines.append(
                 f"| {k} | {s['at_steps']} | {_fmt(s['per_step_speedup'], suffix='x')} | "
