@@ -26,7 +26,7 @@ from vlaccel.bench.fidelity import FidelityAccumulator, episode_frames
 from vlaccel.bench.latency import ModuleTimer, _Clock, policy_modules, ratio
 from vlaccel.bench.memory import cache_tensor_bytes, kv_bytes, kv_storage_bytes
 
-__all__ = ["DEFAULT_LENGTHS", "history_scaling", "summarize"]
+__all__ = ["DEFAULT_LENGTHS", "history_scaling", "predicted_kv_bytes", "summarize"]
 
 DEFAULT_LENGTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 FULL = "full"
@@ -153,6 +153,7 @@ def history_scaling(policy: Any, settings: Mapping[str, Sequence[Any]], lengths:
         for h in handles:
             h.remove()
 
+    prefix = int(policy.instruction_ids(instruction).shape[1])
     series = {}
     for k in names:
         series[k] = {
@@ -163,12 +164,34 @@ def history_scaling(policy: Any, settings: Mapping[str, Sequence[Any]], lengths:
             "kv_bytes": [kv[k][n] for n in lengths],
             "kv_storage_bytes": [kv_storage[k][n] for n in lengths],
             "cache_tensor_bytes": [cache_total[k][n] for n in lengths],
+            "predicted_kv_bytes": predicted_kv_bytes(policy, settings[k], prefix, lengths),
             "action_mse_vs_full": [fid[k][n].result("a").get("a_mse") for n in lengths],
             "action_sqnr_db_vs_full": [fid[k][n].result("a").get("a_sqnr_db") for n in lengths],
         }
     return {"lengths": lengths, "repeats": repeats, "window": window, "frames": source,
             "instruction": instruction, "tokens_per_frame": policy.config.tokens_per_frame,
             "settings": series, "summary": summarize(lengths, series), "errors": errors}
+
+
+def predicted_kv_bytes(policy: Any, configs: Sequence[Any], prefix: int,
+                       lengths: Sequence[int]) -> list[int] | None:
+    """KV bytes the analytic cost model (``bench.cost_model``) predicts, for the full cache and for settings
+    made of one KV-Efficient config with a fixed budget; ``None`` where the model does not apply (other
+    techniques change the layers or tokens, threshold mode keeps a data-dependent number of chunks)."""
+    from vlaccel.bench import cost_model
+
+    shape = cost_model.LMShape.from_config(policy.language_model.config,
+                                           bytes_per_element=policy.dtype.itemsize)
+    q = policy.config.tokens_per_frame
+    if not configs:
+        return [cost_model.kv_bytes(shape, prefix + n * q) for n in lengths]
+    if len(configs) != 1 or type(configs[0]).__name__ != "KVEfficientConfig":
+        return None
+    cfg = configs[0]
+    if not cfg.protect_prefix or getattr(cfg, "threshold", None) is not None:
+        return None
+    chunk = cfg.chunk or q
+    return [cost_model.kv_bytes(shape, cost_model.effective_tokens(cfg, prefix, q, chunk, n)) for n in lengths]
 
 
 def _linear_fit(x: Sequence[int], y: Sequence[float]) -> dict[str, float | None]:
