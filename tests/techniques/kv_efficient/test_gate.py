@@ -89,8 +89,9 @@ def test_train_kv_gate_command_end_to_end(tmp_path, tiny_policy):
     loaded = vlaccel.load_policy(policy_dir)
     assert meta["fingerprint"] == vlaccel.fingerprint(loaded)
     assert meta["kv"] == {"window": 18, "chunk": 18, "budget": 1, "summary_slots": 1}
-    comparison = json.loads((out / "comparison.json").read_text())
+    comparison = json.loads((out / "comparison.json").read_text())["budget=1"]
     assert comparison["episodes"] == 2 and "gated (trained)" in comparison["settings"]
+    assert set(comparison["settings"]["random"]["action_mse_by_task"]) <= {"reach", "push"}
     with vlaccel.applied(loaded, KVEfficientConfig(window=18, budget=1, gate=str(out))):
         loaded.reset("reach the goal")
         for frame in rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8):

@@ -20,9 +20,10 @@ def record_g(monkeypatch):
     seen: dict[int, list[float]] = {}
     inner = GatedRetention.score_new
 
-    def score_new(self, layer, keys, values, n):
-        u = inner(self, layer, keys, values, n)
-        seen.setdefault(layer.layer_idx, []).extend(u.tolist())
+    def score_new(self, cache, keys, values, n):
+        u = inner(self, cache, keys, values, n)  # [L, n]
+        for i, row in enumerate(u.tolist()):
+            seen.setdefault(i, []).extend(row)
         return u
 
     monkeypatch.setattr(GatedRetention, "score_new", score_new)

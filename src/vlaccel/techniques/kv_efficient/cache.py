@@ -5,11 +5,14 @@ history mode uses it when a :class:`KVEfficientConfig` is applied. Per layer, ol
 
     [protected prefix P][retained summaries, s slots each][raw tail (< C)][recent window W, raw]
 
-Each ``update`` appends the new tokens raw and returns the whole layer (so the current block attends to
-everything stored plus itself, exactly like ``DynamicCache``), then compresses what it keeps: raw tokens older
-than the last W leave the window; every full chunk of C of them is summarised (RoPE-correct, see :mod:`.rope`)
-and the retention policy (:mod:`.retention`) keeps or drops it. Dropped chunks vanish from K, V and the mask
-together; a decision is made once per chunk for K and V and every KV head of the layer, for the whole batch.
+Each layer's ``update`` appends the new tokens raw and returns the whole layer, so the current block attends to
+everything stored plus itself, exactly like ``DynamicCache``. When the last layer has been updated, the cache
+compresses every layer at once: raw tokens older than the last W have left the window; every full chunk of C
+of them is summarised (RoPE-correct, :mod:`.rope`) and the retention policy (:mod:`.retention`) keeps or
+drops it. Dropped chunks vanish from K, V and the mask together; a decision is made once per chunk for K and
+V and every KV head of a layer, for the whole batch. Batching the summaries, the LSTM step and the selection
+over layers (one call instead of L) is what keeps the per-step overhead small; the result is the same as
+compressing layer by layer, because a chunk's summary is only attended to from the next forward on.
 
 Logical positions follow transformers' sliding-window layer: ``get_seq_length()`` is the number of tokens ever
 seen (the next position id), ``get_mask_sizes(q)`` returns ``(stored + q, seen - stored)`` so the causal mask
@@ -19,7 +22,7 @@ Transformers builds one attention mask for all full-attention layers, so every l
 of slots. Budget mode gives that by construction (each layer keeps its own best ``min(k, M)`` summaries).
 Threshold mode therefore decides per chunk for the whole model: keep iff the layer- and batch-mean utility
 g >= tau (the paper's per-layer threshold would need per-layer masks; padded slots are the official code's bug).
-Held memory per layer after every update: ``P + M*s + (C - 1) + W`` tokens at most in budget mode.
+Held memory per layer between forwards: at most ``P + M*s + (C - 1) + W`` tokens in budget mode.
 """
 
 from __future__ import annotations
@@ -75,9 +78,8 @@ class ChunkedGatedLayer(CacheLayerMixin):
         self.utility = torch.zeros(0)  # [k] batch-mean utility used for eviction
         self.gate_g: torch.Tensor | None = None  # [B, k] gate output per summary (gated retention)
         self.lstm_state: tuple[torch.Tensor, torch.Tensor] | None = None  # (h, c) [B, hidden]
-        self.pending = 0  # threshold mode: newest summaries awaiting the model-wide decision
-        self.raw_score: torch.Tensor | None = None  # h2o: attention received by each raw token [raw]
-        self.attn_layout: dict[str, Any] | None = None  # h2o: how the last returned layout maps to storage
+        self.raw_score = torch.zeros(0)  # h2o: attention received by each raw token [raw]
+        self.attn_layout: dict[str, Any] | None = None  # h2o: storage moved since the returned layout
         self.generator: torch.Generator | None = None  # random retention
         self._awaiting_attention = False  # h2o: an update whose attention was not observed yet
         self._missed_attention = False  # h2o: some forward's attention was never observed
@@ -117,6 +119,11 @@ class ChunkedGatedLayer(CacheLayerMixin):
                           self.summary_pos.repeat_interleave(self.cache.slots),
                           torch.arange(self.seen - raw, self.seen, device=dev)])
 
+    def ready_chunks(self) -> int:
+        """Full chunks of raw tokens that have left the recent window."""
+        over = self.stored - self.raw_start - self.cache.config.window
+        return max(0, over) // self.cache.chunk
+
     # ------------------------------------------------------------------ transformers Cache API
     def get_seq_length(self) -> int:
         return self.seen
@@ -129,29 +136,24 @@ class ChunkedGatedLayer(CacheLayerMixin):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append ``[B, H_kv, q, d]`` new keys/values; return every stored slot plus them; then compress storage."""
+        """Append ``[B, H_kv, q, d]`` new keys/values; return every stored slot plus them (compression happens
+        after the model's last layer, see :meth:`ChunkedGatedCache.update`)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         cfg, q = self.cache.config, key_states.shape[-2]
         if self.protect_len is None:
             self.protect_len = (q if cfg.protect_prefix else 0) + cfg.sinks
-        full_k = torch.cat([self.keys, key_states], dim=-2)  # [B, H, N + q, d]
-        full_v = torch.cat([self.values, value_states], dim=-2)
-        self.keys, self.values = full_k, full_v
+        self.keys = torch.cat([self.keys, key_states], dim=-2)  # [B, H, N + q, d]
+        self.values = torch.cat([self.values, value_states], dim=-2)
         self.seen += q
         # Protected tokens arrive before any raw token exists, so they are always the first stored slots.
         self.n_protected = min(self.seen, self.protect_len)
-        retention = self.cache.retention
-        if retention.needs_attention:
-            retention.before_update(self, q)
-        if not retention.evicts:
-            return full_k, full_v
-        raw = self.stored - self.raw_start
-        if raw - cfg.window >= self.cache.chunk:
-            self._compress((raw - cfg.window) // self.cache.chunk)
-        elif retention.needs_attention:
-            retention.no_compression(self)
-        return full_k, full_v
+        if self.cache.retention.needs_attention:
+            self.cache.retention.before_update(self, q)
+        return self.keys, self.values
+
+    def commit(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys, self.values = keys, values
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         raise NotImplementedError("ChunkedGatedCache keeps per-episode gate state; beam search is not supported")
@@ -165,44 +167,8 @@ class ChunkedGatedLayer(CacheLayerMixin):
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("ChunkedGatedCache cannot be cropped (evicted chunks cannot be restored)")
 
-    # ------------------------------------------------------------------ compression
-    def _compress(self, n: int) -> None:
-        """Summarise the ``n`` oldest full chunks of the raw region and let the retention policy keep or drop them."""
-        cache, retention = self.cache, self.cache.retention
-        c, s = cache.chunk, cache.slots
-        start, end = self.raw_start, self.raw_start + n * c
-        first = self.seen - (self.stored - start)  # logical position of the oldest raw token
-        chunk_pos = torch.arange(first, first + n * c, device=self.device).view(n, c)  # [n, C]
-        ids = torch.arange(self.n_chunks, self.n_chunks + n, device=self.device)  # [n]
-        self.n_chunks += n
-        head_k, head_v = self.keys[:, :, : self.n_protected], self.values[:, :, : self.n_protected]
-        old_k = self.keys[:, :, self.n_protected:start]  # [B, H, k*s, d]
-        old_v = self.values[:, :, self.n_protected:start]
-        seg_k, seg_v = self.keys[:, :, start:end], self.values[:, :, start:end]  # [B, H, n*C, d]
-        tail_k, tail_v = self.keys[:, :, end:], self.values[:, :, end:]
-        if not retention.summarises:  # streaming: the chunks just leave
-            retention.after_drop(self, n)
-            self.keys, self.values = torch.cat([head_k, old_k, tail_k], -2), torch.cat([head_v, old_v, tail_v], -2)
-            return
-        sk, sv, sk_plain, sv_plain, rep = cache.summarise(seg_k, seg_v, chunk_pos)  # [B, H, n, s, d], rep [n]
-        util_new = retention.score_new(self, sk_plain, sv_plain, n)  # [n] batch-mean utility
-        b, h, _, d = old_k.shape
-        k_all = torch.cat([old_k.reshape(b, h, -1, s, d), sk], dim=2)  # [B, H, k+n, s, d]
-        v_all = torch.cat([old_v.reshape(b, h, -1, s, old_v.shape[-1]), sv], dim=2)
-        utility = torch.cat([self.utility, util_new])  # [k+n]
-        pos = torch.cat([self.summary_pos, rep])
-        ids = torch.cat([self.chunk_ids, ids])
-        keep = retention.select(self, utility)  # LongTensor [k'] ascending, or None = keep all
-        if keep is not None:
-            k_all, v_all = k_all.index_select(2, keep), v_all.index_select(2, keep)
-            utility, pos, ids = utility[keep], pos[keep], ids[keep]
-        retention.after_select(self, keep, n)
-        self.utility, self.summary_pos, self.chunk_ids = utility, pos, ids
-        self.keys = torch.cat([head_k, k_all.flatten(2, 3), tail_k], dim=-2)
-        self.values = torch.cat([head_v, v_all.flatten(2, 3), tail_v], dim=-2)
-
     def keep_summaries(self, keep: torch.Tensor) -> None:
-        """Keep only the retained summaries at indices ``keep`` (ascending; threshold resolution)."""
+        """Keep only the retained summaries at indices ``keep`` (ascending)."""
         s, start = self.cache.slots, self.n_protected
         slot = (keep.unsqueeze(1) * s + torch.arange(s, device=keep.device)).flatten() + start  # [k'*s]
         idx = torch.cat([torch.arange(start, device=keep.device), slot,
@@ -269,7 +235,6 @@ class ChunkedGatedCache(Cache):
         self.aggregator = gate.aggregator if gate is not None else MeanAggregator(self.slots)
         self.retention: Retention = make_retention(config, self)
         self._block_tokens: int | None = None
-        self._rope_memo: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         super().__init__(layers=[ChunkedGatedLayer(self, i) for i in range(num_layers)])
 
     # ------------------------------------------------------------------ construction from a model
@@ -302,7 +267,6 @@ class ChunkedGatedCache(Cache):
         q = key_states.shape[-2]
         if layer_idx == 0:
             self._block_tokens = q
-            self._rope_memo.clear()
         elif q != self._block_tokens:
             raise TokenCountMismatchError(
                 f"KV-Efficient cache: layer {layer_idx} received {q} new tokens but layer 0 received "
@@ -311,8 +275,10 @@ class ChunkedGatedCache(Cache):
                 "be combined with KVEfficientConfig."
             )
         out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
-        if layer_idx == len(self.layers) - 1:
-            self.retention.end_of_forward(self)
+        if layer_idx == len(self.layers) - 1 and self.retention.evicts:
+            n = self.layers[0].ready_chunks()
+            if n:
+                self._compress(n)
         return out
 
     def reset(self) -> None:
@@ -320,38 +286,68 @@ class ChunkedGatedCache(Cache):
         for layer in self.layers:
             layer.clear()
         self._block_tokens = None
-        self._rope_memo.clear()
 
     def observe_attention(self, layer_idx: int, probs: torch.Tensor) -> None:
         """Attention probabilities ``[B, H, q, N]`` of the last forward of ``layer_idx`` (H2O-like retention)."""
         self.retention.observe(self.layers[layer_idx], probs)
 
-    # ------------------------------------------------------------------ summaries
-    def _cos_sin(self, first: int, count: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (first, count)
-        if key not in self._rope_memo:  # every layer summarises the same positions in one forward
-            pos = torch.arange(first, first + count, device=like.device)
-            self._rope_memo[key] = self.rope.cos_sin(pos, like)
-        return self._rope_memo[key]
+    # ------------------------------------------------------------------ compression (all layers at once)
+    def _compress(self, n: int) -> None:
+        """Summarise the ``n`` oldest full raw chunks of every layer; the retention policy keeps or drops them."""
+        layers, c, s = self.layers, self.chunk, self.slots
+        top = layers[0]  # every layer holds the same layout (same tokens, same counts)
+        p, k, start = top.n_protected, top.n_summaries, top.raw_start
+        end = start + n * c
+        first = top.seen - (top.stored - start)  # logical position of the oldest raw token
+        chunk_pos = torch.arange(first, first + n * c, device=top.device).view(n, c)  # [n, C]
+        ids = torch.arange(top.n_chunks, top.n_chunks + n, device=top.device)  # [n]
+        for layer in layers:
+            layer.n_chunks += n
+        if not self.retention.summarises:  # streaming: the chunks just leave
+            for layer in layers:
+                layer.commit(torch.cat([layer.keys[:, :, :start], layer.keys[:, :, end:]], -2),
+                             torch.cat([layer.values[:, :, :start], layer.values[:, :, end:]], -2))
+            self.retention.after_drop(self, n)
+            return
+        seg_k = torch.stack([layer.keys[:, :, start:end] for layer in layers])  # [L, B, H, n*C, d]
+        seg_v = torch.stack([layer.values[:, :, start:end] for layer in layers])
+        sk, sv, sk_plain, sv_plain, rep = self.summarise(seg_k.flatten(0, 1), seg_v.flatten(0, 1), chunk_pos)
+        shape = (len(layers), -1, *sk.shape[1:])  # [L, B, H, n, s, d]
+        sk, sv, sk_plain, sv_plain = (t.view(shape) for t in (sk, sv, sk_plain, sv_plain))
+        util_new = self.retention.score_new(self, sk_plain, sv_plain, n)  # [L, n]
+        utility = torch.cat([torch.stack([layer.utility for layer in layers]), util_new], dim=1)  # [L, k+n]
+        keep = self.retention.select(self, utility)  # [L, k'] ascending per layer, or None = keep all
+        self.retention.after_select(self, keep, n)
+        b, h, d, dv = seg_k.shape[1], seg_k.shape[2], seg_k.shape[-1], seg_v.shape[-1]
+        for i, layer in enumerate(layers):
+            k_all = torch.cat([layer.keys[:, :, p:start].reshape(b, h, k, s, d), sk[i]], dim=2)  # [B, H, k+n, s, d]
+            v_all = torch.cat([layer.values[:, :, p:start].reshape(b, h, k, s, dv), sv[i]], dim=2)
+            u, pos, cid = utility[i], torch.cat([layer.summary_pos, rep]), torch.cat([layer.chunk_ids, ids])
+            if keep is not None:
+                k_all, v_all = k_all.index_select(2, keep[i]), v_all.index_select(2, keep[i])
+                u, pos, cid = u[keep[i]], pos[keep[i]], cid[keep[i]]
+            layer.utility, layer.summary_pos, layer.chunk_ids = u, pos, cid
+            layer.commit(torch.cat([layer.keys[:, :, :p], k_all.flatten(2, 3), layer.keys[:, :, end:]], dim=-2),
+                         torch.cat([layer.values[:, :, :p], v_all.flatten(2, 3), layer.values[:, :, end:]], dim=-2))
 
     def summarise(self, seg_k: torch.Tensor, seg_v: torch.Tensor, chunk_pos: torch.Tensor):
         """Raw chunks -> RoPE-correct summaries.
 
-        seg_k/seg_v: [B, H, n*C, d] (keys rotated at ``chunk_pos`` [n, C]). Returns rotated summary keys and
-        values [B, H, n, s, d] (cache dtype), the position-free keys and values (float32, for the gate) and the
+        seg_k/seg_v: [B', H, n*C, d] (keys rotated at ``chunk_pos`` [n, C]). Returns rotated summary keys and
+        values [B', H, n, s, d] (cache dtype), the position-free keys and values (float32, for the gate) and the
         representative positions [n].
         """
         b, h, _, d = seg_k.shape
         n, c = chunk_pos.shape
         like = seg_k.new_empty(0, dtype=torch.float32)
-        cos, sin = self._cos_sin(int(chunk_pos[0, 0]), n * c, like)  # [n*C, d]
-        k_plain = remove_rotation(seg_k.float(), cos, sin).view(b, h, n, c, d)  # [B, H, n, C, d]
-        v = seg_v.float().view(b, h, n, c, seg_v.shape[-1])
-        w = self.aggregator.weights(k_plain, v)  # [B, H, n, s, C]
-        sk_plain, sv = w @ k_plain, w @ v  # [B, H, n, s, d]
         rep = representative_positions(chunk_pos)  # [n]
-        rcos, rsin = self.rope.cos_sin(rep, like)  # [n, d]
-        sk = apply_rotation(sk_plain, rcos.unsqueeze(1), rsin.unsqueeze(1))  # rotate every slot at its chunk's centre
+        cos, sin = self.rope.cos_sin(torch.cat([chunk_pos.flatten(), rep]), like)  # [n*C + n, d], one rotary call
+        k_plain = remove_rotation(seg_k.float(), cos[: n * c], sin[: n * c]).view(b, h, n, c, d)  # [B', H, n, C, d]
+        v = seg_v.float().view(b, h, n, c, seg_v.shape[-1])
+        w = self.aggregator.weights(k_plain, v)  # [B', H, n, s, C]
+        sk_plain, sv = w @ k_plain, w @ v  # [B', H, n, s, d]
+        rcos, rsin = cos[n * c:].unsqueeze(1), sin[n * c:].unsqueeze(1)  # [n, 1, d]: every slot at its chunk centre
+        sk = apply_rotation(sk_plain, rcos, rsin)
         return sk.to(seg_k.dtype), sv.to(seg_v.dtype), sk_plain, sv, rep
 
     # ------------------------------------------------------------------ measurement helpers

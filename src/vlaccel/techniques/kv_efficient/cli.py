@@ -38,26 +38,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of each task's demos kept out of training")
     p.add_argument("--eval-episodes", type=int, default=0, help="held-out episodes for the equal-budget comparison")
     p.add_argument("--eval-frames", type=int, default=None, help="frames per evaluation episode (default: all)")
+    p.add_argument("--eval-data", default=None,
+                   help="demo folder of held-out episodes (e.g. other seeds); default: --holdout of --data")
+    p.add_argument("--eval-budgets", type=int, nargs="*", default=None,
+                   help="budgets to compare at (default: --budget)")
+    p.add_argument("--eval-only", action="store_true", help="skip training; compare with the gate already in --out")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.set_defaults(func=run)
 
 
-def _episodes(args: argparse.Namespace, policy):
+def _episodes(args: argparse.Namespace, policy, folder: str):
     from vlaccel.techniques.kv_efficient.train import episodes_from_demos, synthetic_episodes
 
     if args.synthetic:
         return synthetic_episodes(policy.config, args.synthetic, args.max_frames, args.seed), "synthetic random frames"
     from vlaccel.sim.data import load_demos
 
-    demos = load_demos(args.data)
+    demos = load_demos(folder)
     if not demos:
-        raise FileNotFoundError(f"no demos under {args.data}; collect some with `vlaccel collect --out {args.data}`")
+        raise FileNotFoundError(f"no demos under {folder}; collect some with `vlaccel collect --out {folder}`")
     size = policy.config.image_size
     if demos[0].images.shape[1:3] != (size, size):
-        raise ValueError(f"demos in {args.data} have {demos[0].images.shape[1:3]} px frames, the policy wants {size}")
-    return episodes_from_demos(demos), f"demos from {args.data}"
+        raise ValueError(f"demos in {folder} have {demos[0].images.shape[1:3]} px frames, the policy wants {size}")
+    return episodes_from_demos(demos), f"demos from {folder}"
+
+
+def _spread(episodes, n: int):
+    """``n`` episodes spread evenly over the list (so every task is represented)."""
+    if n >= len(episodes):
+        return list(episodes)
+    idx = [round(i * (len(episodes) - 1) / max(1, n - 1)) for i in range(n)]
+    return [episodes[i] for i in idx]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,34 +84,50 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = vlaccel.load_policy(args.policy)
-    episodes, source = _episodes(args, policy)
-    train_eps, held = split_holdout(episodes, args.holdout if args.eval_episodes else 0.0)
+    episodes, source = _episodes(args, policy, args.data)
+    if args.eval_data:
+        train_eps, (held, _) = episodes, _episodes(args, policy, args.eval_data)
+    else:
+        train_eps, held = split_holdout(episodes, args.holdout if args.eval_episodes else 0.0)
     fields = {f.name for f in dataclasses.fields(GateTrainConfig)}
     cfg = GateTrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    out, stats = train_and_save(policy, train_eps, cfg, args.out, progress=not args.json,
-                                meta={"policy": str(args.policy), "data": source})
-    result = {"gate": str(out), "data": source, "training": stats}
+    result: dict = {"data": source}
+    if args.eval_only:
+        out = Path(args.out)
+    else:
+        out, stats = train_and_save(policy, train_eps, cfg, args.out, progress=not args.json,
+                                    meta={"policy": str(args.policy), "data": source})
+        result["training"] = stats
+        if not args.json:
+            print(f"gate written to {out}: {stats['steps']} steps in {stats['seconds']} s, distillation loss "
+                  f"{stats['distill_first']:.4f} -> {stats['distill_last']:.4f}, mean g {stats['mean_g_last']:.2f}")
+    result["gate"] = str(out)
     if args.eval_episodes:
         if not held:
-            raise ValueError("--eval-episodes needs held-out episodes: raise --holdout or provide more demos")
-        held = held[: args.eval_episodes]
+            raise ValueError("--eval-episodes needs held-out episodes: raise --holdout, pass --eval-data, or collect "
+                             "more demos")
+        held = _spread(held, args.eval_episodes)
         common = {"window": cfg.window, "chunk": cfg.chunk, "summary_slots": cfg.summary_slots}
-        settings = {
-            "gated (trained)": KVEfficientConfig(**common, budget=cfg.budget, gate=str(out)),
-            "mean, most recent": KVEfficientConfig(**common, budget=cfg.budget, retention="mean"),
-            "random": KVEfficientConfig(**common, budget=cfg.budget, retention="random", seed=args.seed),
-            "h2o-like": KVEfficientConfig(**common, budget=cfg.budget, retention="h2o"),
-            "streaming (no summaries)": KVEfficientConfig(window=cfg.window, chunk=cfg.chunk, retention="streaming"),
-        }
-        result["comparison"] = compare_retentions(policy, held, settings, args.eval_frames, progress=not args.json)
-        if not args.json:
-            from rich.console import Console
+        result["comparison"] = {}
+        for budget in args.eval_budgets or [cfg.budget]:
+            settings = {
+                "gated (trained)": KVEfficientConfig(**common, budget=budget, gate=str(out)),
+                "mean, most recent": KVEfficientConfig(**common, budget=budget, retention="mean"),
+                "random": KVEfficientConfig(**common, budget=budget, retention="random", seed=args.seed),
+                "h2o-like": KVEfficientConfig(**common, budget=budget, retention="h2o"),
+                "streaming (no summaries)": KVEfficientConfig(window=cfg.window, chunk=cfg.chunk,
+                                                              retention="streaming"),
+            }
+            comparison = compare_retentions(policy, held, settings, args.eval_frames, progress=not args.json)
+            comparison["budget"] = budget
+            result["comparison"][f"budget={budget}"] = comparison
+            if not args.json:
+                from rich.console import Console
 
-            Console().print(format_table(result["comparison"]))
+                Console().print(f"window {cfg.window} tokens, budget {budget} summaries per layer")
+                Console().print(format_table(comparison))
+                Console().print(format_table(comparison, by_task=True))
         (Path(out) / "comparison.json").write_text(json.dumps(result["comparison"], indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        print(f"gate written to {out}: {stats['steps']} steps in {stats['seconds']} s, distillation loss "
-              f"{stats['distill_first']:.4f} -> {stats['distill_last']:.4f}, mean g {stats['mean_g_last']:.2f}")
     return 0

@@ -53,6 +53,7 @@ def compare_retentions(policy: Any, episodes: Sequence[Any], settings: Mapping[s
     from vlaccel.techniques.kv_efficient.train import _progress
 
     per: dict[str, dict[str, list[float]]] = {n: {"action_mse": [], "cog_rel": [], "kv_bytes": []} for n in settings}
+    by_task: dict[str, dict[str, list[float]]] = {n: {} for n in settings}
     full_kv: list[int] = []
     bar = _progress(progress)
     with bar, torch.no_grad():
@@ -69,6 +70,7 @@ def compare_retentions(policy: Any, episodes: Sequence[Any], settings: Mapping[s
                 active = np.array([s < f for s, f in zip(stored, stored_full)], dtype=bool)
                 if active.any():
                     per[name]["action_mse"].append(float(((a[active] - a_full[active]) ** 2).mean()))
+                    by_task[name].setdefault(getattr(ep, "task", "") or "?", []).append(per[name]["action_mse"][-1])
                     rel = ((z[active] - z_full[active]) ** 2).sum(-1) / (z_full[active] ** 2).sum(-1)
                     per[name]["cog_rel"].append(float(rel.mean()))
                 per[name]["kv_bytes"].append(kv)
@@ -85,13 +87,26 @@ def compare_retentions(policy: Any, episodes: Sequence[Any], settings: Mapping[s
         "episodes": len(episodes), "max_frames": max_frames, "full_kv_bytes": float(np.mean(full_kv)),
         "settings": {n: {"config": settings[n].to_dict(), "action_mse": stat(v["action_mse"]),
                          "cognition_rel_err": stat(v["cog_rel"]), "kv_bytes": float(np.mean(v["kv_bytes"])),
-                         "kv_reduction": float(np.mean(full_kv) / max(1.0, np.mean(v["kv_bytes"])))}
+                         "kv_reduction": float(np.mean(full_kv) / max(1.0, np.mean(v["kv_bytes"]))),
+                         "action_mse_by_task": {t: stat(x) for t, x in sorted(by_task[n].items())}}
                      for n, v in per.items()},
     }
 
 
-def format_table(result: Mapping[str, Any]):
+def format_table(result: Mapping[str, Any], by_task: bool = False):
     from rich.table import Table
+
+    if by_task:
+        names = list(result["settings"])
+        tasks = sorted({t for r in result["settings"].values() for t in r["action_mse_by_task"]})
+        t = Table(title="action MSE vs full history, per task (mean over episodes)")
+        t.add_column("task")
+        for n in names:
+            t.add_column(n, justify="right")
+        for task in tasks:
+            t.add_row(task, *[f"{result['settings'][n]['action_mse_by_task'].get(task, {}).get('mean', float('nan')):.5f}"
+                              for n in names])
+        return t
 
     t = Table(title=f"retention at equal KV budget: error vs full history ({result['episodes']} held-out episodes)")
     for col in ("setting", "action MSE", "cognition rel. err", "KV bytes", "KV reduction"):

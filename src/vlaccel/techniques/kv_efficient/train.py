@@ -68,10 +68,11 @@ class Episode:
     images: np.ndarray  # uint8 [F, H, W, 3]
     states: np.ndarray | None  # float32 [F, P] or None
     source: str = ""
+    task: str = ""
 
 
 def episodes_from_demos(demos: Sequence[Any]) -> list[Episode]:
-    return [Episode(d.instruction, d.images, getattr(d, "states", None), str(getattr(d, "path", d.task)))
+    return [Episode(d.instruction, d.images, getattr(d, "states", None), str(getattr(d, "path", d.task)), d.task)
             for d in demos]
 
 
@@ -81,7 +82,7 @@ def synthetic_episodes(policy_config: Any, n: int, frames: int, seed: int = 0) -
     size, p = policy_config.image_size, policy_config.proprio_dim
     words = ("push the puck to the goal", "reach the goal", "open the drawer", "press the button from the top")
     return [Episode(words[i % len(words)], rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8),
-                    rng.normal(size=(frames, p)).astype(np.float32) if p else None, f"synthetic-{i}")
+                    rng.normal(size=(frames, p)).astype(np.float32) if p else None, f"synthetic-{i}", "synthetic")
             for i in range(n)]
 
 
@@ -226,8 +227,10 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
                 torch.nn.utils.clip_grad_norm_(gate.parameters(), 1.0)
                 opt.step()
                 history.append({"step": step, "loss": float(loss.detach()), **stats})
-                bar.update(task, advance=1, description=f"train-kv-gate loss {float(loss.detach()):.4f} "
-                                                         f"distill {stats['distill']:.4f} g {stats['mean_g']:.2f}")
+                line = f"train-kv-gate loss {float(loss.detach()):.4f} distill {stats['distill']:.4f} g {stats['mean_g']:.2f}"
+                bar.update(task, advance=1, description=line)
+                if progress and not bar.console.is_terminal and (step % 10 == 0 or step == cfg.steps - 1):
+                    print(f"step {step + 1}/{cfg.steps} {line} ({time.perf_counter() - start:.0f} s)", flush=True)
                 if cfg.minutes is not None and time.perf_counter() - start > 60 * cfg.minutes:
                     break
     finally:
@@ -252,8 +255,11 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not enabled, transient=False)
+    # Off a terminal (a log file) the bar is replaced by plain lines (see train_gate).
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        transient=False)
+    progress.disable = not enabled or not progress.console.is_terminal
+    return progress
 
 
 def train_and_save(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, out: str | Path,
