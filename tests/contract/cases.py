@@ -90,10 +90,8 @@ def _kv_efficient(model, window: int, **kwargs):
 CASES += [
     TechniqueCase("kv_efficient", neutral=lambda m: _kv_efficient(m, m.config.max_positions, budget=1),
                   lossy=lambda m: _kv_efficient(m, m.config.tokens_per_frame, budget=1), stateful=True),
-    TechniqueCase("kv_efficient_threshold", neutral=lambda m: _kv_efficient(m, m.config.max_positions, threshold=0.5),
-                  lossy=lambda m: _kv_efficient(m, m.config.tokens_per_frame, threshold=0.5), stateful=True),
     *[TechniqueCase(f"kv_{r}", neutral=lambda m, r=r, b=b: _kv_efficient(m, m.config.max_positions, retention=r, **b),
                     lossy=lambda m, r=r, b=b: _kv_efficient(m, m.config.tokens_per_frame, retention=r, **b),
                     stateful=True)
-      for r, b in (("h2o", {"budget": 1}), ("streaming", {}))],  # mean/random: tests/techniques/kv_efficient
+      for r, b in (("h2o", {"budget": 1}), ("streaming", {}))],  # threshold/mean/random: tests/techniques/kv_efficient
 ]
