@@ -4,7 +4,9 @@ Each episode is played in history mode (``reset`` + ``step`` per frame) once wit
 and once per setting, on the same frames. The action sampler is deterministic (fixed noise seed), so every
 difference comes from the cache. Errors are averaged over the frames at which the setting's cache had already
 compressed something (earlier frames are identical by construction), then over episodes (mean and standard
-error). KV bytes are read off the cache tensors at the last frame.
+error). Settings are also compared pairwise with the first one on the same episodes (mean difference of the
+per-episode action MSE, its standard error, and on how many episodes the first one was better). KV bytes are
+read off the cache tensors at the last frame.
 """
 
 from __future__ import annotations
@@ -54,11 +56,12 @@ def compare_retentions(policy: Any, episodes: Sequence[Any], settings: Mapping[s
 
     per: dict[str, dict[str, list[float]]] = {n: {"action_mse": [], "cog_rel": [], "kv_bytes": []} for n in settings}
     by_task: dict[str, dict[str, list[float]]] = {n: {} for n in settings}
+    by_episode: dict[str, dict[int, float]] = {n: {} for n in settings}
     full_kv: list[int] = []
     bar = _progress(progress)
     with bar, torch.no_grad():
         task = bar.add_task("compare retentions", total=len(episodes) * (1 + len(settings)))
-        for ep in episodes:
+        for e, ep in enumerate(episodes):
             frames = len(ep.images) if max_frames is None else min(max_frames, len(ep.images))
             a_full, z_full, kv_full, stored_full = _play(policy, ep, frames)
             full_kv.append(kv_full)
@@ -67,10 +70,11 @@ def compare_retentions(policy: Any, episodes: Sequence[Any], settings: Mapping[s
                 with vlaccel.applied(policy, cfg):
                     a, z, kv, stored = _play(policy, ep, frames)
                 # frames whose cache had compressed something: fewer slots stored than the full cache
-                active = np.array([s < f for s, f in zip(stored, stored_full)], dtype=bool)
+                active = np.array([s < f for s, f in zip(stored, stored_full, strict=True)], dtype=bool)
                 if active.any():
                     per[name]["action_mse"].append(float(((a[active] - a_full[active]) ** 2).mean()))
                     by_task[name].setdefault(getattr(ep, "task", "") or "?", []).append(per[name]["action_mse"][-1])
+                    by_episode[name][e] = per[name]["action_mse"][-1]
                     rel = ((z[active] - z_full[active]) ** 2).sum(-1) / (z_full[active] ** 2).sum(-1)
                     per[name]["cog_rel"].append(float(rel.mean()))
                 per[name]["kv_bytes"].append(kv)
@@ -83,8 +87,17 @@ def compare_retentions(policy: Any, episodes: Sequence[Any], settings: Mapping[s
         return {"mean": float(arr.mean()), "sem": float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else 0.0,
                 "n": len(arr)}
 
+    ref = next(iter(settings))
+    paired = {}
+    for name in settings:
+        if name == ref:
+            continue
+        common = sorted(set(by_episode[ref]) & set(by_episode[name]))
+        diff = [by_episode[name][e] - by_episode[ref][e] for e in common]
+        paired[name] = {**stat(diff), "wins_of_" + ref: int(sum(d > 0 for d in diff))}
     return {
         "episodes": len(episodes), "max_frames": max_frames, "full_kv_bytes": float(np.mean(full_kv)),
+        "paired_action_mse_minus_" + ref: paired,
         "settings": {n: {"config": settings[n].to_dict(), "action_mse": stat(v["action_mse"]),
                          "cognition_rel_err": stat(v["cog_rel"]), "kv_bytes": float(np.mean(v["kv_bytes"])),
                          "kv_reduction": float(np.mean(full_kv) / max(1.0, np.mean(v["kv_bytes"]))),
@@ -109,10 +122,15 @@ def format_table(result: Mapping[str, Any], by_task: bool = False):
         return t
 
     t = Table(title=f"retention at equal KV budget: error vs full history ({result['episodes']} held-out episodes)")
-    for col in ("setting", "action MSE", "cognition rel. err", "KV bytes", "KV reduction"):
+    ref = next(iter(result["settings"]))
+    paired = result.get("paired_action_mse_minus_" + ref, {})
+    for col in ("setting", "action MSE", "Δ vs 1st row, paired (1st better in)", "cognition rel. err",
+                "KV bytes", "KV reduction"):
         t.add_column(col, justify="left" if col == "setting" else "right")
     for name, r in result["settings"].items():
         a, c = r["action_mse"], r["cognition_rel_err"]
-        t.add_row(name, f"{a['mean']:.5f} ± {a['sem']:.5f}", f"{c['mean']:.4f} ± {c['sem']:.4f}",
+        d = paired.get(name)
+        delta = "" if d is None else f"{d['mean']:+.5f} ± {d['sem']:.5f} ({d['wins_of_' + ref]}/{d['n']})"
+        t.add_row(name, f"{a['mean']:.5f} ± {a['sem']:.5f}", delta, f"{c['mean']:.4f} ± {c['sem']:.4f}",
                   f"{r['kv_bytes'] / 1024:.0f} KiB", f"{r['kv_reduction']:.2f}x")
     return t
