@@ -273,7 +273,7 @@ def run_benchmark(policy: Any, presets: Sequence[str] | None = None, options: Be
         try:
             result["presets"][name] = bench_preset(policy, name, configs, observations, options, baseline_flops,
                                                    progress, prepare)
-        except Exception as err:  # noqa: BLE001 - e.g. a preset sized for another policy: reported, the others still run
+        except Exception as err:  # noqa: BLE001 - e.g. sized for another policy: reported, the others run
             result["errors"][name] = f"{type(err).__name__}: {err}"
     if options.history:
         kv, note = kv_settings()

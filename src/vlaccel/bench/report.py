@@ -39,6 +39,7 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     ("kv-gated|kv-efficient", "history", "kv_bytes_reduction", ">=", 3.0, "KV-Efficient at 64 steps: KV bytes reduction"),
     ("kv-gated|kv-efficient", "history", "per_step_speedup", ">=", 1.5, "KV-Efficient at 64 steps: per-step speedup"),
     ("kv-gated|kv-efficient", "history", "step_latency_growth", "<=", 0.10, "KV-Efficient per-step latency growth 16->256"),
+    ("full", "history", "linear_r2", ">=", 0.9, "full cache: per-step latency linear in history length (R2; ours)"),
     ("kv-gated|kv-efficient", "history", "cache_update_fraction", "<", 0.05, "KV-Efficient gate overhead: cache.update share of a step (upper bound)"),
 ]
 
