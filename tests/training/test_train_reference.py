@@ -105,3 +105,16 @@ def test_windows_start_inside_episode_and_mask_tail(tmp_path):
         np.testing.assert_array_equal(batch.actions[b, 0, :4].numpy(), d.actions[s * 4 : s * 4 + 4])
         checked += 1
     assert checked == 8
+
+
+def test_init_starts_from_saved_policy(tmp_path):
+    make_demos(tmp_path / "demos", n=1, frames=3)
+    base = dict(data=str(tmp_path / "demos"), preset="tiny", batch_size=2, shift_pad=0, bf16=False, warmup=1)
+    train(TrainConfig(**base, run_dir=str(tmp_path / "r1"), out=str(tmp_path / "p1"), steps=2), log=lambda *_: None)
+    first = vlaccel.load_policy(tmp_path / "p1")
+    # zero steps from --init: the saved weights come back unchanged (bf16 storage is exact on bf16 values)
+    train(TrainConfig(**base, run_dir=str(tmp_path / "r2"), out=str(tmp_path / "p2"), steps=0, init=str(tmp_path / "p1")),
+          log=lambda *_: None)
+    second = vlaccel.load_policy(tmp_path / "p2")
+    for (k, v), (_, v2) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(v, v2), k

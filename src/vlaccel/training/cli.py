@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--tasks", nargs="*", default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--init", default=None,
+                   help="start from this saved policy ('reference' = the bundled one) instead of random weights")
     p.set_defaults(func=run)
 
 

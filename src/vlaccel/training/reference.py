@@ -43,6 +43,7 @@ class TrainConfig:
     seed: int = 0
     tasks: list[str] | None = None
     threads: int | None = None
+    init: str | None = None  # start from a saved policy's weights (e.g. the bundled one) instead of random
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -74,7 +75,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if not demos:
         raise FileNotFoundError(f"no demonstrations in {cfg.data}; create them with `vlaccel collect --out {cfg.data}`")
     tasks = sorted({d.task for d in demos})
-    policy = ReferenceVLA(ReferenceVLAConfig.preset(cfg.preset))
+    if cfg.init:
+        from vlaccel.models import load_policy
+
+        policy = load_policy(cfg.init)
+    else:
+        policy = ReferenceVLA(ReferenceVLAConfig.preset(cfg.preset))
     if policy.config.image_size != demos[0].images.shape[1]:
         raise ValueError(f"demos are {demos[0].images.shape[1]} px but the {cfg.preset!r} preset expects "
                          f"{policy.config.image_size} px; collect with --image-size {policy.config.image_size}")
