@@ -130,7 +130,7 @@ def default_presets() -> list[str]:
     return out
 
 
-def kv_settings() -> tuple[dict[str, list[Any]], str | None]:
+def kv_settings(policy: Any = None) -> tuple[dict[str, list[Any]], str | None]:
     """History-mode cache settings from the KV-Efficient module: (name -> configs, note if unavailable).
 
     Looks for ``benchmark_settings()`` in ``vlaccel.techniques.kv_efficient`` (the KV-Efficient cache and
@@ -147,7 +147,7 @@ def kv_settings() -> tuple[dict[str, list[Any]], str | None]:
         raise
     fn = getattr(module, "benchmark_settings", None)
     if callable(fn):
-        return {name: list(cfgs) for name, cfgs in fn().items()}, None
+        return {name: list(cfgs) for name, cfgs in fn(policy=policy).items()}, None
     settings = {}
     for name in vlaccel.presets.names():
         configs = vlaccel.presets.get(name)
@@ -276,7 +276,7 @@ def run_benchmark(policy: Any, presets: Sequence[str] | None = None, options: Be
         except Exception as err:  # noqa: BLE001 - e.g. sized for another policy: reported, the others run
             result["errors"][name] = f"{type(err).__name__}: {err}"
     if options.history:
-        kv, note = kv_settings()
+        kv, note = kv_settings(policy)
         if note:
             result["notes"].append(note)
         settings = {**{n: resolved[n] for n in result["presets"] if resolved[n]}, **kv}

@@ -38,16 +38,25 @@ def _kv_streaming() -> list[KVEfficientConfig]:
     return [KVEfficientConfig(window=WINDOW, retention="streaming")]
 
 
-def benchmark_settings(include_gated: bool | None = None) -> dict[str, list[KVEfficientConfig]]:
+def benchmark_settings(include_gated: bool | None = None, policy=None) -> dict[str, list[KVEfficientConfig]]:
     """The method and its baselines at one KV budget, for ``vlaccel bench --history``.
 
-    ``include_gated``: None = only if a gate is shipped with this install (it only fits the bundled policy).
+    ``include_gated``: None = only if a gate is shipped with this install and, when ``policy`` is given, it was
+    trained for that policy (a gate only fits the exact weights it was trained with).
     """
-    from vlaccel.techniques.kv_efficient.gate import GATE_WEIGHTS
+    import json
+
+    from vlaccel.techniques.kv_efficient.gate import GATE_META, GATE_WEIGHTS
     from vlaccel.techniques.kv_efficient.resolve import shipped_gate_dir
 
     if include_gated is None:
-        include_gated = (shipped_gate_dir() / GATE_WEIGHTS).exists()
+        folder = shipped_gate_dir()
+        include_gated = (folder / GATE_WEIGHTS).exists()
+        if include_gated and policy is not None:
+            from vlaccel.models.io import fingerprint
+
+            meta = json.loads((folder / GATE_META).read_text())
+            include_gated = meta.get("fingerprint") == fingerprint(policy)
     settings = {
         "kv-mean": [KVEfficientConfig(window=WINDOW, budget=BUDGET, retention="mean")],
         "kv-random": [KVEfficientConfig(window=WINDOW, budget=BUDGET, retention="random")],
