@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--history-lengths", type=int, nargs="+", default=None, metavar="N",
                    help="history lengths in control steps (default: 1 2 4 ... 256)")
     p.add_argument("--history-repeats", type=int, default=1, help="lockstep episodes to take medians over")
+    p.add_argument("--history-window", type=int, default=4,
+                   help="per-step latency at N = median of steps N-window+1..N over the repeats (default 4)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the result as one JSON object ('-' = stdout)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots into this folder")
     p.add_argument("--markdown", default=None, metavar="PATH", help="write the tables as markdown (for docs)")
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats, warmup=args.warmup, device=args.device, fidelity_samples=args.samples,
         demos_dir=args.demos, history=args.history,
         history_lengths=tuple(args.history_lengths or DEFAULT_LENGTHS), history_repeats=args.history_repeats,
-        profile=args.profile,
+        history_window=args.history_window, profile=args.profile,
     )
     to_stdout = args.json == "-"
     console = Console(stderr=to_stdout)

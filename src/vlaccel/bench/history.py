@@ -224,6 +224,7 @@ def summarize(lengths: Sequence[int], series: Mapping[str, Mapping[str, list]], 
             "growth_from": lengths[idx_lo],
             "growth_to": lengths[-1],
             "step_latency_growth": ratio(s["step_ms"][-1], s["step_ms"][idx_lo]) - 1.0,
+            "lm_latency_growth": ratio(s["lm_ms"][-1], s["lm_ms"][idx_lo]) - 1.0,
             "cache_update_fraction": ratio(s["cache_update_ms"][idx_at], s["step_ms"][idx_at]),
             **_linear_fit(lengths, s["step_ms"]),
         }

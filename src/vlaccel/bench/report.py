@@ -163,7 +163,8 @@ def print_report(result: dict[str, Any], console: Any = None) -> None:
 
 
 def plot_history(result: dict[str, Any], folder: str | Path) -> Path:
-    """history_scaling.png: per-step latency and KV MB against history length, one line per setting."""
+    """history_scaling.png: per-step latency (end to end and language model) and KV MiB against history
+    length, one line per setting (full cache black, KV-cache settings dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,21 +172,26 @@ def plot_history(result: dict[str, Any], folder: str | Path) -> Path:
 
     hist = result["history"]
     n = hist["lengths"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, s in hist["settings"].items():
-        style = {"color": "black", "linewidth": 2.2} if name == "full" else {}
-        ax1.plot(n, s["step_ms"], marker="o", label=name, **style)
-        ax2.plot(n, [b / 2**20 for b in s["kv_bytes"]], marker="o", label=name, **style)
-    for ax in (ax1, ax2):
+    colors = plt.get_cmap("tab20").colors
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    for i, (name, s) in enumerate(hist["settings"].items()):
+        style = {"color": "black", "linewidth": 2.4} if name == "full" else {
+            "color": colors[i % len(colors)], "linestyle": "--" if name.startswith("kv-") else "-"}
+        axes[0].plot(n, s["step_ms"], marker="o", markersize=3, label=name, **style)
+        axes[1].plot(n, s["lm_ms"], marker="o", markersize=3, label=name, **style)
+        axes[2].plot(n, [b / 2**20 for b in s["kv_bytes"]], marker="o", markersize=3, label=name, **style)
+    for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("history length (control steps in the KV cache)")
         ax.grid(alpha=0.3)
-    ax1.set_ylabel("per-step latency, ms (median near N)")
-    ax2.set_ylabel("KV cache, MiB (bytes held by the cache tensors)")
-    ax2.set_yscale("log")
-    ax1.legend(fontsize=8)
+    axes[0].set_ylabel("per-step latency, ms (median near N)")
+    axes[1].set_ylabel("language model per step, ms")
+    axes[2].set_ylabel("KV cache, MiB (bytes held by the cache tensors)")
+    axes[2].set_yscale("log")
+    axes[0].legend(fontsize=7, ncol=2)
     env = result["environment"]
-    fig.suptitle(f"{result['policy']['source']}; {env['device']}, {env['threads']} threads", fontsize=9)
+    fig.suptitle(f"{result['policy']['source']}; {env['device']}, {env['threads']} threads; "
+                 f"frames: {hist['frames']}", fontsize=9)
     fig.tight_layout()
     path = Path(folder) / "history_scaling.png"
     path.parent.mkdir(parents=True, exist_ok=True)
