@@ -34,28 +34,33 @@ def action_chunk(actions: np.ndarray, start: int, chunk: int) -> tuple[np.ndarra
     return out, mask
 
 
+def _gather(picks: list, starts: list[int], lengths: list[int], width: int, chunk: int,
+            first_frame: torch.Tensor | None) -> HistoryBatch:
+    """Frames ``[s, s + n)`` of each picked demo, padded to ``width`` frames by repeating the last one."""
+    b = len(picks)
+    h, w = picks[0].images.shape[1:3]
+    images = np.zeros((b, width, h, w, 3), np.uint8)
+    proprio = np.zeros((b, width, picks[0].states.shape[1]), np.float32)
+    actions = np.zeros((b, width, chunk, picks[0].actions.shape[1]), np.float32)
+    mask = np.zeros((b, width, chunk), np.float32)
+    for i, (d, s, n) in enumerate(zip(picks, starts, lengths)):
+        images[i, :n], proprio[i, :n] = d.images[s : s + n], d.states[s : s + n]
+        images[i, n:] = d.images[s + n - 1]  # padding frames (masked out of the loss)
+        for k in range(n):
+            actions[i, k], mask[i, k] = action_chunk(d.actions, (s + k) * int(d.frame_every), chunk)
+    return HistoryBatch([d.instruction for d in picks], torch.from_numpy(images), torch.from_numpy(proprio),
+                        torch.from_numpy(actions), torch.from_numpy(mask), first_frame)
+
+
 def sample_batch(demos: list, batch_size: int, chunk: int, rng: np.random.Generator,
                  max_frames: int | None = None) -> HistoryBatch:
+    """Whole-episode prefixes of random length h in [1, F] (capped by ``max_frames``)."""
     picks = [demos[i] for i in rng.integers(0, len(demos), batch_size)]
     lengths = []
     for d in picks:
         f = len(d.images) if max_frames is None else min(len(d.images), max_frames)
         lengths.append(int(rng.integers(1, f + 1)))
-    width = max(lengths)
-    h, w = picks[0].images.shape[1:3]
-    a_dim = picks[0].actions.shape[1]
-    images = np.zeros((batch_size, width, h, w, 3), np.uint8)
-    proprio = np.zeros((batch_size, width, picks[0].states.shape[1]), np.float32)
-    actions = np.zeros((batch_size, width, chunk, a_dim), np.float32)
-    mask = np.zeros((batch_size, width, chunk), np.float32)
-    for b, (d, n) in enumerate(zip(picks, lengths)):
-        images[b, :n] = d.images[:n]
-        images[b, n:] = d.images[n - 1]  # padding frames (masked out of the loss)
-        proprio[b, :n] = d.states[:n]
-        for k in range(n):
-            actions[b, k], mask[b, k] = action_chunk(d.actions, k * int(d.frame_every), chunk)
-    return HistoryBatch([d.instruction for d in picks], torch.from_numpy(images), torch.from_numpy(proprio),
-                        torch.from_numpy(actions), torch.from_numpy(mask))
+    return _gather(picks, [0] * batch_size, lengths, max(lengths), chunk, None)
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -82,17 +87,5 @@ def sample_windows(demos: list, batch_size: int, chunk: int, rng: np.random.Gene
     """
     picks = [demos[i] for i in rng.integers(0, len(demos), batch_size)]
     starts = [int(rng.integers(0, max(1, len(d.images) - frames + 1))) for d in picks]
-    h, w = picks[0].images.shape[1:3]
-    a_dim = picks[0].actions.shape[1]
-    images = np.zeros((batch_size, frames, h, w, 3), np.uint8)
-    proprio = np.zeros((batch_size, frames, picks[0].states.shape[1]), np.float32)
-    actions = np.zeros((batch_size, frames, chunk, a_dim), np.float32)
-    mask = np.zeros((batch_size, frames, chunk), np.float32)
-    for b, (d, s) in enumerate(zip(picks, starts)):
-        n = min(frames, len(d.images) - s)
-        images[b, :n], proprio[b, :n] = d.images[s : s + n], d.states[s : s + n]
-        images[b, n:] = d.images[s + n - 1]
-        for k in range(n):
-            actions[b, k], mask[b, k] = action_chunk(d.actions, (s + k) * int(d.frame_every), chunk)
-    return HistoryBatch([d.instruction for d in picks], torch.from_numpy(images), torch.from_numpy(proprio),
-                        torch.from_numpy(actions), torch.from_numpy(mask), torch.tensor(starts))
+    lengths = [min(frames, len(d.images) - s) for d, s in zip(picks, starts)]
+    return _gather(picks, starts, lengths, frames, chunk, torch.tensor(starts))
