@@ -4,7 +4,7 @@
     from vlaccel import KVEfficientConfig
 
     policy = vlaccel.load_policy("reference")
-    with vlaccel.applied(policy, KVEfficientConfig(window=132, budget=8)):   # shipped gate, 2-frame window
+    with vlaccel.applied(policy, KVEfficientConfig(window=132, budget=4)):   # shipped gate, 2-frame window
         policy.reset("reach the goal you saw at the start")
         for frame in frames:
             actions = policy.step(frame)                                      # KV memory stays bounded
@@ -23,12 +23,12 @@ from vlaccel.techniques.kv_efficient.gate import KVGate, load_gate, save_gate
 __all__ = ["KVEfficientConfig", "ChunkedGatedCache", "KVGate", "load_gate", "save_gate", "RETENTIONS",
            "benchmark_settings"]
 
-#: settings of the presets and the benchmark: a 2-frame raw window and 8 summaries of the default policy's
-#: 66-token frames (chunk = one frame), i.e. at most P + 8 + 65 + 132 tokens per layer
-WINDOW, BUDGET = 132, 8
+#: settings of the presets and the benchmark: a 2-frame raw window and 4 summaries of the default policy's
+#: 66-token frames (chunk = one frame), i.e. at most P + 4 + 65 + 132 tokens per layer
+WINDOW, BUDGET = 132, 4
 
 
-@presets.register("kv-efficient", "KV-Efficient gated chunked KV cache (shipped gate; window 132, 8 summaries)")
+@presets.register("kv-efficient", "KV-Efficient gated chunked KV cache (shipped gate; window 132, 4 summaries)")
 def _kv_efficient() -> list[KVEfficientConfig]:
     return [KVEfficientConfig(window=WINDOW, budget=BUDGET)]
 
