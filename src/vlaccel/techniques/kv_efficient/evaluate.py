@@ -57,6 +57,7 @@ def compare_retentions(policy: Any, episodes: Sequence[Any], settings: Mapping[s
     per: dict[str, dict[str, list[float]]] = {n: {"action_mse": [], "cog_rel": [], "kv_bytes": []} for n in settings}
     by_task: dict[str, dict[str, list[float]]] = {n: {} for n in settings}
     by_episode: dict[str, dict[int, float]] = {n: {} for n in settings}
+    cog_by_episode: dict[str, dict[int, float]] = {n: {} for n in settings}
     full_kv: list[int] = []
     bar = _progress(progress)
     with bar, torch.no_grad():
@@ -73,10 +74,11 @@ def compare_retentions(policy: Any, episodes: Sequence[Any], settings: Mapping[s
                 active = np.array([s < f for s, f in zip(stored, stored_full, strict=True)], dtype=bool)
                 if active.any():
                     per[name]["action_mse"].append(float(((a[active] - a_full[active]) ** 2).mean()))
-                    by_task[name].setdefault(getattr(ep, "task", "") or "?", []).append(per[name]["action_mse"][-1])
-                    by_episode[name][e] = per[name]["action_mse"][-1]
                     rel = ((z[active] - z_full[active]) ** 2).sum(-1) / (z_full[active] ** 2).sum(-1)
                     per[name]["cog_rel"].append(float(rel.mean()))
+                    by_task[name].setdefault(getattr(ep, "task", "") or "?", []).append(per[name]["action_mse"][-1])
+                    by_episode[name][e] = per[name]["action_mse"][-1]
+                    cog_by_episode[name][e] = per[name]["cog_rel"][-1]
                 per[name]["kv_bytes"].append(kv)
                 bar.update(task, advance=1)
 
@@ -88,16 +90,21 @@ def compare_retentions(policy: Any, episodes: Sequence[Any], settings: Mapping[s
                 "n": len(arr)}
 
     ref = next(iter(settings))
-    paired = {}
-    for name in settings:
-        if name == ref:
-            continue
-        common = sorted(set(by_episode[ref]) & set(by_episode[name]))
-        diff = [by_episode[name][e] - by_episode[ref][e] for e in common]
-        paired[name] = {**stat(diff), "wins_of_" + ref: int(sum(d > 0 for d in diff))}
+
+    def paired(values: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
+        out = {}
+        for name in settings:
+            if name == ref:
+                continue
+            common = sorted(set(values[ref]) & set(values[name]))
+            diff = [values[name][e] - values[ref][e] for e in common]
+            out[name] = {**stat(diff), "wins_of_" + ref: int(sum(d > 0 for d in diff))}
+        return out
+
     return {
         "episodes": len(episodes), "max_frames": max_frames, "full_kv_bytes": float(np.mean(full_kv)),
-        "paired_action_mse_minus_" + ref: paired,
+        "paired_action_mse_minus_" + ref: paired(by_episode),
+        "paired_cognition_rel_err_minus_" + ref: paired(cog_by_episode),
         "settings": {n: {"config": settings[n].to_dict(), "action_mse": stat(v["action_mse"]),
                          "cognition_rel_err": stat(v["cog_rel"]), "kv_bytes": float(np.mean(v["kv_bytes"])),
                          "kv_reduction": float(np.mean(full_kv) / max(1.0, np.mean(v["kv_bytes"]))),
@@ -123,14 +130,17 @@ def format_table(result: Mapping[str, Any], by_task: bool = False):
 
     t = Table(title=f"retention at equal KV budget: error vs full history ({result['episodes']} held-out episodes)")
     ref = next(iter(result["settings"]))
-    paired = result.get("paired_action_mse_minus_" + ref, {})
-    for col in ("setting", "action MSE", "Δ vs 1st row, paired (1st better in)", "cognition rel. err",
-                "KV bytes", "KV reduction"):
+    pa = result.get("paired_action_mse_minus_" + ref, {})
+    pc = result.get("paired_cognition_rel_err_minus_" + ref, {})
+
+    def delta(d: dict[str, float] | None, digits: int) -> str:
+        return "" if d is None else f"{d['mean']:+.{digits}f} ± {d['sem']:.{digits}f} ({d['wins_of_' + ref]}/{d['n']})"
+
+    for col in ("setting", "action MSE", "Δ vs 1st row (1st better in)", "cognition rel. err",
+                "Δ vs 1st row (1st better in) ", "KV bytes", "KV reduction"):
         t.add_column(col, justify="left" if col == "setting" else "right")
     for name, r in result["settings"].items():
         a, c = r["action_mse"], r["cognition_rel_err"]
-        d = paired.get(name)
-        delta = "" if d is None else f"{d['mean']:+.5f} ± {d['sem']:.5f} ({d['wins_of_' + ref]}/{d['n']})"
-        t.add_row(name, f"{a['mean']:.5f} ± {a['sem']:.5f}", delta, f"{c['mean']:.4f} ± {c['sem']:.4f}",
-                  f"{r['kv_bytes'] / 1024:.0f} KiB", f"{r['kv_reduction']:.2f}x")
+        t.add_row(name, f"{a['mean']:.5f} ± {a['sem']:.5f}", delta(pa.get(name), 5), f"{c['mean']:.4f} ± {c['sem']:.4f}",
+                  delta(pc.get(name), 4), f"{r['kv_bytes'] / 1024:.0f} KiB", f"{r['kv_reduction']:.2f}x")
     return t
