@@ -164,8 +164,11 @@ def test_window_positions_match_full_history_positions(tiny_policy, frames):
         lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True)
     with torch.no_grad():
         policy.history_cognition(ids, mask, pixels, None)
-        policy.history_cognition(ids, mask, pixels[:, 2:4], None, first_frame=torch.tensor([2]))
+        policy.history_cognition(ids, mask, pixels[:, 2:4], None, frame_index=torch.tensor([[2, 3]]))
+        policy.history_cognition(ids, mask, pixels[:, [0, 3]], None, frame_index=torch.tensor([[0, 3]]))
     hook.remove()
-    full, window = seen
+    full, window, anchored = seen
     n, L = policy.config.tokens_per_frame, ids.shape[1]
     torch.testing.assert_close(window[0, L:], full[0, L + 2 * n : L + 4 * n], atol=0, rtol=0)
+    torch.testing.assert_close(anchored[0, :L + n], full[0, :L + n], atol=0, rtol=0)
+    torch.testing.assert_close(anchored[0, L + n:], full[0, L + 3 * n : L + 4 * n], atol=0, rtol=0)

@@ -88,23 +88,26 @@ def test_missing_demos_error(tmp_path):
         train(TrainConfig(data=str(tmp_path / "none"), preset="tiny"))
 
 
-def test_windows_start_inside_episode_and_mask_tail(tmp_path):
+@pytest.mark.parametrize("anchor", [0, 2])
+def test_windows_keep_true_frames_positions_and_anchors(tmp_path, anchor):
     from vlaccel.sim.data import load_demos
     from vlaccel.training.batches import sample_windows
 
-    make_demos(tmp_path, n=2, frames=5)
+    make_demos(tmp_path, n=2, frames=6)
     demos = load_demos(tmp_path)
-    batch = sample_windows(demos, 8, 16, np.random.default_rng(0), frames=3)
-    assert batch.images.shape[:2] == (8, 3) and batch.first_frame.shape == (8,)
-    assert (batch.first_frame >= 0).all() and (batch.first_frame <= 2).all()
-    # the window's first action chunk starts at env step first_frame * frame_every
-    checked = 0
-    for b in range(8):
-        s = int(batch.first_frame[b])
-        d = next(d for d in demos if torch.equal(batch.images[b, 0], torch.from_numpy(d.images[s])))
-        np.testing.assert_array_equal(batch.actions[b, 0, :4].numpy(), d.actions[s * 4 : s * 4 + 4])
-        checked += 1
-    assert checked == 8
+    batch = sample_windows(demos, 16, 16, np.random.default_rng(0), frames=3, anchor=anchor)
+    assert batch.images.shape[:2] == (16, 3 + anchor) and batch.frame_index.shape == (16, 3 + anchor)
+    for b in range(16):
+        idx = batch.frame_index[b].tolist()
+        valid = int((batch.action_mask[b].sum(-1) > 0).sum())  # every real frame has actions left (chunk 16)
+        real, start = idx[:valid], idx[valid - 3 if valid >= 3 else 0]
+        # anchors: the episode's first frames before the window, then the window's consecutive frames
+        assert real == list(range(min(anchor, start))) + list(range(start, start + 3)), idx
+        assert idx == sorted(idx) and len(set(idx)) == len(idx)  # padding continues the positions
+        d = next(d for d in demos if torch.equal(batch.images[b, valid - 1], torch.from_numpy(d.images[real[-1]])))
+        for k, f in enumerate(real):  # each frame carries its own image and the action chunk that follows it
+            assert torch.equal(batch.images[b, k], torch.from_numpy(d.images[f]))
+            np.testing.assert_array_equal(batch.actions[b, k, :4].numpy(), d.actions[f * 4 : f * 4 + 4])
 
 
 def test_init_starts_from_saved_policy(tmp_path):

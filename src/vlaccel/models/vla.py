@@ -240,14 +240,14 @@ class ReferenceVLA(nn.Module):
 
     # ------------------------------------------------------------------ whole-history forward (training)
     def history_cognition(self, instr_ids: torch.Tensor, instr_mask: torch.Tensor, pixels: torch.Tensor,
-                          proprio: torch.Tensor | None, first_frame: torch.Tensor | None = None) -> torch.Tensor:
+                          proprio: torch.Tensor | None, frame_index: torch.Tensor | None = None) -> torch.Tensor:
         """Cognition features of every frame of a history, from one LM forward over the whole sequence.
 
         instr_ids/instr_mask: [B, L] left-padded (pads masked out, positions start at the first real token);
         pixels: [B, F, cams, 3, H, W]; proprio: [B, F, P] -> z: [B, F, D]. This is the computation history
-        mode performs incrementally; with B = 1 the two agree (tested). ``first_frame`` [B] (training only):
-        the frames are a window starting at that episode frame, and get the positions they would have
-        after ``first_frame`` earlier observations (the earlier frames themselves are left out).
+        mode performs incrementally; with B = 1 the two agree (tested). ``frame_index`` [B, F] (training only):
+        the episode frame each frame is; its tokens get the positions they have in the whole episode, so a
+        subset of an episode's frames (a window, possibly behind the first frames) sees true positions.
         """
         b, f = pixels.shape[:2]
         n = self.config.tokens_per_frame
@@ -258,10 +258,10 @@ class ReferenceVLA(nn.Module):
         embeds = torch.cat([self.language_model.embed_tokens(instr_ids), obs], dim=1)  # [B, L+F*n, D]
         mask = torch.cat([instr_mask, instr_mask.new_ones(b, f * n)], dim=1)  # [B, L+F*n]
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        if first_frame is not None:
-            shift = torch.zeros_like(position_ids)
-            shift[:, instr_ids.shape[1]:] = (first_frame.to(shift.device) * n)[:, None]
-            position_ids = position_ids + shift
+        if frame_index is not None:
+            offset = frame_index.to(mask.device)[:, :, None] * n + torch.arange(n, device=mask.device)  # [B, F, n]
+            position_ids = position_ids.clone()
+            position_ids[:, instr_ids.shape[1]:] = instr_mask.sum(-1, keepdim=True) + offset.flatten(1)
         layout = TokenLayout("history", instruction=slice(0, instr_ids.shape[1]), length=embeds.shape[1])
         hidden = self.run_language_model(embeds, layout, cache=None, attention_mask=mask, position_ids=position_ids)
         cog_pos = instr_ids.shape[1] + torch.arange(f, device=hidden.device) * n + n - 1  # [F]

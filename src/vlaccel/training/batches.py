@@ -21,7 +21,7 @@ class HistoryBatch:
     proprio: torch.Tensor  # [B, F, P] float32
     actions: torch.Tensor  # [B, F, chunk, A] float32
     action_mask: torch.Tensor  # [B, F, chunk] float32 (0 past the episode end or past the sample's h)
-    first_frame: torch.Tensor | None = None  # [B] episode frame index of each window's first frame
+    frame_index: torch.Tensor | None = None  # [B, F] episode frame index of each frame (None: 0..F-1)
 
 
 def action_chunk(actions: np.ndarray, start: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,22 +34,29 @@ def action_chunk(actions: np.ndarray, start: int, chunk: int) -> tuple[np.ndarra
     return out, mask
 
 
-def _gather(picks: list, starts: list[int], lengths: list[int], width: int, chunk: int,
-            first_frame: torch.Tensor | None) -> HistoryBatch:
-    """Frames ``[s, s + n)`` of each picked demo, padded to ``width`` frames by repeating the last one."""
+def _gather(picks: list, frame_lists: list[list[int]], width: int, chunk: int, with_index: bool) -> HistoryBatch:
+    """Frames ``frame_lists[i]`` of each picked demo, padded to ``width`` frames by repeating the last one.
+
+    Padding frames are masked out of the loss and get the positions that would follow the last frame.
+    """
     b = len(picks)
     h, w = picks[0].images.shape[1:3]
     images = np.zeros((b, width, h, w, 3), np.uint8)
     proprio = np.zeros((b, width, picks[0].states.shape[1]), np.float32)
     actions = np.zeros((b, width, chunk, picks[0].actions.shape[1]), np.float32)
     mask = np.zeros((b, width, chunk), np.float32)
-    for i, (d, s, n) in enumerate(zip(picks, starts, lengths)):
-        images[i, :n], proprio[i, :n] = d.images[s : s + n], d.states[s : s + n]
-        images[i, n:] = d.images[s + n - 1]  # padding frames (masked out of the loss)
-        for k in range(n):
-            actions[i, k], mask[i, k] = action_chunk(d.actions, (s + k) * int(d.frame_every), chunk)
+    index = np.zeros((b, width), np.int64)
+    for i, (d, frames) in enumerate(zip(picks, frame_lists)):
+        n = len(frames)
+        images[i, :n], proprio[i, :n] = d.images[frames], d.states[frames]
+        images[i, n:] = d.images[frames[-1]]  # padding frames (masked out of the loss)
+        index[i, :n] = frames
+        index[i, n:] = frames[-1] + 1 + np.arange(width - n)
+        for k, f in enumerate(frames):
+            actions[i, k], mask[i, k] = action_chunk(d.actions, f * int(d.frame_every), chunk)
     return HistoryBatch([d.instruction for d in picks], torch.from_numpy(images), torch.from_numpy(proprio),
-                        torch.from_numpy(actions), torch.from_numpy(mask), first_frame)
+                        torch.from_numpy(actions), torch.from_numpy(mask),
+                        torch.from_numpy(index) if with_index else None)
 
 
 def sample_batch(demos: list, batch_size: int, chunk: int, rng: np.random.Generator,
@@ -60,7 +67,26 @@ def sample_batch(demos: list, batch_size: int, chunk: int, rng: np.random.Genera
     for d in picks:
         f = len(d.images) if max_frames is None else min(len(d.images), max_frames)
         lengths.append(int(rng.integers(1, f + 1)))
-    return _gather(picks, [0] * batch_size, lengths, max(lengths), chunk, None)
+    return _gather(picks, [list(range(n)) for n in lengths], max(lengths), chunk, with_index=False)
+
+
+def sample_windows(demos: list, batch_size: int, chunk: int, rng: np.random.Generator, frames: int,
+                   anchor: int = 0) -> HistoryBatch:
+    """Short windows of ``frames`` consecutive frames starting anywhere in an episode (more episodes per step).
+
+    Each frame keeps the position it has in the whole episode (``frame_index``), so the distance to the
+    instruction matches inference. ``anchor`` > 0 also keeps the episode's first ``anchor`` frames in front of
+    the window (at their own positions): a window is then a subset of the history the policy sees at
+    inference, and information shown only at the start of an episode (the memory task's goal) stays in
+    every sample. Whole-prefix batches (:func:`sample_batch`) teach the use of all old frames.
+    """
+    picks = [demos[i] for i in rng.integers(0, len(demos), batch_size)]
+    frame_lists = []
+    for d in picks:
+        s = int(rng.integers(0, max(1, len(d.images) - frames + 1)))
+        window = list(range(s, min(s + frames, len(d.images))))
+        frame_lists.append(list(range(min(anchor, s))) + window)
+    return _gather(picks, frame_lists, anchor + frames, chunk, with_index=True)
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -77,15 +103,3 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
     offs = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
     out = torch.stack([x[i, :, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(offs.tolist())])
     return out.reshape(b, f, c, h, w).permute(0, 1, 3, 4, 2).round().to(torch.uint8)
-
-
-def sample_windows(demos: list, batch_size: int, chunk: int, rng: np.random.Generator, frames: int) -> HistoryBatch:
-    """Short windows of ``frames`` consecutive frames starting anywhere in an episode (more episodes per step).
-
-    Positions are shifted as if the earlier frames were present (``first_frame``), so the distance to the
-    instruction matches inference; whole-prefix batches (:func:`sample_batch`) teach the use of old frames.
-    """
-    picks = [demos[i] for i in rng.integers(0, len(demos), batch_size)]
-    starts = [int(rng.integers(0, max(1, len(d.images) - frames + 1))) for d in picks]
-    lengths = [min(frames, len(d.images) - s) for d, s in zip(picks, starts)]
-    return _gather(picks, starts, lengths, frames, chunk, torch.tensor(starts))

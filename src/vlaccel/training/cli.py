@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fraction of steps on short windows (more episodes per step) vs whole-episode prefixes")
     p.add_argument("--window-frames", type=int, default=d.window_frames)
     p.add_argument("--window-batch", type=int, default=d.window_batch)
+    p.add_argument("--window-anchor", type=int, default=d.window_anchor,
+                   help="the episode's first frames kept in front of every window (default %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--repeat", type=int, default=d.repeat, help="noise draws per cognition feature")
     p.add_argument("--shift-pad", type=int, default=d.shift_pad, help="random-shift augmentation (px)")

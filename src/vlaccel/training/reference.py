@@ -33,6 +33,7 @@ class TrainConfig:
     window_prob: float = 0.75  # fraction of steps that use short windows instead of whole-episode prefixes
     window_frames: int = 3
     window_batch: int = 16
+    window_anchor: int = 2  # the episode's first frames kept in front of every window (memory task: goal shown there)
     lr: float = 3e-4
     weight_decay: float = 0.01
     warmup: int = 100
@@ -57,7 +58,7 @@ def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generat
     images = random_shift(batch.images, cfg.shift_pad, gen)
     pixels = policy.normalize_pixels(images).unsqueeze(2)  # [B, F, cams=1, 3, H, W]
     ids, mask = policy.batch_instruction_ids(batch.instructions)
-    z = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.first_frame)  # [B, F, D]
+    z = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.frame_index)  # [B, F, D]
     valid = batch.action_mask.sum(-1) > 0  # [B, F]
     z, actions, amask = z[valid], batch.actions[valid], batch.action_mask[valid]  # [N, D], [N, chunk, A], [N, chunk]
     r = cfg.repeat
@@ -120,7 +121,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 log(f"time budget of {cfg.minutes} min reached at step {step}")
                 break
             if rng.random() < cfg.window_prob:
-                batch = sample_windows(demos, cfg.window_batch, policy.config.action_chunk, rng, cfg.window_frames)
+                batch = sample_windows(demos, cfg.window_batch, policy.config.action_chunk, rng, cfg.window_frames,
+                                        cfg.window_anchor)
             else:
                 batch = sample_batch(demos, cfg.batch_size, policy.config.action_chunk, rng, cfg.max_frames)
             for group in opt.param_groups:
