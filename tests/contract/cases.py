@@ -95,3 +95,73 @@ CASES += [
                     stateful=True)
       for r, b in (("h2o", {"budget": 1}), ("streaming", {}))],  # threshold/mean/random: tests/techniques/kv_efficient
 ]
+
+
+# --- the models under test: the reference VLA, and tiny random transformers VLMs / decoder LMs (issue 7) ------
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """A model family the contract runs on: how to build it and run it, and the technique cases that apply.
+
+    ``run_single(model)`` -> outputs of independent calls; ``run_history(model, seed)`` -> outputs of one episode
+    (reference VLA: reset + step over frames) or one sequence (transformers: ``generate()``'s per-step logits).
+    """
+
+    id: str
+    build: Callable[[], Any]
+    run_single: Callable[[Any], Any]
+    run_history: Callable[[Any, int], Any]
+    cases: tuple[TechniqueCase, ...]
+
+
+# Named tolerance: the tiny random transformers models' logits are O(0.1-1); an MSE above 1.0 against the
+# unmodified model would mean the output is unrelated to it.
+RANDOM_MODEL_MAX_LOGIT_MSE = 1.0
+
+
+def _hf_cases(visual_tokens: int | None) -> tuple[TechniqueCase, ...]:
+    from vlaccel.techniques import KVEfficientConfig
+
+    def calibrate(model) -> None:
+        from tests.hf_models import hf_inputs
+        from vlaccel.techniques.layer_prune import set_calibration_observations
+
+        set_calibration_observations(model, [hf_inputs(model, seed=s) for s in (11, 12)])
+
+    def kv(window: int, retention: str, **kwargs):
+        return KVEfficientConfig(window=window, chunk=4, retention=retention, protect_prefix=False, **kwargs)
+
+    cases = [
+        TechniqueCase("layer_prune", neutral=lambda m: _layer_prune(m.config.get_text_config().num_hidden_layers),
+                      lossy=lambda m: _layer_prune(2, mlp=0.25), prepare=calibrate,
+                      max_action_mse=RANDOM_MODEL_MAX_LOGIT_MSE),
+        *[TechniqueCase(f"kv_{r}", neutral=lambda m, r=r, b=b: kv(m.config.get_text_config().max_position_embeddings,
+                                                                   r, **b),
+                        lossy=lambda m, r=r, b=b: kv(8, r, **b), stateful=True, max_action_mse=RANDOM_MODEL_MAX_LOGIT_MSE)
+          for r, b in (("mean", {"budget": 1}), ("random", {"budget": 1}), ("h2o", {"budget": 1}), ("streaming", {}))],
+    ]
+    if visual_tokens is not None:
+        cases += [TechniqueCase(f"token_prune_{method}",
+                                neutral=lambda m, k=method, n=visual_tokens: _token_prune(n, k),
+                                lossy=lambda m, k=method: _token_prune(6, k), stateful=True,
+                                max_action_mse=RANDOM_MODEL_MAX_LOGIT_MSE)
+                  for method in ("efficientvla", "fastv", "random", "diversity")]
+    return tuple(cases)
+
+
+def _reference_subject() -> Subject:
+    from tests.contract import reference_runs as ref
+
+    return Subject("reference", ref.build, ref.run_single, ref.run_history, tuple(CASES))
+
+
+def _hf_subject(family: str) -> Subject:
+    from tests import hf_models
+
+    return Subject(family, lambda: hf_models.build(family), hf_models.last_logits, hf_models.generate_logits,
+                   _hf_cases(hf_models.VISUAL_TOKENS.get(family)))
+
+
+def subjects() -> list[Subject]:
+    from tests.hf_models import FAMILIES
+
+    return [_reference_subject(), *[_hf_subject(f) for f in FAMILIES]]

@@ -50,6 +50,13 @@ class ModelAdapter:
         """Spans of the block currently being processed (``TokenLayout``), or ``None`` if unknown."""
         raise NotImplementedError(f"{type(self).__name__} does not know visual/instruction token spans")
 
+    def track_layout(self, model: Any) -> Any:
+        """Start keeping :meth:`token_layout` up to date; returns a handle with ``remove()``.
+
+        Models that set their layout themselves (the reference VLA) need nothing: the default is a no-op.
+        """
+        return _NoHandle()
+
     def visual_tokens(self, model: Any) -> int:
         """Visual tokens in one observation block (all cameras) - the budget token pruning selects from."""
         raise NotImplementedError(f"{type(self).__name__}: this model has no visual tokens")
@@ -99,6 +106,11 @@ class ModelAdapter:
         raise NotImplementedError(f"{type(self).__name__}: call handle.reset() at each new episode yourself")
 
 
+class _NoHandle:
+    def remove(self) -> None:
+        pass
+
+
 _ADAPTERS: list[type[ModelAdapter]] = []
 
 
@@ -126,8 +138,6 @@ def get_adapter(model: Any) -> ModelAdapter:
 
 
 def _import_builtin_adapters() -> None:
+    import vlaccel.adapters.hf_decoder  # noqa: F401
+    import vlaccel.adapters.hf_vlm  # noqa: F401
     import vlaccel.adapters.reference  # noqa: F401
-    try:
-        import vlaccel.adapters.hf_decoder  # noqa: F401
-    except ImportError:  # written by a later issue
-        pass

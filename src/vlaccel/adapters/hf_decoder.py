@@ -1,8 +1,9 @@
 """Adapter for plain transformers decoder LMs (Llama, Qwen2, Qwen3, Mistral, Gemma; ``*ForCausalLM`` or the bare model).
 
 What techniques need from them is the decoder stack: layer pruning (EfficientVLA B1) works on any of these, so a
-pruned LM keeps ``generate()`` and its KV cache. They have no visual tokens and no action head, so token pruning
-and head caching refuse them with a clear error (the base adapter's ``NotImplementedError`` messages).
+pruned LM keeps ``generate()`` and its KV cache, and KV-Efficient's cache replaces the one ``generate()`` makes
+(:mod:`vlaccel.adapters.hf_common`). They have no visual tokens and no action head, so token pruning and head
+caching refuse them with a clear error (the base adapter's ``NotImplementedError`` messages).
 
 Knowledge is data: the table below says which attribute holds the decoder (``LlamaModel``) for each class.
 Also home of :func:`decoder_layer_queries`, the post-RoPE queries of a transformers decoder layer, shared by
@@ -17,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlaccel.adapters.base import ModelAdapter, register_adapter
+from vlaccel.adapters.base import register_adapter
+from vlaccel.adapters.hf_common import TransformersAdapter
 
 #: class name -> attribute path from the model to the module holding ``.layers`` ("" = the model itself)
 DECODER_OWNER: dict[str, str] = {
@@ -30,27 +32,9 @@ DECODER_OWNER: dict[str, str] = {
 
 
 @register_adapter
-class HFDecoderAdapter(ModelAdapter):
+class HFDecoderAdapter(TransformersAdapter):
+    DECODER_PATH = DECODER_OWNER
     model_names = tuple(f"transformers {name}" for name in DECODER_OWNER)
-
-    @classmethod
-    def matches(cls, model: Any) -> bool:
-        return type(model).__name__ in DECODER_OWNER and type(model).__module__.startswith("transformers.")
-
-    def decoder_owner(self, model: Any) -> nn.Module:
-        path = DECODER_OWNER[type(model).__name__]
-        return getattr(model, path) if path else model
-
-    def run_calibration_sample(self, model: Any, sample: dict[str, Any]) -> None:
-        """sample: forward kwargs, at least ``input_ids`` [B, T] (a LongTensor or nested list); no cache is kept."""
-        kwargs = dict(sample)
-        if "input_ids" not in kwargs and "inputs_embeds" not in kwargs:
-            raise ValueError(f"a calibration sample for {type(model).__name__} needs 'input_ids', got keys {sorted(kwargs)}")
-        if "input_ids" in kwargs:
-            ids = torch.as_tensor(kwargs["input_ids"], dtype=torch.long)
-            kwargs["input_ids"] = (ids.unsqueeze(0) if ids.dim() == 1 else ids).to(model.device)
-        with torch.no_grad():
-            model(**kwargs, use_cache=False)
 
 
 def decoder_layer_queries(layer: nn.Module, hidden_states: torch.Tensor,

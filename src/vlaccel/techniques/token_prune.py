@@ -31,7 +31,10 @@ Mechanism: a forward pre-hook on layer K (query capture), a forward hook on laye
 hidden states, and pre-hooks on layers > K subsetting ``position_embeddings``, ``position_ids`` and the
 ``attention_mask`` (rows = kept queries, columns = that layer's cached past + the kept new tokens).
 Only observation blocks are pruned; other forwards (the instruction prefix, the whole-history training
-forward) run unchanged.
+forward, ``generate()``'s decode steps) keep all their tokens, and layers > K then read the columns of their
+shorter cache from the mask. On transformers VLMs (:mod:`vlaccel.adapters.hf_vlm`) the observation block is a
+forward with image tokens, the instruction is the text after the image in the same block, and the per-episode
+reset happens at each new sequence; outputs (logits) then cover the kept positions only.
 """
 
 from __future__ import annotations
@@ -195,6 +198,7 @@ class _TokenPruner:
         for later in self.layers[self.k + 1:]:
             self.handles.append(later.register_forward_pre_hook(self._pre_later, with_kwargs=True))
         self.handles.append(self.adapter.register_reset_hook(self.model, self.reset))
+        self.handles.append(self.adapter.track_layout(self.model))
 
     def reset(self) -> None:
         self.instr_q, self.columns, self.fwd = None, None, None
@@ -215,7 +219,8 @@ class _TokenPruner:
         if layout is None:
             return None
         cos, sin = kwargs["position_embeddings"]  # [B|1, T, d]
-        if layout.kind == "prefix" and self.config.method in _USES_KEY and layout.instruction is not None:
+        if self.config.method in _USES_KEY and layout.kind in ("prefix", "observation") and layout.instruction is not None:
+            # the instruction is a prefix (reference VLA) or the text of the observation's own block (VLMs)
             sl = layout.instruction
             self.instr_q = self.adapter.attention_queries(self.model, layer, hidden[:, sl], (cos[:, sl], sin[:, sl]))
         elif self._prunes(layout) and self.config.method == "fastv":
@@ -238,8 +243,14 @@ class _TokenPruner:
         previous = self._cached_columns(cache, b, past_full, hidden.device)
         if not self._prunes(fwd["layout"]):
             if previous is not None:
-                self.columns = torch.cat([previous, past_full + torch.arange(t, device=hidden.device).expand(b, t)], 1)
-            self.fwd = None
+                every = torch.arange(t, device=hidden.device).expand(b, t)  # [B, T]
+                if previous.shape[1] != past_full:  # layers > K hold fewer tokens (e.g. generate()'s decode steps)
+                    fwd["keep"], fwd["mask"] = every, self._later_mask(fwd["mask"], every, previous, past_full)
+                else:
+                    self.fwd = None
+                self.columns = torch.cat([previous, past_full + every], 1)
+            else:
+                self.fwd = None
             return None
         vis = fwd["layout"].visual
         sel = self._select(hidden, vis, cache, fwd, past_full)  # [B, keep] within the visual span
@@ -302,9 +313,9 @@ class _TokenPruner:
         if previous is None:  # no cache: nothing in the past
             previous = keep.new_zeros(keep.shape[0], 0)
         if not isinstance(mask, torch.Tensor):
-            if previous.shape[1]:
+            if previous.shape[1] and keep.shape[1] > 1:
                 raise RuntimeError("token pruning needs an explicit attention mask when the block has a cached past")
-            return None  # no past: SDPA's is_causal over the kept tokens is exact
+            return None  # no past (SDPA's is_causal over the kept tokens is exact), or one query that sees it all
         columns = torch.cat([previous, past_full + keep], dim=1)  # [B, P + T']
         mask = mask.expand(keep.shape[0], *mask.shape[1:])  # [B, 1|H, T, S]
         rows = mask.gather(2, keep[:, None, :, None].expand(-1, mask.shape[1], -1, mask.shape[3]))  # [B, h, T', S]
