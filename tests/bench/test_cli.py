@@ -40,6 +40,9 @@ def test_bench_json(tmp_path, capsys, one_thread):
     assert (tmp_path / "history_scaling.png").stat().st_size > 0
     assert (tmp_path / "presets_speedup.png").stat().st_size > 0
     assert "| ddim5 |" in (tmp_path / "bench.md").read_text()
+    # re-rendering the saved result measures nothing and reproduces the same tables
+    assert main(["bench", "--from-json", str(path), "--markdown", str(tmp_path / "again.md")]) == 0
+    assert (tmp_path / "again.md").read_text() == (tmp_path / "bench.md").read_text()
 
 
 def test_unknown_preset_is_a_clear_error(capsys, one_thread):

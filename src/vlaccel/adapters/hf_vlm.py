@@ -30,30 +30,30 @@ from vlaccel.adapters.hf_common import TransformersAdapter, starts_sequence
 _LAYOUT_ATTR = "_vlaccel_token_layout"
 
 
-def _patches(vision_config: Any) -> int:
+def patches(vision_config: Any) -> int:
     return (vision_config.image_size // vision_config.patch_size) ** 2
 
 
-def _paligemma_tokens(config: Any) -> int:
-    return _patches(config.vision_config)
+def paligemma_tokens(config: Any) -> int:
+    return patches(config.vision_config)
 
 
-def _llava_tokens(config: Any) -> int:
-    return _patches(config.vision_config) + (config.vision_feature_select_strategy == "full")
+def llava_tokens(config: Any) -> int:
+    return patches(config.vision_config) + (config.vision_feature_select_strategy == "full")
 
 
-def _smolvlm_tokens(config: Any) -> int:
-    return _patches(config.vision_config) // config.scale_factor ** 2
+def smolvlm_tokens(config: Any) -> int:
+    return patches(config.vision_config) // config.scale_factor ** 2
 
 
 #: class name -> (decoder path, visual tokens per image from the model config)
 VLMS: dict[str, tuple[str, Any]] = {
-    "PaliGemmaForConditionalGeneration": ("model.language_model", _paligemma_tokens),
-    "PaliGemmaModel": ("language_model", _paligemma_tokens),
-    "LlavaForConditionalGeneration": ("model.language_model", _llava_tokens),
-    "LlavaModel": ("language_model", _llava_tokens),
-    "SmolVLMForConditionalGeneration": ("model.text_model", _smolvlm_tokens),
-    "SmolVLMModel": ("text_model", _smolvlm_tokens),
+    "PaliGemmaForConditionalGeneration": ("model.language_model", paligemma_tokens),
+    "PaliGemmaModel": ("language_model", paligemma_tokens),
+    "LlavaForConditionalGeneration": ("model.language_model", llava_tokens),
+    "LlavaModel": ("language_model", llava_tokens),
+    "SmolVLMForConditionalGeneration": ("model.text_model", smolvlm_tokens),
+    "SmolVLMModel": ("text_model", smolvlm_tokens),
 }
 
 
@@ -94,6 +94,15 @@ class HFVLMAdapter(TransformersAdapter):
             model.__dict__[_LAYOUT_ATTR] = layout
 
         return _LayoutTracker(model, model.register_forward_pre_hook(before_forward, with_kwargs=True))
+
+
+def register_vlm(class_name: str, decoder_path: str, visual_tokens: Any) -> None:
+    """Serve another transformers VLM class shaped like these: its decoder's attribute path and a function
+    ``config -> visual tokens per image`` (e.g. ``register_vlm("Idefics3ForConditionalGeneration",
+    "model.text_model", smolvlm_tokens)``)."""
+    VLMS[class_name] = (decoder_path, visual_tokens)
+    HFVLMAdapter.DECODER_PATH[class_name] = decoder_path
+    HFVLMAdapter.model_names = (*HFVLMAdapter.model_names, f"transformers {class_name}")
 
 
 def layout_from_ids(input_ids: torch.Tensor, image_token: int, per_image: int) -> Any:

@@ -34,20 +34,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=16, help="observations for the fidelity metrics (default 16)")
     p.add_argument("--demos", default="data/demos",
                    help="recorded demos for fidelity and layer-pruning calibration (default: data/demos)")
+    p.add_argument("--from-json", default=None, metavar="PATH",
+                   help="measure nothing: re-render the tables, plots, markdown (and --json) of a saved result")
     p.add_argument("--profile", action="store_true",
                    help="add torch.profiler's top ops of one baseline and one accelerated call per preset")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
+    import json
 
     import torch
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vlaccel.bench import harness, report
-    from vlaccel.bench.history import DEFAULT_LENGTHS
+    from vlaccel.bench import harness
+    from vlaccel.bench.history import DEFAULT_LENGTHS, summarize
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but torch.cuda.is_available() is False (CPU-only torch?)")
@@ -65,6 +67,12 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=to_stdout)
     if not console.is_terminal:
         console.width = max(console.width, 150)  # logs and docs: keep the wide tables unwrapped
+    if args.from_json:
+        with open(args.from_json) as f:
+            result = json.load(f)
+        if "history" in result:  # derived numbers are recomputed from the measured series
+            result["history"]["summary"] = summarize(result["history"]["lengths"], result["history"]["settings"])
+        return _emit(result, args, console, to_stdout)
     policy, source = harness.resolve_policy(args.policy, args.preset_model)
     presets = args.preset or harness.default_presets()
     console.print(f"policy: {source}; torch threads: {torch.get_num_threads()}; device: {args.device}; "
@@ -86,6 +94,14 @@ def run(args: argparse.Namespace) -> int:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         result = harness.run_benchmark(policy, presets, options, source, _RichProgress(bar))
+    return _emit(result, args, console, to_stdout)
+
+
+def _emit(result: dict, args: argparse.Namespace, console, to_stdout: bool) -> int:
+    import sys
+
+    from vlaccel.bench import report
+
     result["targets"] = report.check_targets(result)
     report.print_report(result, console)
     if args.plot:

@@ -226,6 +226,7 @@ def summarize(lengths: Sequence[int], series: Mapping[str, Mapping[str, list]], 
             "step_latency_growth": ratio(s["step_ms"][-1], s["step_ms"][idx_lo]) - 1.0,
             "lm_latency_growth": ratio(s["lm_ms"][-1], s["lm_ms"][idx_lo]) - 1.0,
             "cache_update_fraction": ratio(s["cache_update_ms"][idx_at], s["step_ms"][idx_at]),
+            "action_sqnr_db_vs_full": s.get("action_sqnr_db_vs_full", [None] * len(lengths))[idx_at],
             **_linear_fit(lengths, s["step_ms"]),
         }
     return out

@@ -134,12 +134,13 @@ def print_report(result: dict[str, Any], console: Any = None) -> None:
                                     f"{hist['settings'][k]['kv_bytes'][i] / 2**20:.2f}" for k in names))
         console.print(table)
         table = Table(title="history summary vs the full cache")
-        for col in ("setting", "at steps", "step speedup", "LM speedup", "KV reduction", "growth",
-                    "ms per history step", "linear R2", "cache update share"):
+        for col in ("setting", "at steps", "step speedup", "LM speedup", "KV reduction", "action SQNR dB",
+                    "growth", "ms per history step", "linear R2", "cache update share"):
             table.add_column(col, justify="left" if col == "setting" else "right")
         for k, s in hist["summary"].items():
             table.add_row(k, str(s["at_steps"]), _fmt(s["per_step_speedup"], suffix="x"),
                           _fmt(s["lm_speedup"], suffix="x"), _fmt(s["kv_bytes_reduction"], suffix="x"),
+                          _fmt(s.get("action_sqnr_db_vs_full"), ".1f"),
                           _fmt(100 * s["step_latency_growth"], ".0f", f"% ({s['growth_from']}->{s['growth_to']})"),
                           _fmt(s.get("ms_per_history_step"), ".3f"), _fmt(s.get("linear_r2"), ".3f"),
                           _fmt(100 * s["cache_update_fraction"], ".1f", "%"))
@@ -266,12 +267,14 @@ def to_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {n} | " + " | ".join(
                 f"{hist['settings'][k]['step_ms'][i]:.1f} / {hist['settings'][k]['kv_bytes'][i] / 2**20:.2f}"
                 for k in names) + " |")
-        lines += ["", ("| setting | at steps | per-step speedup | LM speedup | KV reduction | latency growth "
-                       "| ms per history step | linear R2 | cache.update share |"), "|---|" + "---:|" * 8]
+        lines += ["", ("| setting | at steps | per-step speedup | LM speedup | KV reduction | action SQNR dB vs full "
+                       "| latency growth | ms per history step | linear R2 | cache.update share |"),
+                  "|---|" + "---:|" * 9]
         for k, s in hist["summary"].items():
             lines.append(
                 f"| {k} | {s['at_steps']} | {_fmt(s['per_step_speedup'], suffix='x')} | "
                 f"{_fmt(s['lm_speedup'], suffix='x')} | {_fmt(s['kv_bytes_reduction'], suffix='x')} | "
+                f"{_fmt(s.get('action_sqnr_db_vs_full'), '.1f')} | "
                 f"{_fmt(100 * s['step_latency_growth'], '.0f', '%')} ({s['growth_from']}->{s['growth_to']}) | "
                 f"{_fmt(s.get('ms_per_history_step'), '.3f')} | {_fmt(s.get('linear_r2'), '.3f')} | "
                 f"{_fmt(100 * s['cache_update_fraction'], '.1f', '%')} |")

@@ -73,16 +73,18 @@ def test_summary_larger_than_the_frame_chunk(tiny_policy):
     _nothing_applied(tiny_policy)
 
 
-def test_plain_lm_needs_explicit_chunk_and_has_no_history_mode():
+def test_plain_lm_needs_explicit_chunk_and_models_need_an_adapter():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1))
     with pytest.raises(ValueError, match="pass chunk=N"):
         ChunkedGatedCache.for_model(model, KVEfficientConfig(window=4, budget=1, retention="mean"))
-    with pytest.raises(TypeError, match="past_key_values|adapter"):  # no history mode (or no adapter at all)
-        vlaccel.apply(model, KVEfficientConfig(window=4, chunk=2, budget=1, retention="mean"))
-    assert vlaccel.applied_configs(model) == []
+    with pytest.raises(ValueError, match="pass chunk=N"):  # a plain LM has no observations to chunk by
+        vlaccel.apply(model, KVEfficientConfig(window=4, budget=1, retention="mean"))
+    assert vlaccel.applied_configs(model) == [] and not model._forward_pre_hooks
+    with pytest.raises(TypeError, match="no adapter"):
+        vlaccel.apply(torch.nn.Linear(2, 2), KVEfficientConfig(window=4, chunk=2, budget=1, retention="mean"))
 
 
 def test_token_pruning_is_refused(tiny_policy):
