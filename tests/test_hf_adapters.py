@@ -90,6 +90,26 @@ def test_token_pruning_shortens_layers_after_k_and_keeps_the_text(family):
     assert logits.shape[1] == t - n + 6  # outputs cover the kept positions; the last one is the prompt's last
 
 
+@pytest.mark.parametrize("family", VLMS)
+def test_token_pruned_generate_decodes_like_a_full_recompute(family):
+    """Decode steps attend to the pruned cache of layers > K through the remapped mask: with the random method
+    (same subset at every sequence start), each step's logits equal a cache-free forward over the whole text."""
+    model = build(family)
+    inputs = hf_inputs(model)
+    t = inputs["input_ids"].shape[1]
+    with vlaccel.applied(model, TokenPruneConfig(keep_tokens=6, layer=1, method="random")):
+        out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, bad_words_ids=[[IMAGE_TOKEN]])
+        for step, logits in enumerate(out.logits):
+            seq = out.sequences[:, : t + step]
+            kwargs = {**inputs, "input_ids": seq, "attention_mask": torch.ones_like(seq)}
+            if "token_type_ids" in inputs:  # PaliGemma: the prompt is the prefix (0), generated text the suffix (1)
+                kwargs["token_type_ids"] = (torch.arange(seq.shape[1]) >= t).long()[None]
+            with torch.no_grad():
+                recompute = model(**kwargs, use_cache=False).logits[:, -1]
+            torch.testing.assert_close(logits, recompute, atol=1e-5, rtol=1e-4)
+
+
 def test_token_pruned_batch_matches_each_prompt_alone():
     model = build("llava")
     a, b = hf_inputs(model, 0), hf_inputs(model, 1)
