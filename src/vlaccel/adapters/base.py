@@ -138,7 +138,7 @@ def get_adapter(model: Any) -> ModelAdapter:
 
 
 def _import_builtin_adapters() -> None:
-    # registration order is matching order, and the order supported_models() lists them in
+    # the reference adapter first when nothing imported an adapter module before (registration = matching order)
     import vlaccel.adapters.reference  # noqa: F401, I001
     import vlaccel.adapters.hf_vlm  # noqa: F401
     import vlaccel.adapters.hf_decoder  # noqa: F401
