@@ -199,3 +199,17 @@ def test_plain_lms_refuse_token_pruning_clearly(family):
     with pytest.raises(NotImplementedError, match="no visual tokens"):
         vlaccel.apply(model, TokenPruneConfig(keep_tokens=6, layer=1))
     assert vlaccel.applied_configs(model) == []
+
+
+@pytest.mark.parametrize("family", ["paligemma", "llava"])
+def test_layer_pruning_and_kv_efficient_compose_in_one_apply(family):
+    model = build(family)
+    set_calibration_observations(model, [hf_inputs(model, seed=s) for s in (5, 6)])
+    kv = KVEfficientConfig(window=8, chunk=4, budget=2, retention="mean", protect_prefix=False)
+    with vlaccel.applied(model, LayerPruneConfig(keep_layers=2), kv):
+        out = model.generate(**hf_inputs(model), max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                             return_dict_in_generate=True)
+        assert isinstance(out.past_key_values, ChunkedGatedCache) and len(out.past_key_values.layers) == 2
+        with pytest.raises(ValueError, match="TokenPruneConfig"):  # layers would store different tokens
+            vlaccel.apply(model, TokenPruneConfig(keep_tokens=6, layer=0))
+    assert vlaccel.applied_configs(model) == [] and model.config.text_config.num_hidden_layers == 4

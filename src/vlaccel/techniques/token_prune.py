@@ -338,6 +338,12 @@ class _TokenPruner:
 @register_handler(TokenPruneConfig)
 class TokenPruneHandler:
     def validate(self, model: Any, config: TokenPruneConfig, adapter: Any) -> None:
+        from vlaccel.api import applied_configs
+
+        if any(type(c).__name__ == "KVEfficientConfig" for c in applied_configs(model)):
+            raise ValueError("TokenPruneConfig cannot be added to a model with KVEfficientConfig applied: token pruning "
+                             "stores fewer tokens per frame in later layers, but the chunked cache needs every layer "
+                             "to store the same tokens. Remove one of them.")
         n = adapter.visual_tokens(model)  # raises for models without visual tokens
         self._check_layer(model, config, adapter)
         lo = config.min_keep()

@@ -97,6 +97,10 @@ def test_token_pruning_is_refused(tiny_policy):
         with pytest.raises(ValueError, match="TokenPruneConfig"):
             vlaccel.apply(tiny_policy, kv)
         assert tiny_policy.cache_factory is None
+    with vlaccel.applied(tiny_policy, kv):  # the other order, in a second apply: refused before anything changes
+        with pytest.raises(ValueError, match="TokenPruneConfig cannot be added"):
+            vlaccel.apply(tiny_policy, token_prune.TokenPruneConfig(keep_tokens=6, layer=1, method="random"))
+        assert [type(c).__name__ for c in vlaccel.applied_configs(tiny_policy)] == ["KVEfficientConfig"]
 
 
 def test_runtime_guard_against_layers_storing_different_tokens(tiny_policy):
