@@ -11,7 +11,6 @@ baseline and full-cache rows are the same run). Scripted demos for layer-pruning
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 # tasks where the bundled policy succeeds often enough for a paired comparison to say something (model card)

@@ -13,7 +13,6 @@ every adapter whose LM is one of these models (the reference VLA's LM is a ``Lla
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import torch
 from torch import nn
