@@ -121,3 +121,42 @@ def test_init_starts_from_saved_policy(tmp_path):
     second = vlaccel.load_policy(tmp_path / "p2")
     for (k, v), (_, v2) in zip(first.state_dict().items(), second.state_dict().items()):
         assert torch.equal(v, v2), k
+
+
+def test_waypoint_targets_are_future_hand_displacements():
+    from vlaccel.training.batches import WAYPOINT_FRAMES, waypoint_targets
+
+    assert WAYPOINT_FRAMES == (8, None)
+    states = np.zeros((12, 4), np.float32)
+    states[:, 0] = np.arange(12)  # hand x = frame index
+    np.testing.assert_array_equal(waypoint_targets(states, 2), [[8, 0, 0], [9, 0, 0]])  # frame 10, last frame 11
+    np.testing.assert_array_equal(waypoint_targets(states, 6), [[5, 0, 0], [5, 0, 0]])  # 8 later clips to 11
+    np.testing.assert_array_equal(waypoint_targets(states, 11), np.zeros((2, 3)))
+
+
+def test_batches_carry_each_frames_waypoints(tmp_path):
+    from vlaccel.sim.data import load_demos
+    from vlaccel.training.batches import sample_windows, waypoint_targets
+
+    make_demos(tmp_path, n=2, frames=6)
+    demos = load_demos(tmp_path)
+    batch = sample_windows(demos, 8, 16, np.random.default_rng(0), frames=3, anchor=2)
+    assert batch.waypoints.shape == (8, 5, 2, 3)
+    for b in range(8):
+        f = int(batch.frame_index[b, 0])
+        d = next(d for d in demos if torch.equal(batch.images[b, 0], torch.from_numpy(d.images[f])))
+        np.testing.assert_array_equal(batch.waypoints[b, 0].numpy(), waypoint_targets(d.states, f))
+
+
+def test_waypoint_loss_is_logged_and_switchable(tmp_path):
+    make_demos(tmp_path / "demos", n=1, frames=4)
+    base = dict(data=str(tmp_path / "demos"), preset="tiny", batch_size=2, shift_pad=0, bf16=False, warmup=1,
+                steps=20)
+    on = train(TrainConfig(**base, run_dir=str(tmp_path / "r1"), out=str(tmp_path / "p1")), log=lambda *_: None)
+    assert "waypoint_ema" in on["training"]["loss_curve"][-1]
+    off = train(TrainConfig(**base, run_dir=str(tmp_path / "r2"), out=str(tmp_path / "p2"), aux_weight=0),
+                log=lambda *_: None)
+    assert "waypoint_ema" not in off["training"]["loss_curve"][-1]
+    assert off["training"]["loss_curve"][-1]["loss_ema"] == off["training"]["loss_curve"][-1]["action_ema"]
+    with pytest.raises(ValueError, match="aux_weight"):
+        train(TrainConfig(**base, run_dir=str(tmp_path / "r3"), aux_weight=-1), log=lambda *_: None)

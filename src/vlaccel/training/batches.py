@@ -22,6 +22,21 @@ class HistoryBatch:
     actions: torch.Tensor  # [B, F, chunk, A] float32
     action_mask: torch.Tensor  # [B, F, chunk] float32 (0 past the episode end or past the sample's h)
     frame_index: torch.Tensor | None = None  # [B, F] episode frame index of each frame (None: 0..F-1)
+    waypoints: torch.Tensor | None = None  # [B, F, len(WAYPOINT_FRAMES), 3] future hand displacement (m)
+
+
+# Auxiliary targets: where the expert's hand is this many frames later (None = the episode's last frame),
+# relative to where it is now. Reaching them needs the target's position in the image (the goal ball, the
+# puck, the drawer handle), which the action loss alone teaches a from-scratch vision encoder only slowly.
+WAYPOINT_FRAMES: tuple[int | None, ...] = (8, None)
+
+
+def waypoint_targets(states: np.ndarray, frame: int) -> np.ndarray:
+    """Hand displacement [len(WAYPOINT_FRAMES), 3] from frame ``frame`` to each waypoint frame (clipped to
+    the last frame), from the demo's proprio ``states`` [F, 4] (hand xyz first)."""
+    last = len(states) - 1
+    later = [last if k is None else min(frame + k, last) for k in WAYPOINT_FRAMES]
+    return states[later, :3] - states[frame, :3]
 
 
 def action_chunk(actions: np.ndarray, start: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +61,7 @@ def _gather(picks: list, frame_lists: list[list[int]], width: int, chunk: int, w
     actions = np.zeros((b, width, chunk, picks[0].actions.shape[1]), np.float32)
     mask = np.zeros((b, width, chunk), np.float32)
     index = np.zeros((b, width), np.int64)
+    waypoints = np.zeros((b, width, len(WAYPOINT_FRAMES), 3), np.float32)
     for i, (d, frames) in enumerate(zip(picks, frame_lists)):
         n = len(frames)
         images[i, :n], proprio[i, :n] = d.images[frames], d.states[frames]
@@ -54,9 +70,10 @@ def _gather(picks: list, frame_lists: list[list[int]], width: int, chunk: int, w
         index[i, n:] = frames[-1] + 1 + np.arange(width - n)
         for k, f in enumerate(frames):
             actions[i, k], mask[i, k] = action_chunk(d.actions, f * int(d.frame_every), chunk)
+            waypoints[i, k] = waypoint_targets(d.states, f)
     return HistoryBatch([d.instruction for d in picks], torch.from_numpy(images), torch.from_numpy(proprio),
                         torch.from_numpy(actions), torch.from_numpy(mask),
-                        torch.from_numpy(index) if with_index else None)
+                        torch.from_numpy(index) if with_index else None, torch.from_numpy(waypoints))
 
 
 def sample_batch(demos: list, batch_size: int, chunk: int, rng: np.random.Generator,

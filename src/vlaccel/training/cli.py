@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--init", default=None,
                    help="start from this saved policy ('reference' = the bundled one) instead of random weights")
+    p.add_argument("--aux-weight", type=float, default=d.aux_weight,
+                   help="weight of the auxiliary loss on the expert hand's future displacement (0 = off)")
     p.set_defaults(func=run)
 
 

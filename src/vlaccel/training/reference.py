@@ -2,7 +2,12 @@
 
 Loss (CogACT): epsilon-MSE of the DiT head at every frame's cognition position of a whole-history
 forward, with ``repeat`` noise draws per position (CogACT's repeated diffusion steps) and CFG dropout of
-the condition. Checkpoints every ``--checkpoint-every`` steps into ``--run-dir`` and resumes from there.
+the condition. Plus, with weight ``aux_weight``, an auxiliary regression from the same cognition feature to
+the expert hand's future displacement (``batches.WAYPOINT_FRAMES``: 8 frames later and at the episode's
+end), through a linear probe that exists only during training. The diffusion loss gives the vision encoder a
+noisy signal about where the target is; trained on it alone, the bundled policy's visual features barely
+changed between scenes (it reached for the same spot whatever the goal). The probe is not saved with the
+policy. Checkpoints every ``--checkpoint-every`` steps into ``--run-dir`` and resumes from there.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 import torch
 
 from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, save_policy
-from vlaccel.training.batches import random_shift, sample_batch, sample_windows
+from vlaccel.training.batches import WAYPOINT_FRAMES, random_shift, sample_batch, sample_windows
 
 
 @dataclasses.dataclass
@@ -45,6 +50,10 @@ class TrainConfig:
     tasks: list[str] | None = None
     threads: int | None = None
     init: str | None = None  # start from a saved policy's weights (e.g. the bundled one) instead of random
+    aux_weight: float = 1.0  # weight of the waypoint auxiliary loss (0 = action loss only)
+
+
+WAYPOINT_SCALE = 0.1  # m: displacements are regressed in units of 10 cm
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -54,7 +63,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generator,
+               probe: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its parts (``action``, ``waypoint``) for one history batch."""
     images = random_shift(batch.images, cfg.shift_pad, gen)
     pixels = policy.normalize_pixels(images).unsqueeze(2)  # [B, F, cams=1, 3, H, W]
     ids, mask = policy.batch_instruction_ids(batch.instructions)
@@ -62,9 +73,15 @@ def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generat
     valid = batch.action_mask.sum(-1) > 0  # [B, F]
     z, actions, amask = z[valid], batch.actions[valid], batch.action_mask[valid]  # [N, D], [N, chunk, A], [N, chunk]
     r = cfg.repeat
-    z = z.float().repeat(r, 1)
-    return policy.action_head.training_loss(z, actions.repeat(r, 1, 1), amask.repeat(r, 1),
-                                            cfg_dropout=policy.config.cfg_dropout)
+    action_loss = policy.action_head.training_loss(z.float().repeat(r, 1), actions.repeat(r, 1, 1),
+                                                   amask.repeat(r, 1), cfg_dropout=policy.config.cfg_dropout)
+    parts = {"action": action_loss.item()}
+    if probe is None or cfg.aux_weight == 0:
+        return action_loss, parts
+    target = batch.waypoints[valid].flatten(1) / WAYPOINT_SCALE  # [N, W*3]
+    waypoint_loss = torch.nn.functional.mse_loss(probe(z.float()), target)
+    parts["waypoint"] = waypoint_loss.item()
+    return action_loss + cfg.aux_weight * waypoint_loss, parts
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -85,8 +102,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if policy.config.image_size != demos[0].images.shape[1]:
         raise ValueError(f"demos are {demos[0].images.shape[1]} px but the {cfg.preset!r} preset expects "
                          f"{policy.config.image_size} px; collect with --image-size {policy.config.image_size}")
+    if cfg.aux_weight < 0:
+        raise ValueError(f"aux_weight must be >= 0, got {cfg.aux_weight}")
     policy.train()
-    params = [p for p in policy.parameters() if p.requires_grad]
+    probe = torch.nn.Linear(policy.config.lm_hidden, 3 * len(WAYPOINT_FRAMES))  # training-only waypoint probe
+    params = [p for p in policy.parameters() if p.requires_grad] + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +118,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=False)
         policy.load_state_dict(ckpt["model"])
+        if "probe" in ckpt:  # checkpoints from before the waypoint loss have none: the probe starts fresh
+            probe.load_state_dict(ckpt["probe"])
         opt.load_state_dict(ckpt["optimizer"])
         step, history = ckpt["step"], ckpt["history"]
         rng.bit_generator.state = ckpt["numpy_rng"]
@@ -106,13 +128,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
         log(f"resumed from {ckpt_path} at step {step}")
 
     def save_checkpoint() -> None:
-        torch.save({"model": policy.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
+        torch.save({"model": policy.state_dict(), "probe": probe.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
                     "numpy_rng": rng.bit_generator.state, "torch_gen": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "train_config": dataclasses.asdict(cfg)}, ckpt_path)
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    t0, ema = time.time(), None
+    t0, ema, part_ema = time.time(), None, {}
     with Progress(TextColumn("train-reference"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("train", total=cfg.steps, completed=step, loss="-")
@@ -128,18 +150,21 @@ def train(cfg: TrainConfig, log=print) -> dict:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = batch_loss(policy, batch, cfg, gen)
+                loss, parts = batch_loss(policy, batch, cfg, gen, probe)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             step += 1
             ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+            part_ema = {k: v if k not in part_ema else 0.98 * part_ema[k] + 0.02 * v for k, v in parts.items()}
             if step % 20 == 0:
-                history.append({"step": step, "loss_ema": round(ema, 5), "seconds": round(time.time() - t0, 1)})
+                history.append({"step": step, "loss_ema": round(ema, 5), "seconds": round(time.time() - t0, 1),
+                                **{f"{k}_ema": round(v, 5) for k, v in part_ema.items()}})
             bar.update(task, completed=step, loss=f"{ema:.4f}")
             if not bar.console.is_terminal and step % 50 == 0:  # keep background logs readable
-                log(f"step {step}/{cfg.steps} loss_ema {ema:.4f} elapsed {time.time() - t0:.0f}s")
+                shown = " ".join(f"{k} {v:.4f}" for k, v in part_ema.items())
+                log(f"step {step}/{cfg.steps} loss_ema {ema:.4f} ({shown}) elapsed {time.time() - t0:.0f}s")
             if step % cfg.checkpoint_every == 0:
                 save_checkpoint()
     save_checkpoint()
