@@ -97,3 +97,38 @@ def test_train_kv_gate_command_end_to_end(tmp_path, tiny_policy):
         for frame in rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8):
             assert np.isfinite(loaded.step(frame)).all()
         assert loaded.cache.retained_chunks() != []
+
+
+def test_action_distillation_is_zero_at_the_teacher_and_trains_the_gate(tiny_policy):
+    """The action term is exactly 0 when student == teacher, positive otherwise, and it gets lowered by training."""
+    from vlaccel.techniques.kv_efficient.train import action_distillation
+
+    head = tiny_policy.action_head
+    z = torch.randn(3, tiny_policy.config.lm_hidden)
+    with torch.no_grad():
+        assert float(action_distillation(head, z, z, draws=2)) == 0.0
+        assert float(action_distillation(head, z + 0.5 * torch.randn_like(z), z, draws=2)) > 0.0
+    q = tiny_policy.config.tokens_per_frame
+    ep = synthetic_episodes(tiny_policy.config, 1, 8, seed=4)
+    cfg = GateTrainConfig(window=q, budget=2, max_frames=8, min_frames=8, steps=20, lr=2e-2, agg_hidden=16,
+                          lstm_hidden=16, cognition_weight=0.0, action_weight=1.0)
+    trained, stats = train_gate(tiny_policy, ep, cfg, progress=False)
+    assert stats["steps"] == 20
+    init = KVGate(**trained.sizes)
+    kv = cfg.kv_config()
+    losses = {}
+    for name, gate in (("init", init), ("trained", trained)):
+        torch.manual_seed(0)  # the same teacher sample and diffusion steps for both
+        with torch.no_grad():
+            _, parts = episode_loss(tiny_policy, gate, kv, q, ep[0], 8, cfg)
+        losses[name] = parts["action"]
+    assert set(parts) >= {"action", "cognition", "distill", "mean_g"}
+    assert losses["trained"] < losses["init"], losses
+
+
+@pytest.mark.parametrize("bad", [dict(cognition_weight=0.0, action_weight=0.0), dict(action_weight=-1.0),
+                                 dict(action_weight=1.0, action_draws=0)])
+def test_bad_distillation_weights_are_refused(tiny_policy, bad):
+    ep = synthetic_episodes(tiny_policy.config, 1, 8, seed=4)
+    with pytest.raises(ValueError, match="weight|draws"):
+        train_gate(tiny_policy, ep, GateTrainConfig(window=8, budget=2, steps=1, **bad), progress=False)

@@ -35,6 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--target-retention", type=float, default=d.target_retention, help="rho in lambda*(mean g - rho)^2")
     p.add_argument("--retention-weight", type=float, default=d.retention_weight, help="lambda")
+    p.add_argument("--cognition-weight", type=float, default=d.cognition_weight,
+                   help="weight of the cognition-feature distillation term")
+    p.add_argument("--action-weight", type=float, default=d.action_weight,
+                   help="weight of the action-head distillation term (noise prediction under the student's vs the "
+                        "teacher's condition; 0 = off)")
+    p.add_argument("--action-draws", type=int, default=d.action_draws,
+                   help="diffusion steps sampled per frame for the action term")
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of each task's demos kept out of training")
     p.add_argument("--eval-episodes", type=int, default=0, help="held-out episodes for the equal-budget comparison")
     p.add_argument("--eval-frames", type=int, default=None, help="frames per evaluation episode (default: all)")

@@ -10,7 +10,14 @@ masks, so a forward pre-hook on every attention module replaces its ``attention_
 
 Loss per episode (frames t = 1..F, cognition features z at the ``<cog>`` positions)::
 
-    L = mean_t |z_student(t) - z_teacher(t)|^2 / |z_teacher(t)|^2  +  lambda * (mean g - rho)^2
+    L = w_z  * mean_t |z_student(t) - z_teacher(t)|^2 / |z_teacher(t)|^2
+      + w_a  * mean_{t,s,eps} |eps_head(x_s, s, z_student(t)) - eps_head(x_s, s, z_teacher(t))|^2
+      + lambda * (mean g - rho)^2
+
+The second term (``--action-weight``) distils what the policy does rather than what it represents: the action
+head's noise prediction under the student's condition is matched to the teacher's at ``action_draws`` random
+diffusion steps s, on x_s = the teacher's own action chunk (DDIM sample) noised to step s (CogACT's training
+objective with the teacher's actions as data). Cognition directions the head ignores then cost nothing.
 
 Only the aggregator and the gate learn; the policy stays frozen (the paper's "LoRA compensation" is not done).
 Data: the simulator demos (``vlaccel.sim.data.load_demos``), whole-episode prefixes from frame 0 (memory tasks
@@ -35,7 +42,7 @@ from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
 from vlaccel.techniques.kv_efficient.gate import KVGate, save_gate
 
 __all__ = ["GateTrainConfig", "Episode", "train_gate", "episodes_from_demos", "synthetic_episodes",
-           "soft_attention", "episode_loss"]
+           "soft_attention", "episode_loss", "action_distillation"]
 
 
 @dataclasses.dataclass
@@ -53,6 +60,9 @@ class GateTrainConfig:
     lr: float = 3e-3
     target_retention: float = 0.5  # rho
     retention_weight: float = 1.0  # lambda
+    cognition_weight: float = 1.0  # w_z
+    action_weight: float = 0.0  # w_a (action-head distillation; 0 = off)
+    action_draws: int = 2  # diffusion steps s sampled per frame for the action term
     agg_hidden: int = 64
     lstm_hidden: int = 64
     seed: int = 0
@@ -167,11 +177,33 @@ def episode_loss(policy: Any, gate: KVGate, kv: KVEfficientConfig, chunk: int, e
         z_student = student_cognition(policy, cache, instr, obs)
     err = ((z_student - z_teacher) ** 2).sum(-1) / (z_teacher ** 2).sum(-1).clamp_min(1e-8)  # [F]
     g = torch.cat([layer.gate_g.flatten() for layer in cache.layers])
-    distill = err.mean()
+    distill = cfg.cognition_weight * err.mean()
+    stats = {"cognition": float(err.mean().detach())}
+    if cfg.action_weight > 0:
+        action = action_distillation(policy.action_head, z_student, z_teacher, cfg.action_draws)
+        distill = distill + cfg.action_weight * action
+        stats["action"] = float(action.detach())
+    stats["distill"] = float(distill.detach())
     if g.numel() == 0:
-        return distill, {"distill": float(distill.detach()), "mean_g": float("nan")}
+        return distill, {**stats, "mean_g": float("nan")}
     reg = (g.mean() - cfg.target_retention) ** 2
-    return distill + cfg.retention_weight * reg, {"distill": float(distill.detach()), "mean_g": float(g.detach().mean())}
+    return distill + cfg.retention_weight * reg, {**stats, "mean_g": float(g.detach().mean())}
+
+
+def action_distillation(head: Any, z_student: torch.Tensor, z_teacher: torch.Tensor, draws: int) -> torch.Tensor:
+    """Mean |eps(x_s, s, z_student) - eps(x_s, s, z_teacher)|^2 over frames and ``draws`` diffusion steps s.
+
+    z_*: [F, D]. x_s is the teacher's DDIM action chunk [F, chunk, A] noised to a uniformly drawn training
+    step s; gradients flow only through ``z_student``. Zero exactly when the two conditions agree.
+    """
+    with torch.no_grad():
+        actions = head.sample(z_teacher.float()).repeat(draws, 1, 1)  # [draws*F, chunk, A]
+        noise = torch.randn_like(actions)
+        s = torch.randint(0, head.scheduler.config.num_train_timesteps, (actions.shape[0],), device=actions.device)
+        x_s = head.scheduler.add_noise(actions, noise, s)
+        eps_teacher = head.dit(x_s, s, z_teacher.float().repeat(draws, 1))
+    eps_student = head.dit(x_s, s, z_student.float().repeat(draws, 1))
+    return (eps_student - eps_teacher).pow(2).mean()
 
 
 def _first_summary_frame(cfg: GateTrainConfig, chunk: int, tokens_per_frame: int) -> int:
@@ -190,6 +222,14 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
         raise ValueError("train_gate needs at least one episode")
     if not 0.0 < cfg.target_retention < 1.0:
         raise ValueError(f"target_retention must be in (0, 1), got {cfg.target_retention}")
+    if cfg.cognition_weight < 0 or cfg.action_weight < 0 or cfg.cognition_weight + cfg.action_weight == 0:
+        raise ValueError(f"cognition_weight and action_weight must be >= 0 and not both 0, got "
+                         f"{cfg.cognition_weight} and {cfg.action_weight}")
+    if cfg.action_weight > 0 and not hasattr(policy, "action_head"):
+        raise ValueError(f"action_weight > 0 distils the action head, but {type(policy).__name__} has none; "
+                         f"use cognition_weight only")
+    if cfg.action_draws < 1:
+        raise ValueError(f"action_draws must be >= 1, got {cfg.action_draws}")
     adapter = get_adapter(policy)
     kv = cfg.kv_config()
     chunk = resolve_chunk(kv, policy, adapter)
@@ -227,7 +267,8 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
                 torch.nn.utils.clip_grad_norm_(gate.parameters(), 1.0)
                 opt.step()
                 history.append({"step": step, "loss": float(loss.detach()), **stats})
-                line = f"train-kv-gate loss {float(loss.detach()):.4f} distill {stats['distill']:.4f} g {stats['mean_g']:.2f}"
+                parts = " ".join(f"{k} {stats[k]:.4f}" for k in ("cognition", "action") if k in stats)
+                line = f"train-kv-gate loss {float(loss.detach()):.4f} ({parts}) g {stats['mean_g']:.2f}"
                 bar.update(task, advance=1, description=line)
                 if progress and not bar.console.is_terminal and (step % 10 == 0 or step == cfg.steps - 1):
                     print(f"step {step + 1}/{cfg.steps} {line} ({time.perf_counter() - start:.0f} s)", flush=True)
