@@ -2,12 +2,9 @@
 
 Loss (CogACT): epsilon-MSE of the DiT head at every frame's cognition position of a whole-history
 forward, with ``repeat`` noise draws per position (CogACT's repeated diffusion steps) and CFG dropout of
-the condition. Plus, with weight ``aux_weight``, an auxiliary regression from the same cognition feature to
-the expert hand's future displacement (``batches.WAYPOINT_FRAMES``: 8 frames later and at the episode's
-end), through a linear probe that exists only during training. The diffusion loss gives the vision encoder a
-noisy signal about where the target is; trained on it alone, the bundled policy's visual features barely
-changed between scenes (it reached for the same spot whatever the goal). The probe is not saved with the
-policy. Checkpoints every ``--checkpoint-every`` steps into ``--run-dir`` and resumes from there.
+the condition. Plus, with weight ``aux_weight``, the waypoint regression of ``training.auxiliary`` (the
+expert hand's future displacement from the cognition feature and from the frame's visual tokens, through
+training-only linear probes): without it the policy learned to ignore its camera. Checkpoints every ``--checkpoint-every`` steps into ``--run-dir`` and resumes from there.
 """
 
 from __future__ import annotations
@@ -22,7 +19,8 @@ import numpy as np
 import torch
 
 from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, save_policy
-from vlaccel.training.batches import WAYPOINT_FRAMES, random_shift, sample_batch, sample_windows
+from vlaccel.training.auxiliary import WaypointProbes
+from vlaccel.training.batches import random_shift, sample_batch, sample_windows
 
 
 @dataclasses.dataclass
@@ -50,10 +48,7 @@ class TrainConfig:
     tasks: list[str] | None = None
     threads: int | None = None
     init: str | None = None  # start from a saved policy's weights (e.g. the bundled one) instead of random
-    aux_weight: float = 0.05  # weight of the waypoint auxiliary loss (0 = action loss only); its MSE is ~1 blind
-
-
-WAYPOINT_SCALE = 0.1  # m: displacements are regressed in units of 10 cm
+    aux_weight: float = 0.1  # weight of each waypoint probe's MSE (0 = action loss only); zero-prediction MSE ~1.3
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -64,24 +59,23 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generator,
-               probe: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss and its parts (``action``, ``waypoint``) for one history batch."""
+               probes: WaypointProbes | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its parts (``action``, ``waypoint``, ``waypoint_visual``) for one history batch."""
     images = random_shift(batch.images, cfg.shift_pad, gen)
     pixels = policy.normalize_pixels(images).unsqueeze(2)  # [B, F, cams=1, 3, H, W]
     ids, mask = policy.batch_instruction_ids(batch.instructions)
-    z = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.frame_index)  # [B, F, D]
+    z_all = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.frame_index)  # [B, F, D]
     valid = batch.action_mask.sum(-1) > 0  # [B, F]
-    z, actions, amask = z[valid], batch.actions[valid], batch.action_mask[valid]  # [N, D], [N, chunk, A], [N, chunk]
+    z, actions, amask = z_all[valid], batch.actions[valid], batch.action_mask[valid]  # [N, D], [N, chunk, A], [N, chunk]
     r = cfg.repeat
     action_loss = policy.action_head.training_loss(z.float().repeat(r, 1), actions.repeat(r, 1, 1),
                                                    amask.repeat(r, 1), cfg_dropout=policy.config.cfg_dropout)
     parts = {"action": action_loss.item()}
-    if probe is None or cfg.aux_weight == 0:
+    if probes is None or cfg.aux_weight == 0:
         return action_loss, parts
-    target = batch.waypoints[valid].flatten(1) / WAYPOINT_SCALE  # [N, W*3]
-    waypoint_loss = torch.nn.functional.mse_loss(probe(z.float()), target)
-    parts["waypoint"] = waypoint_loss.item()
-    return action_loss + cfg.aux_weight * waypoint_loss, parts
+    aux = probes.loss(z_all, valid, batch.waypoints)
+    parts.update({k: v.item() for k, v in aux.items()})
+    return action_loss + cfg.aux_weight * sum(aux.values()), parts
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -105,8 +99,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if cfg.aux_weight < 0:
         raise ValueError(f"aux_weight must be >= 0, got {cfg.aux_weight}")
     policy.train()
-    probe = torch.nn.Linear(policy.config.lm_hidden, 3 * len(WAYPOINT_FRAMES))  # training-only waypoint probe
-    params = [p for p in policy.parameters() if p.requires_grad] + list(probe.parameters())
+    probes = WaypointProbes(policy.config.lm_hidden, policy.config.visual_tokens)  # training only
+    capture = probes.capture_visual_tokens(policy)
+    params = [p for p in policy.parameters() if p.requires_grad] + list(probes.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -118,8 +113,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=False)
         policy.load_state_dict(ckpt["model"])
-        if "probe" in ckpt:  # checkpoints from before the waypoint loss have none: the probe starts fresh
-            probe.load_state_dict(ckpt["probe"])
+        if "probes" in ckpt:  # checkpoints from before the waypoint loss have none: the probes start fresh
+            probes.load_state_dict(ckpt["probes"])
         opt.load_state_dict(ckpt["optimizer"])
         step, history = ckpt["step"], ckpt["history"]
         rng.bit_generator.state = ckpt["numpy_rng"]
@@ -128,7 +123,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         log(f"resumed from {ckpt_path} at step {step}")
 
     def save_checkpoint() -> None:
-        torch.save({"model": policy.state_dict(), "probe": probe.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
+        torch.save({"model": policy.state_dict(), "probes": probes.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
                     "numpy_rng": rng.bit_generator.state, "torch_gen": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "train_config": dataclasses.asdict(cfg)}, ckpt_path)
 
@@ -150,7 +145,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss, parts = batch_loss(policy, batch, cfg, gen, probe)
+                loss, parts = batch_loss(policy, batch, cfg, gen, probes)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -168,6 +163,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if step % cfg.checkpoint_every == 0:
                 save_checkpoint()
     save_checkpoint()
+    capture.remove()
     policy.eval()
     card = {
         "model": "vlaccel ReferenceVLA", "preset": cfg.preset, "tasks": tasks,
