@@ -154,7 +154,8 @@ def test_waypoint_loss_is_logged_and_switchable(tmp_path):
                 steps=20)
     on = train(TrainConfig(**base, run_dir=str(tmp_path / "r1"), out=str(tmp_path / "p1")), log=lambda *_: None)
     assert {"waypoint_ema", "waypoint_visual_ema"} <= set(on["training"]["loss_curve"][-1])
-    off = train(TrainConfig(**base, run_dir=str(tmp_path / "r2"), out=str(tmp_path / "p2"), aux_weight=0),
+    off = train(TrainConfig(**base, run_dir=str(tmp_path / "r2"), out=str(tmp_path / "p2"), aux_weight=0,
+                                aux_visual_weight=0),
                 log=lambda *_: None)
     assert "waypoint_ema" not in off["training"]["loss_curve"][-1]
     assert off["training"]["loss_curve"][-1]["loss_ema"] == off["training"]["loss_curve"][-1]["action_ema"]

@@ -36,7 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", default=None,
                    help="start from this saved policy ('reference' = the bundled one) instead of random weights")
     p.add_argument("--aux-weight", type=float, default=d.aux_weight,
-                   help="weight of the auxiliary loss on the expert hand's future displacement (0 = off)")
+                   help="weight of the waypoint loss (expert hand's future displacement) read from the cognition "
+                        "feature (0 = off)")
+    p.add_argument("--aux-visual-weight", type=float, default=d.aux_visual_weight,
+                   help="weight of the same loss read from the frame's visual tokens (0 = off)")
     p.set_defaults(func=run)
 
 

@@ -48,7 +48,8 @@ class TrainConfig:
     tasks: list[str] | None = None
     threads: int | None = None
     init: str | None = None  # start from a saved policy's weights (e.g. the bundled one) instead of random
-    aux_weight: float = 0.1  # weight of each waypoint probe's MSE (0 = action loss only); zero-prediction MSE ~1.3
+    aux_weight: float = 1.0  # weight of the cognition waypoint probe's MSE (0 = off); zero-prediction MSE ~1.3
+    aux_visual_weight: float = 0.1  # weight of the visual-token waypoint probe's MSE (0 = off)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -71,11 +72,11 @@ def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generat
     action_loss = policy.action_head.training_loss(z.float().repeat(r, 1), actions.repeat(r, 1, 1),
                                                    amask.repeat(r, 1), cfg_dropout=policy.config.cfg_dropout)
     parts = {"action": action_loss.item()}
-    if probes is None or cfg.aux_weight == 0:
+    if probes is None or cfg.aux_weight == cfg.aux_visual_weight == 0:
         return action_loss, parts
     aux = probes.loss(z_all, valid, batch.waypoints)
     parts.update({k: v.item() for k, v in aux.items()})
-    return action_loss + cfg.aux_weight * sum(aux.values()), parts
+    return action_loss + cfg.aux_weight * aux["waypoint"] + cfg.aux_visual_weight * aux["waypoint_visual"], parts
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -96,8 +97,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if policy.config.image_size != demos[0].images.shape[1]:
         raise ValueError(f"demos are {demos[0].images.shape[1]} px but the {cfg.preset!r} preset expects "
                          f"{policy.config.image_size} px; collect with --image-size {policy.config.image_size}")
-    if cfg.aux_weight < 0:
-        raise ValueError(f"aux_weight must be >= 0, got {cfg.aux_weight}")
+    if cfg.aux_weight < 0 or cfg.aux_visual_weight < 0:
+        raise ValueError(f"aux_weight and aux_visual_weight must be >= 0, got {cfg.aux_weight}, {cfg.aux_visual_weight}")
     policy.train()
     probes = WaypointProbes(policy.config.lm_hidden, policy.config.visual_tokens)  # training only
     capture = probes.capture_visual_tokens(policy)
