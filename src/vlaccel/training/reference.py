@@ -4,7 +4,8 @@ Loss (CogACT): epsilon-MSE of the DiT head at every frame's cognition position o
 forward, with ``repeat`` noise draws per position (CogACT's repeated diffusion steps) and CFG dropout of
 the condition. Plus, with weight ``aux_weight``, the waypoint regression of ``training.auxiliary`` (the
 expert hand's future displacement from the cognition feature and from the frame's visual tokens, through
-training-only linear probes): without it the policy learned to ignore its camera. Checkpoints every ``--checkpoint-every`` steps into ``--run-dir`` and resumes from there.
+training-only linear probes): without it the policy learned to ignore its camera. Checkpoints every
+``--checkpoint-every`` steps into ``--run-dir`` and resumes from there.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         log(f"resumed from {ckpt_path} at step {step}")
 
     def save_checkpoint() -> None:
-        torch.save({"model": policy.state_dict(), "probes": probes.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
+        torch.save({"model": policy.state_dict(), "probes": probes.state_dict(), "optimizer": opt.state_dict(),
+                    "step": step, "history": history,
                     "numpy_rng": rng.bit_generator.state, "torch_gen": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "train_config": dataclasses.asdict(cfg)}, ckpt_path)
 
