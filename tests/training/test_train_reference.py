@@ -10,19 +10,22 @@ import torch
 
 import vlaccel
 from vlaccel.sim.data import demo_path, save_demo
-from vlaccel.training.batches import action_chunk, random_shift, sample_batch
+from vlaccel.training.batches import action_chunk, demo_probabilities, random_shift, sample_batch, sample_windows
 from vlaccel.training.reference import TrainConfig, train
 
 
-def make_demos(root, n=2, frames=5, size=32, seed=0):
+INSTRUCTIONS = {"push-v3": "push the puck to the green ball", "reach-v3": "reach the red ball"}
+
+
+def make_demos(root, n=2, frames=5, size=32, seed=0, task="push-v3"):
     rng = np.random.default_rng(seed)
     for i in range(n):
         save_demo(
-            demo_path(root, "push-v3", i),
+            demo_path(root, task, i),
             images=rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8),
             states=rng.normal(size=(frames, 4)).astype(np.float32),
             actions=np.clip(rng.normal(size=(frames * 4, 4)), -1, 1).astype(np.float32),
-            task="push-v3", instruction="push the puck to the green ball", seed=i, success=True, frame_every=4,
+            task=task, instruction=INSTRUCTIONS[task], seed=i, success=True, frame_every=4,
             success_step=frames * 4 - 1,
         )
 
@@ -161,3 +164,47 @@ def test_waypoint_loss_is_logged_and_switchable(tmp_path):
     assert off["training"]["loss_curve"][-1]["loss_ema"] == off["training"]["loss_curve"][-1]["action_ema"]
     with pytest.raises(ValueError, match="aux_weight"):
         train(TrainConfig(**base, run_dir=str(tmp_path / "r3"), aux_weight=-1), log=lambda *_: None)
+
+
+def test_task_weights_set_how_often_each_tasks_demos_are_drawn(tmp_path):
+    from vlaccel.sim.data import load_demos
+
+    make_demos(tmp_path, n=2, task="push-v3")
+    make_demos(tmp_path, n=2, task="reach-v3", seed=1)
+    demos = load_demos(tmp_path)
+    assert demo_probabilities(demos, None) is None
+    probs = demo_probabilities(demos, {"push-v3": 3.0})
+    by_task = {t: sum(p for p, d in zip(probs, demos) if d.task == t) for t in ("push-v3", "reach-v3")}
+    assert by_task["push-v3"] == pytest.approx(0.75) and by_task["reach-v3"] == pytest.approx(0.25)
+    only_reach = demo_probabilities(demos, {"push-v3": 0.0})
+    rng = np.random.default_rng(0)
+    batch = sample_windows(demos, 32, 16, rng, frames=2, probs=only_reach)
+    assert set(batch.instructions) == {INSTRUCTIONS["reach-v3"]}
+    drawn = [sample_windows(demos, 50, 16, rng, frames=2, probs=probs).instructions for _ in range(4)]
+    share = sum(i == INSTRUCTIONS["push-v3"] for b in drawn for i in b) / 200
+    assert 0.6 < share < 0.9  # expected 0.75; uniform sampling would give 0.5
+
+
+@pytest.mark.parametrize("weights, message", [
+    ({"pick-place-v3": 2.0}, "no demos"),
+    ({"push-v3": -1.0}, ">= 0"),
+    ({"push-v3": 0.0}, "nothing to sample"),
+])
+def test_bad_task_weights_are_refused_before_training(tmp_path, weights, message):
+    make_demos(tmp_path / "demos", n=2)
+    cfg = TrainConfig(data=str(tmp_path / "demos"), run_dir=str(tmp_path / "run"), out=str(tmp_path / "out"),
+                      preset="tiny", steps=1, task_weights=weights)
+    with pytest.raises(ValueError, match=message):
+        train(cfg, log=lambda *_: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_task_weights_cli_parses_and_rejects():
+    import argparse
+
+    from vlaccel.training.cli import _task_weight
+
+    assert _task_weight("push-v3=2.5") == ("push-v3", 2.5)
+    for bad in ("push-v3", "=2", "push-v3=x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="TASK=WEIGHT"):
+            _task_weight(bad)

@@ -76,10 +76,38 @@ def _gather(picks: list, frame_lists: list[list[int]], width: int, chunk: int, w
                         torch.from_numpy(index) if with_index else None, torch.from_numpy(waypoints))
 
 
+def pick_demos(demos: list, count: int, rng: np.random.Generator, probs: np.ndarray | None = None) -> list:
+    """``count`` demos drawn with replacement: uniformly, or with per-demo probabilities ``probs`` [len(demos)]."""
+    if probs is None:
+        return [demos[i] for i in rng.integers(0, len(demos), count)]
+    return [demos[i] for i in rng.choice(len(demos), size=count, p=probs)]
+
+
+def demo_probabilities(demos: list, task_weights: dict[str, float] | None) -> np.ndarray | None:
+    """Per-demo sampling probabilities [len(demos)] from relative task weights (unlisted tasks weigh 1).
+
+    A task of weight w has each of its demos drawn w times as often as a weight-1 task's; ``None`` (or all
+    weights 1) keeps uniform sampling over demos. Unknown task names and negative or all-zero weights are refused.
+    """
+    if not task_weights:
+        return None
+    tasks = sorted({d.task for d in demos})
+    unknown = sorted(set(task_weights) - set(tasks))
+    if unknown:
+        raise ValueError(f"task weights name tasks with no demos: {unknown}; the demos hold {tasks}")
+    bad = {t: w for t, w in task_weights.items() if not (w >= 0 and np.isfinite(w))}
+    if bad:
+        raise ValueError(f"task weights must be finite and >= 0, got {bad}")
+    w = np.array([task_weights.get(d.task, 1.0) for d in demos], dtype=np.float64)
+    if w.sum() == 0:
+        raise ValueError("task weights leave nothing to sample (every task has weight 0)")
+    return w / w.sum()
+
+
 def sample_batch(demos: list, batch_size: int, chunk: int, rng: np.random.Generator,
-                 max_frames: int | None = None) -> HistoryBatch:
+                 max_frames: int | None = None, probs: np.ndarray | None = None) -> HistoryBatch:
     """Whole-episode prefixes of random length h in [1, F] (capped by ``max_frames``)."""
-    picks = [demos[i] for i in rng.integers(0, len(demos), batch_size)]
+    picks = pick_demos(demos, batch_size, rng, probs)
     lengths = []
     for d in picks:
         f = len(d.images) if max_frames is None else min(len(d.images), max_frames)
@@ -88,7 +116,7 @@ def sample_batch(demos: list, batch_size: int, chunk: int, rng: np.random.Genera
 
 
 def sample_windows(demos: list, batch_size: int, chunk: int, rng: np.random.Generator, frames: int,
-                   anchor: int = 0) -> HistoryBatch:
+                   anchor: int = 0, probs: np.ndarray | None = None) -> HistoryBatch:
     """Short windows of ``frames`` consecutive frames starting anywhere in an episode (more episodes per step).
 
     Each frame keeps the position it has in the whole episode (``frame_index``), so the distance to the
@@ -97,7 +125,7 @@ def sample_windows(demos: list, batch_size: int, chunk: int, rng: np.random.Gene
     inference, and information shown only at the start of an episode (the memory task's goal) stays in
     every sample. Whole-prefix batches (:func:`sample_batch`) teach the use of all old frames.
     """
-    picks = [demos[i] for i in rng.integers(0, len(demos), batch_size)]
+    picks = pick_demos(demos, batch_size, rng, probs)
     frame_lists = []
     for d in picks:
         s = int(rng.integers(0, max(1, len(d.images) - frames + 1)))

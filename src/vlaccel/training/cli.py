@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--tasks", nargs="*", default=None)
+    p.add_argument("--task-weights", nargs="+", default=None, type=_task_weight, metavar="TASK=W",
+                   help="relative sampling weight of a task's demos, e.g. push-v3=3 (unlisted tasks: 1)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--init", default=None,
                    help="start from this saved policy ('reference' = the bundled one) instead of random weights")
@@ -43,10 +45,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _task_weight(text: str) -> tuple[str, float]:
+    task, sep, weight = text.partition("=")
+    try:
+        if not sep or not task:
+            raise ValueError
+        return task, float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TASK=WEIGHT (e.g. push-v3=3), got {text!r}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from vlaccel.training.reference import TrainConfig, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    if values.get("task_weights") is not None:
+        values["task_weights"] = dict(values["task_weights"])
+    cfg = TrainConfig(**values)
     train(cfg)
     return 0

@@ -21,7 +21,7 @@ import torch
 
 from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, save_policy
 from vlaccel.training.auxiliary import WaypointProbes
-from vlaccel.training.batches import random_shift, sample_batch, sample_windows
+from vlaccel.training.batches import demo_probabilities, random_shift, sample_batch, sample_windows
 
 
 @dataclasses.dataclass
@@ -47,6 +47,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     tasks: list[str] | None = None
+    task_weights: dict[str, float] | None = None  # relative sampling weight per task (unlisted tasks: 1)
     threads: int | None = None
     init: str | None = None  # start from a saved policy's weights (e.g. the bundled one) instead of random
     aux_weight: float = 1.0  # weight of the cognition waypoint probe's MSE (0 = off); zero-prediction MSE ~1.3
@@ -89,6 +90,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if not demos:
         raise FileNotFoundError(f"no demonstrations in {cfg.data}; create them with `vlaccel collect --out {cfg.data}`")
     tasks = sorted({d.task for d in demos})
+    probs = demo_probabilities(demos, cfg.task_weights)  # before any model is built: bad weights fail fast
     if cfg.init:
         from vlaccel.models import load_policy
 
@@ -142,9 +144,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 break
             if rng.random() < cfg.window_prob:
                 batch = sample_windows(demos, cfg.window_batch, policy.config.action_chunk, rng, cfg.window_frames,
-                                        cfg.window_anchor)
+                                        cfg.window_anchor, probs)
             else:
-                batch = sample_batch(demos, cfg.batch_size, policy.config.action_chunk, rng, cfg.max_frames)
+                batch = sample_batch(demos, cfg.batch_size, policy.config.action_chunk, rng, cfg.max_frames, probs)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -189,6 +191,8 @@ def _cli_args(cfg: TrainConfig) -> str:
         v = getattr(cfg, f.name)
         if v != getattr(defaults, f.name):
             flag = "--" + f.name.replace("_", "-")
+            if isinstance(v, dict):
+                v = [f"{k}={w:g}" for k, w in v.items()]
             parts.append(flag + ("" if v is True else " " + (" ".join(v) if isinstance(v, list) else str(v))))
     return " ".join(parts)
 
