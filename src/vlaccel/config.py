@@ -58,6 +58,14 @@ class TechniqueConfig:
         """True when applying this config to ``model`` cannot change any output (used by tests and reports)."""
         return False
 
+    def weight_files(self) -> list[str]:
+        """Files besides the config whose contents decide what the technique does (e.g. a trained gate).
+
+        Results files record a digest of them, so that a resumed evaluation never mixes episodes of two
+        different gates under one preset name.
+        """
+        return []
+
 
 class Removable(Protocol):
     """What a handler returns: the applied state, able to undo itself exactly."""

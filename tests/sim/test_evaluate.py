@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("metaworld")
 
 from vlaccel.sim.env import make_env
-from vlaccel.sim.evaluate import render_table, rollout, run_eval, summarize
+from vlaccel.sim.evaluate import condition_identity, render_table, rollout, run_eval, summarize
 
 pytestmark = pytest.mark.sim
 
@@ -96,6 +96,37 @@ def test_resume_skips_finished_episodes(tmp_path):
     assert cell["n"] == 3 and cell["successes"] == 0 and cell["ci95"][0] == 0.0
     with pytest.raises(ValueError, match="different --out"):
         run_eval(PushRaisesPolicy, tasks=["reach-v3"], episodes=1, workers=0, out_path=out, progress=False)
+
+
+def test_resume_refuses_results_of_other_weights_or_settings(tmp_path):
+    """Same policy name, different identity (retrained weights, changed preset or gate): refused, file untouched."""
+    out = tmp_path / "res.jsonl"
+    run_eval(HoldStillPolicy, tasks=["reach-v3"], episodes=1, workers=0, out_path=out, progress=False)
+    (rec,) = _lines(out)
+    assert rec["identity"] == condition_identity(None, "none")
+    out.write_text(json.dumps({**rec, "identity": "0" * 16}) + "\n")
+    before = out.read_text()
+    with pytest.raises(ValueError, match=r"\['none'\] run with other policy weights.*different --out"):
+        run_eval(HoldStillPolicy, tasks=["reach-v3"], episodes=2, workers=0, out_path=out, progress=False)
+    assert out.read_text() == before
+    out.write_text(json.dumps({k: v for k, v in rec.items() if k != "identity"}) + "\n")  # a file from before
+    run_eval(HoldStillPolicy, tasks=["reach-v3"], episodes=2, workers=0, out_path=out, progress=False)
+    assert [r["seed"] for r in _lines(out)] == [1000, 1001]
+
+
+def test_condition_identity_follows_weights_configs_and_gate_file(tmp_path, monkeypatch):
+    from vlaccel.techniques.kv_efficient import resolve
+
+    monkeypatch.setattr(resolve, "shipped_gate_dir", lambda: tmp_path)
+    (tmp_path / "gate.safetensors").write_bytes(b"gate one")
+    base, streaming = condition_identity("fp1", "kv-efficient"), condition_identity("fp1", "kv-streaming")
+    assert base == condition_identity("fp1", "kv-efficient")
+    assert base != condition_identity("fp2", "kv-efficient")  # other policy weights
+    assert base != condition_identity("fp1", "kv-streaming")  # other configs
+    assert condition_identity("fp1", "none") != condition_identity("fp2", "none")
+    (tmp_path / "gate.safetensors").write_bytes(b"gate two")  # retrained gate, same preset
+    assert condition_identity("fp1", "kv-efficient") != base
+    assert condition_identity("fp1", "kv-streaming") == streaming  # uses no gate
 
 
 def test_worker_exception_is_recorded_and_run_continues(tmp_path):

@@ -15,7 +15,9 @@ Protocol
 * Latency is `time.perf_counter()` around the policy call only (not the simulator), after one warm-up
   call per loaded policy.
 * One JSON line per finished episode is appended to `out_path` as it finishes. A rerun with the same file
-  skips episodes already finished (task, seed, preset, history); episodes that raised are retried.
+  skips episodes already finished (task, seed, preset, history); episodes that raised are retried. Each
+  record carries the condition's `identity` (a digest of the policy's weights, the preset's configs and
+  files such as a trained gate): a rerun whose identity differs is refused instead of mixing the two.
 * An exception inside an episode becomes a record with "error" set: it counts as a failure in the success
   rate and is reported separately. A worker process that dies is restarted; its episodes are retried once.
 * Episodes run in `workers` spawned processes (each loads the policy once per preset and keeps it), in
@@ -25,6 +27,7 @@ Protocol
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -73,6 +76,34 @@ def load_policy(spec: PolicySpec) -> Any:
     import vlaccel
 
     return vlaccel.load_policy(spec)
+
+
+def policy_fingerprint(spec: PolicySpec) -> str | None:
+    """Fingerprint of the policy's weights (``vlaccel.fingerprint``); None for a policy that is no torch module."""
+    policy = load_policy(spec)
+    if not hasattr(policy, "state_dict"):
+        return None
+    from vlaccel.models.io import fingerprint
+
+    return fingerprint(policy)
+
+
+def _file_digest(path: str) -> str:
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else "missing"
+
+
+def condition_identity(policy_fp: str | None, preset: str) -> str:
+    """Digest of everything that decides a condition's episodes: the policy's weights and, for a preset, its
+    configs and the files they load (``TechniqueConfig.weight_files``, e.g. the KV-Efficient gate)."""
+    parts: dict[str, Any] = {"policy": policy_fp}
+    if preset != BASELINE:
+        import vlaccel
+
+        configs = vlaccel.presets.get(preset)
+        parts["configs"] = [c.to_dict() for c in configs]
+        parts["files"] = [_file_digest(f) for c in configs for f in c.weight_files()]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 _POLICIES: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -167,6 +198,7 @@ def run_episode(job: dict) -> dict:
     os.environ.setdefault("MUJOCO_GL", "egl")
     rec = {k: job[k] for k in ("task", "seed", "preset", "history", "policy_label", "action_repeat")}
     rec["policy"] = rec.pop("policy_label")
+    rec["identity"] = job.get("identity")
     t0 = time.perf_counter()
     try:
         if job.get("threads"):
@@ -248,6 +280,7 @@ def _error_record(job: dict, message: str) -> dict:
         "history": job["history"],
         "policy": job["policy_label"],
         "action_repeat": job["action_repeat"],
+        "identity": job.get("identity"),
         "success": False,
         "error": message,
         "max_steps": get_task(job["task"]).max_steps,
@@ -287,6 +320,17 @@ def run_eval(
             f"{out_path} already holds results of (policy, action_repeat) {sorted(other, key=str)}, not "
             f"{(label, action_repeat)}; use a different --out file"
         )
+    fp = policy_fingerprint(policy_spec)
+    identities = {c: condition_identity(fp, c) for c in conditions}
+    stale = sorted({r["preset"] for r in existing
+                    if r.get("identity") is not None and r["preset"] in identities
+                    and r["identity"] != identities[r["preset"]]})
+    if stale:
+        raise ValueError(
+            f"{out_path} holds episodes of {stale} run with other policy weights or other preset settings (a "
+            "retrained policy or gate, or a changed preset) than now; resuming would mix the two. Use a different "
+            "--out file"
+        )
     finished = {record_key(r) for r in existing if not r.get("error")}
     n_workers = max(1, int(workers))
     threads = max(1, (os.cpu_count() or 1) // n_workers) if (workers > 0 or ray_address) else None
@@ -305,6 +349,7 @@ def run_eval(
                     {
                         "policy": policy_spec,
                         "policy_label": label,
+                        "identity": identities[preset],
                         "task": task,
                         "seed": seed,
                         "preset": preset,

@@ -135,3 +135,23 @@ def test_gated_with_layer_pruning_in_one_call(tiny_policy):
         for _ in range(4):
             assert np.isfinite(tiny_policy.step(np.zeros((32, 32, 3), np.uint8), np.zeros(4, np.float32))).all()
         assert len(tiny_policy.cache.layers) == 3
+
+
+@pytest.mark.parametrize("preset", ["kv-efficient", "kv-streaming"])
+def test_presets_keep_the_first_frames_the_bundled_policy_was_trained_with(preset):
+    """The presets' sinks are exactly the frames every training window of the bundled policy begins with
+    (``train-reference --window-anchor``), and the shipped gate was trained with the preset's cache layout."""
+    import json
+    from importlib import resources
+
+    from vlaccel.models import ReferenceVLAConfig
+    from vlaccel.techniques.kv_efficient.resolve import shipped_gate_dir
+
+    folder = resources.files("vlaccel") / "assets" / "reference"
+    card = json.loads((folder / "model_card.json").read_text())
+    config = ReferenceVLAConfig(**json.loads((folder / "config.json").read_text()))
+    (kv,) = vlaccel.presets.get(preset)
+    assert kv.sinks == card["training"]["window_anchor"] * config.tokens_per_frame
+    if kv.retention == "gated":
+        trained = json.loads((shipped_gate_dir() / "gate.json").read_text())["kv"]
+        assert (trained["sinks"], trained["window"]) == (kv.sinks, kv.window)  # (training keeps every summary)

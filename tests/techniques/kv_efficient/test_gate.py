@@ -82,21 +82,24 @@ def test_train_kv_gate_command_end_to_end(tmp_path, tiny_policy):
                            instruction=instruction, seed=seed, success=True, frame_every=4, success_step=4 * f - 1)
     out = tmp_path / "gate"
     rc = main(["train-kv-gate", "--policy", str(policy_dir), "--data", str(tmp_path / "demos"), "--steps", "3",
-               "--window", "18", "--budget", "1", "--max-frames", "4", "--out", str(out), "--eval-episodes", "2",
+               "--window", "18", "--budget", "1", "--sinks", "18", "--max-frames", "6", "--out", str(out), "--eval-episodes", "2",
                "--holdout", "0.34", "--json"])
     assert rc == 0
     meta = json.loads((out / "gate.json").read_text())
     loaded = vlaccel.load_policy(policy_dir)
     assert meta["fingerprint"] == vlaccel.fingerprint(loaded)
-    assert meta["kv"] == {"window": 18, "chunk": 18, "budget": 1, "summary_slots": 1}
+    assert meta["kv"] == {"window": 18, "chunk": 18, "budget": 1, "sinks": 18, "summary_slots": 1}
+    assert meta["train"]["frames"] == [5, 6]  # sinks + window + a chunk: 3 frames before the first summary, + 2
     comparison = json.loads((out / "comparison.json").read_text())["budget=1"]
     assert comparison["episodes"] == 2 and "gated (trained)" in comparison["settings"]
     assert set(comparison["settings"]["random"]["action_mse_by_task"]) <= {"reach", "push"}
-    with vlaccel.applied(loaded, KVEfficientConfig(window=18, budget=1, gate=str(out))):
+    with vlaccel.applied(loaded, KVEfficientConfig(window=18, budget=1, sinks=18, gate=str(out))):
         loaded.reset("reach the goal")
         for frame in rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8):
             assert np.isfinite(loaded.step(frame)).all()
         assert loaded.cache.retained_chunks() != []
+        layer = loaded.cache.layers[0]
+        assert layer.n_protected == layer.protect_len == layer.positions()[layer.n_protected - 1] + 1
 
 
 def test_action_distillation_is_zero_at_the_teacher_and_trains_the_gate(tiny_policy):

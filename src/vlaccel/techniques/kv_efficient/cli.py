@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=None, help="stop training after this much wall time")
     p.add_argument("--window", type=int, default=d.window, help="recent tokens kept raw")
     p.add_argument("--budget", type=int, default=d.budget, help="retained summaries per layer (inference setting)")
+    p.add_argument("--sinks", type=int, default=d.sinks,
+                   help="first tokens after the instruction kept raw, e.g. one frame (inference setting)")
     p.add_argument("--chunk", type=int, default=None, help="tokens per chunk (default: one observation)")
     p.add_argument("--summary-slots", type=int, default=d.summary_slots)
     p.add_argument("--max-frames", type=int, default=d.max_frames, help="episode prefix length for training")
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--eval-episodes needs held-out episodes: raise --holdout, pass --eval-data, or collect "
                              "more demos")
         held = _spread(held, args.eval_episodes)
-        common = {"window": cfg.window, "chunk": cfg.chunk, "summary_slots": cfg.summary_slots}
+        common = {"window": cfg.window, "chunk": cfg.chunk, "sinks": cfg.sinks, "summary_slots": cfg.summary_slots}
         result["comparison"] = {}
         for budget in args.eval_budgets or [cfg.budget]:
             settings = {
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 "mean, most recent": KVEfficientConfig(**common, budget=budget, retention="mean"),
                 "random": KVEfficientConfig(**common, budget=budget, retention="random", seed=args.seed),
                 "h2o-like": KVEfficientConfig(**common, budget=budget, retention="h2o"),
-                "streaming (no summaries)": KVEfficientConfig(window=cfg.window, chunk=cfg.chunk,
+                "streaming (no summaries)": KVEfficientConfig(window=cfg.window, chunk=cfg.chunk, sinks=cfg.sinks,
                                                               retention="streaming"),
             }
             comparison = compare_retentions(policy, held, settings, args.eval_frames, progress=not args.json)

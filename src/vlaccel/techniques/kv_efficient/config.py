@@ -125,6 +125,15 @@ class KVEfficientConfig(TechniqueConfig):
         """True when chunks leaving the window become summaries (keys are de-/re-rotated: needs RoPE)."""
         return self.retention in SUMMARISING
 
+    def weight_files(self) -> list[str]:
+        """The gate's weights file for ``retention="gated"`` (``gate=None``: the shipped one)."""
+        if self.retention != "gated":
+            return []
+        from vlaccel.techniques.kv_efficient.gate import gate_files
+        from vlaccel.techniques.kv_efficient.resolve import shipped_gate_dir
+
+        return [str(gate_files(shipped_gate_dir() if self.gate is None else self.gate)[0])]
+
     def max_tokens(self, prefix: int, chunk: int) -> int | None:
         """Hard cap on stored tokens per layer (``P + M*s + C + W``), or ``None`` when unbounded."""
         if self.retention == "full":

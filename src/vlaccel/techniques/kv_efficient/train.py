@@ -51,6 +51,7 @@ class GateTrainConfig:
 
     window: int = 132
     budget: int = 8
+    sinks: int = 0  # first tokens after the prefix kept raw (train with the sinks used at inference)
     chunk: int | None = None
     summary_slots: int = 1
     max_frames: int = 16  # episode prefix length (frames from the start of a demo)
@@ -69,7 +70,7 @@ class GateTrainConfig:
 
     def kv_config(self) -> KVEfficientConfig:
         return KVEfficientConfig(window=self.window, chunk=self.chunk, summary_slots=self.summary_slots,
-                                 budget=self.budget, gate=None, retention="gated")
+                                 budget=self.budget, sinks=self.sinks, gate=None, retention="gated")
 
 
 @dataclasses.dataclass
@@ -207,8 +208,8 @@ def action_distillation(head: Any, z_student: torch.Tensor, z_teacher: torch.Ten
 
 
 def _first_summary_frame(cfg: GateTrainConfig, chunk: int, tokens_per_frame: int) -> int:
-    """Frames after which the cache holds its first summary (raw >= window + chunk)."""
-    return math.ceil((cfg.window + chunk) / tokens_per_frame)
+    """Frames after which the cache holds its first summary (raw >= sinks + window + chunk)."""
+    return math.ceil((cfg.sinks + cfg.window + chunk) / tokens_per_frame)
 
 
 def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, progress: bool = True,
@@ -245,8 +246,9 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
     min_frames = cfg.min_frames or min(cfg.max_frames, first + 2)
     usable = [e for e in episodes if len(e.images) >= min_frames]
     if not usable:
-        raise ValueError(f"no episode has the {min_frames} frames needed to fill the window ({cfg.window} tokens) "
-                         f"and a chunk ({chunk}); use a smaller --window or longer episodes")
+        raise ValueError(f"no episode has the {min_frames} frames needed to fill the sinks ({cfg.sinks} tokens), "
+                         f"the window ({cfg.window}) and a chunk ({chunk}); use a smaller --window or --sinks, or "
+                         f"longer episodes")
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.Adam(gate.parameters(), lr=cfg.lr)
     frozen = [(p, p.requires_grad) for p in policy.parameters()]
@@ -288,7 +290,7 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
         "mean_g_last": float(np.nanmean([h["mean_g"] for h in history[-k:]])),
     }
     gate.meta = {"fingerprint": fp, "kv": {"window": cfg.window, "chunk": chunk, "budget": cfg.budget,
-                                            "summary_slots": cfg.summary_slots},
+                                            "sinks": cfg.sinks, "summary_slots": cfg.summary_slots},
                  "train": {**dataclasses.asdict(cfg), **stats_out}, **(meta or {})}
     return gate.cpu(), stats_out
 
