@@ -30,6 +30,14 @@ def test_collect_writes_consistent_npz(tmp_path):
     # frames really differ over time (the arm moves), and hand height is in the state
     assert not np.array_equal(demo.images[0], demo.images[-1])
     assert np.linalg.norm(demo.states[-1, :3] - demo.states[0, :3]) > 0.05
+    # the simulator's object and goal positions at every saved frame, the first one from the reset scene
+    assert demo.objects.shape == demo.goals.shape == (F, 3)
+    from vlaccel.sim.env import make_env
+
+    with make_env("reach-memory") as env:
+        env.reset(seed=5, render=False)
+        np.testing.assert_allclose(demo.objects[0], env.object_position(), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(demo.goals, np.broadcast_to(env.goal_position(), (F, 3)), rtol=0, atol=1e-6)
 
     acts, mask = action_targets(demo, 0)
     assert acts.shape == (16, 4) and mask.all()

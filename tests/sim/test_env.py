@@ -49,6 +49,18 @@ def test_same_seed_same_episode_and_seeds_differ():
         assert not np.allclose(goal_a, env.goal_position())
 
 
+@pytest.mark.parametrize("task", ["push-v3", "window-open-v3"])
+def test_object_position_is_current_at_reset_and_follows_the_object(task):
+    with make_env(task) as env:
+        env.reset(seed=3, render=False)
+        env.reset(seed=4, render=False)  # after another scene: nothing stale from seed 3 may remain
+        at_reset = env.object_position()
+        obs, _, _ = env.step(np.zeros(ACTION_DIM), render=False)  # a zero action leaves the object in place
+        np.testing.assert_allclose(at_reset, env._raw_obs[4:7], rtol=0, atol=1e-3)  # Meta-World's own obs slot
+        env.reset(seed=3, render=False)
+        assert np.linalg.norm(env.object_position() - at_reset) > 0.01  # seeds place the object differently
+
+
 def test_proprio_is_hand_and_gripper_only():
     with make_env("reach-memory", seed=1) as env:
         obs = env.reset()

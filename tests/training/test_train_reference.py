@@ -17,16 +17,17 @@ from vlaccel.training.reference import TrainConfig, train
 INSTRUCTIONS = {"push-v3": "push the puck to the green ball", "reach-v3": "reach the red ball"}
 
 
-def make_demos(root, n=2, frames=5, size=32, seed=0, task="push-v3"):
+def make_demos(root, n=2, frames=5, size=32, seed=0, task="push-v3", positions=True):
     rng = np.random.default_rng(seed)
     for i in range(n):
+        scene = {"objects": rng.normal(size=(frames, 3)), "goals": rng.normal(size=(frames, 3))} if positions else {}
         save_demo(
             demo_path(root, task, i),
             images=rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8),
             states=rng.normal(size=(frames, 4)).astype(np.float32),
             actions=np.clip(rng.normal(size=(frames * 4, 4)), -1, 1).astype(np.float32),
             task=task, instruction=INSTRUCTIONS[task], seed=i, success=True, frame_every=4,
-            success_step=frames * 4 - 1,
+            success_step=frames * 4 - 1, **scene,
         )
 
 
@@ -158,12 +159,51 @@ def test_waypoint_loss_is_logged_and_switchable(tmp_path):
     on = train(TrainConfig(**base, run_dir=str(tmp_path / "r1"), out=str(tmp_path / "p1")), log=lambda *_: None)
     assert {"waypoint_ema", "waypoint_visual_ema"} <= set(on["training"]["loss_curve"][-1])
     off = train(TrainConfig(**base, run_dir=str(tmp_path / "r2"), out=str(tmp_path / "p2"), aux_weight=0,
-                                aux_visual_weight=0),
+                                aux_visual_weight=0, aux_object_weight=0),
                 log=lambda *_: None)
     assert "waypoint_ema" not in off["training"]["loss_curve"][-1]
     assert off["training"]["loss_curve"][-1]["loss_ema"] == off["training"]["loss_curve"][-1]["action_ema"]
     with pytest.raises(ValueError, match="aux_weight"):
         train(TrainConfig(**base, run_dir=str(tmp_path / "r3"), aux_weight=-1), log=lambda *_: None)
+
+
+def test_batches_carry_object_and_goal_relative_to_the_hand(tmp_path):
+    from vlaccel.sim.data import load_demos
+    from vlaccel.training.batches import scene_targets
+
+    make_demos(tmp_path, n=2, frames=6)
+    demos = load_demos(tmp_path)
+    d = demos[0]
+    np.testing.assert_allclose(scene_targets(d)[4, 0], d.objects[4] - d.states[4, :3], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(scene_targets(d)[4, 1], d.goals[4] - d.states[4, :3], rtol=0, atol=1e-6)
+    batch = sample_windows(demos, 8, 16, np.random.default_rng(0), frames=3, anchor=2)
+    assert batch.scene.shape == (8, 5, 2, 3)
+    for b in range(8):
+        n = int((batch.action_mask[b].sum(-1) > 0).sum())
+        for k in range(n):  # every real frame carries its own frame's targets
+            f = int(batch.frame_index[b, k])
+            d = next(d for d in demos if torch.equal(batch.images[b, k], torch.from_numpy(d.images[f])))
+            np.testing.assert_array_equal(batch.scene[b, k].numpy(), scene_targets(d)[f])
+
+
+def test_object_loss_is_logged_switchable_and_needs_recorded_positions(tmp_path):
+    make_demos(tmp_path / "demos", n=1, frames=4)
+    make_demos(tmp_path / "old", n=1, frames=4, positions=False)
+    base = dict(preset="tiny", batch_size=2, shift_pad=0, bf16=False, warmup=1, steps=40, lr=1e-3)
+    quiet = dict(log=lambda *_: None)
+    on = train(TrainConfig(**base, data=str(tmp_path / "demos"), run_dir=str(tmp_path / "r1"),
+                           out=str(tmp_path / "p1")), **quiet)
+    curve = on["training"]["loss_curve"]
+    assert "object_ema" in curve[-1] and curve[-1]["object_ema"] < curve[0]["object_ema"]
+    with pytest.raises(ValueError, match="no object/goal positions.*collect --overwrite"):
+        train(TrainConfig(**base, data=str(tmp_path / "old"), run_dir=str(tmp_path / "r2")), **quiet)
+    assert not (tmp_path / "r2").exists()  # refused before anything was written
+    off = train(TrainConfig(**base, data=str(tmp_path / "old"), run_dir=str(tmp_path / "r3"),
+                            out=str(tmp_path / "p3"), aux_object_weight=0), **quiet)
+    assert "object_ema" not in off["training"]["loss_curve"][-1]
+    with pytest.raises(ValueError, match="aux_object_weight"):
+        train(TrainConfig(**base, data=str(tmp_path / "demos"), run_dir=str(tmp_path / "r4"), aux_object_weight=-1),
+              **quiet)
 
 
 def test_task_weights_set_how_often_each_tasks_demos_are_drawn(tmp_path):

@@ -66,6 +66,7 @@ def run_expert_episode(
     env = env if env is not None else cached_env(task, image_size)
     obs = env.reset(seed=seed)
     images, states, actions = [obs.image], [obs.state], []
+    objects, goals = [env.object_position()], [env.goal_position()]
     success_step = None
     done = False
     while not done:
@@ -80,6 +81,8 @@ def run_expert_episode(
         if render and not done:
             images.append(obs.image)
             states.append(obs.state)
+            objects.append(env.object_position())
+            goals.append(env.goal_position())
     return {
         "task": task,
         "seed": int(seed),
@@ -90,6 +93,8 @@ def run_expert_episode(
         "images": np.stack(images),
         "states": np.stack(states),
         "actions": np.stack(actions).astype(np.float32),
+        "objects": np.stack(objects).astype(np.float32),
+        "goals": np.stack(goals).astype(np.float32),
     }
 
 

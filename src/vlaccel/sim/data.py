@@ -5,6 +5,9 @@ File layout (`<root>/<task>/seed_<seed>.npz`):
     images    uint8   [F, H, W, 3]  observation at env steps 0, frame_every, 2*frame_every, ... (< T)
     states    float32 [F, 4]        proprio (hand xyz + gripper) at those steps
     actions   float32 [T, 4]        the expert action taken at every env step
+    objects   float32 [F, 3]        the task object's xyz at the saved frames (simulator state; optional:
+                                    demos collected before this field existed lack it)
+    goals     float32 [F, 3]        the goal's xyz at the saved frames (optional, as objects)
     task, instruction               str
     seed, frame_every, success_step int   (success_step: first env step index whose result was success)
     success                         bool  (always True on disk; failed demos are dropped)
@@ -34,6 +37,8 @@ class Demo:
     images: np.ndarray  # uint8 [F, H, W, 3]
     states: np.ndarray  # float32 [F, 4]
     actions: np.ndarray  # float32 [T, 4]
+    objects: np.ndarray | None = None  # float32 [F, 3] task object xyz per frame (None: older demo file)
+    goals: np.ndarray | None = None  # float32 [F, 3] goal xyz per frame (None: older demo file)
 
     @property
     def num_frames(self) -> int:
@@ -64,11 +69,15 @@ def save_demo(
     success: bool,
     frame_every: int,
     success_step: int,
+    objects: np.ndarray | None = None,
+    goals: np.ndarray | None = None,
 ) -> Path:
     """Write one demo atomically (a temp file renamed into place, so a killed run leaves no torn file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    positions = {k: np.asarray(v, dtype=np.float32) for k, v in (("objects", objects), ("goals", goals))
+                 if v is not None}
     with open(tmp, "wb") as f:
         np.savez_compressed(
             f,
@@ -81,6 +90,7 @@ def save_demo(
             success=np.bool_(success),
             frame_every=np.int64(frame_every),
             success_step=np.int64(success_step),
+            **positions,
         )
     tmp.replace(path)
     return path
@@ -100,9 +110,15 @@ def load_demo(path: str | Path) -> Demo:
             images=z["images"],
             states=z["states"],
             actions=z["actions"],
+            objects=z["objects"] if "objects" in z else None,
+            goals=z["goals"] if "goals" in z else None,
         )
     if demo.images.ndim != 4 or demo.images.shape[0] != demo.states.shape[0]:
         raise ValueError(f"{path}: images {demo.images.shape} and states {demo.states.shape} disagree")
+    for name in ("objects", "goals"):
+        value = getattr(demo, name)
+        if value is not None and value.shape != (demo.num_frames, 3):
+            raise ValueError(f"{path}: {name} {value.shape} should be [{demo.num_frames}, 3] (one xyz per frame)")
     return demo
 
 

@@ -263,8 +263,13 @@ class SimEnv:
         )
 
     def goal_position(self) -> np.ndarray:
-        """Privileged goal xyz (for tests and analysis only; never part of an Observation)."""
+        """Privileged goal xyz (for tests, analysis and training targets; never part of an Observation)."""
         return np.asarray(self._env._target_pos, dtype=np.float64).copy()
+
+    def object_position(self) -> np.ndarray:
+        """Privileged xyz of the task's object (puck, drawer or window handle, button), read from the current
+        simulator state. Unlike the object slot of Meta-World's reset observation, this is never stale."""
+        return np.asarray(self._env._get_pos_objects()[:3], dtype=np.float64).copy()
 
     def goal_pixel(self) -> tuple[int, int] | None:
         """(row, col) where the goal site's centre projects in the image, or None if off-screen."""

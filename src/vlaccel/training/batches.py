@@ -23,6 +23,7 @@ class HistoryBatch:
     action_mask: torch.Tensor  # [B, F, chunk] float32 (0 past the episode end or past the sample's h)
     frame_index: torch.Tensor | None = None  # [B, F] episode frame index of each frame (None: 0..F-1)
     waypoints: torch.Tensor | None = None  # [B, F, len(WAYPOINT_FRAMES), 3] future hand displacement (m)
+    scene: torch.Tensor | None = None  # [B, F, 2, 3] object and goal xyz minus hand xyz (m); None: demos lack them
 
 
 # Auxiliary targets: where the expert's hand is this many frames later (None = the episode's last frame),
@@ -37,6 +38,15 @@ def waypoint_targets(states: np.ndarray, frame: int) -> np.ndarray:
     last = len(states) - 1
     later = [last if k is None else min(frame + k, last) for k in WAYPOINT_FRAMES]
     return states[later, :3] - states[frame, :3]
+
+
+def scene_targets(demo) -> np.ndarray | None:
+    """Where the task's object and goal are relative to the hand, [F, 2, 3] (m), from the demo's recorded
+    simulator positions; None for demos collected before those were recorded."""
+    if demo.objects is None or demo.goals is None:
+        return None
+    hand = demo.states[:, None, :3]  # [F, 1, 3]
+    return np.stack([demo.objects, demo.goals], axis=1) - hand
 
 
 def action_chunk(actions: np.ndarray, start: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,6 +72,8 @@ def _gather(picks: list, frame_lists: list[list[int]], width: int, chunk: int, w
     mask = np.zeros((b, width, chunk), np.float32)
     index = np.zeros((b, width), np.int64)
     waypoints = np.zeros((b, width, len(WAYPOINT_FRAMES), 3), np.float32)
+    scenes = [scene_targets(d) for d in picks]
+    scene = None if any(s is None for s in scenes) else np.zeros((b, width, 2, 3), np.float32)
     for i, (d, frames) in enumerate(zip(picks, frame_lists)):
         n = len(frames)
         images[i, :n], proprio[i, :n] = d.images[frames], d.states[frames]
@@ -71,9 +83,12 @@ def _gather(picks: list, frame_lists: list[list[int]], width: int, chunk: int, w
         for k, f in enumerate(frames):
             actions[i, k], mask[i, k] = action_chunk(d.actions, f * int(d.frame_every), chunk)
             waypoints[i, k] = waypoint_targets(d.states, f)
+        if scene is not None:
+            scene[i, :n] = scenes[i][frames]
     return HistoryBatch([d.instruction for d in picks], torch.from_numpy(images), torch.from_numpy(proprio),
                         torch.from_numpy(actions), torch.from_numpy(mask),
-                        torch.from_numpy(index) if with_index else None, torch.from_numpy(waypoints))
+                        torch.from_numpy(index) if with_index else None, torch.from_numpy(waypoints),
+                        None if scene is None else torch.from_numpy(scene))
 
 
 def pick_demos(demos: list, count: int, rng: np.random.Generator, probs: np.ndarray | None = None) -> list:

@@ -52,6 +52,7 @@ class TrainConfig:
     init: str | None = None  # start from a saved policy's weights (e.g. the bundled one) instead of random
     aux_weight: float = 1.0  # weight of the cognition waypoint probe's MSE (0 = off); zero-prediction MSE ~1.3
     aux_visual_weight: float = 0.1  # weight of the visual-token waypoint probe's MSE (0 = off)
+    aux_object_weight: float = 1.0  # weight of the scene probe's MSE (object and goal vs hand; 0 = off)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -74,11 +75,17 @@ def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generat
     action_loss = policy.action_head.training_loss(z.float().repeat(r, 1), actions.repeat(r, 1, 1),
                                                    amask.repeat(r, 1), cfg_dropout=policy.config.cfg_dropout)
     parts = {"action": action_loss.item()}
-    if probes is None or cfg.aux_weight == cfg.aux_visual_weight == 0:
+    if probes is None or cfg.aux_weight == cfg.aux_visual_weight == cfg.aux_object_weight == 0:
         return action_loss, parts
-    aux = probes.loss(z_all, valid, batch.waypoints)
+    if cfg.aux_object_weight > 0 and batch.scene is None:
+        raise ValueError("aux_object_weight > 0 needs demos with object and goal positions; recollect them with "
+                         "`vlaccel collect --overwrite` or set --aux-object-weight 0")
+    aux = probes.loss(z_all, valid, batch.waypoints, batch.scene if cfg.aux_object_weight > 0 else None)
     parts.update({k: v.item() for k, v in aux.items()})
-    return action_loss + cfg.aux_weight * aux["waypoint"] + cfg.aux_visual_weight * aux["waypoint_visual"], parts
+    total = action_loss + cfg.aux_weight * aux["waypoint"] + cfg.aux_visual_weight * aux["waypoint_visual"]
+    if "object" in aux:
+        total = total + cfg.aux_object_weight * aux["object"]
+    return total, parts
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -100,8 +107,17 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if policy.config.image_size != demos[0].images.shape[1]:
         raise ValueError(f"demos are {demos[0].images.shape[1]} px but the {cfg.preset!r} preset expects "
                          f"{policy.config.image_size} px; collect with --image-size {policy.config.image_size}")
-    if cfg.aux_weight < 0 or cfg.aux_visual_weight < 0:
-        raise ValueError(f"aux_weight and aux_visual_weight must be >= 0, got {cfg.aux_weight}, {cfg.aux_visual_weight}")
+    weights = {"aux_weight": cfg.aux_weight, "aux_visual_weight": cfg.aux_visual_weight,
+               "aux_object_weight": cfg.aux_object_weight}
+    if any(not w >= 0 for w in weights.values()):
+        raise ValueError(f"auxiliary loss weights must be >= 0, got {weights}")
+    if cfg.aux_object_weight > 0:
+        old = [str(d.path) for d in demos if d.objects is None or d.goals is None]
+        if old:
+            raise ValueError(f"{len(old)} of {len(demos)} demos in {cfg.data} have no object/goal positions (collected "
+                             f"before vlaccel recorded them, e.g. {old[0]}); the scene probe (--aux-object-weight "
+                             f"{cfg.aux_object_weight:g}) needs them. Recollect with `vlaccel collect --overwrite "
+                             f"--out {cfg.data}` or pass --aux-object-weight 0")
     policy.train()
     probes = WaypointProbes(policy.config.lm_hidden, policy.config.visual_tokens)  # training only
     capture = probes.capture_visual_tokens(policy)
@@ -118,7 +134,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         ckpt = torch.load(ckpt_path, weights_only=False)
         policy.load_state_dict(ckpt["model"])
         if "probes" in ckpt:  # checkpoints from before the waypoint loss have none: the probes start fresh
-            probes.load_state_dict(ckpt["probes"])
+            probes.load_state_dict(ckpt["probes"], strict=False)  # older ones lack the scene probe: it starts fresh
         opt.load_state_dict(ckpt["optimizer"])
         step, history = ckpt["step"], ckpt["history"]
         rng.bit_generator.state = ckpt["numpy_rng"]
