@@ -4,11 +4,12 @@ For each task, 150 reset scenes (seeds 0..149): the frame's 64 projected visual 
 feature (what the action head is conditioned on, ``policy.last_cognition``) are regressed onto the object's and
 the goal's xy with ridge regression; printed is the 5-fold cross-validated R^2 (best of a few ridge strengths).
 
-    MUJOCO_GL=egl .venv/bin/python scripts/probe_positions.py
+    MUJOCO_GL=egl .venv/bin/python scripts/probe_positions.py [POLICY]   # POLICY: 'reference' (default) or a path
 
-The object column is only meaningful for push-v3: at reset, Meta-World's observation holds the previous
-scene's derived positions for site-based objects such as window-open's handle (the goal is current).
+Positions come from the simulator (``SimEnv.object_position`` / ``goal_position``), current at reset.
 """
+
+import sys
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ def ridge_cv_r2(x: np.ndarray, y: np.ndarray, alphas=(0.1, 1, 10, 100, 1000), fo
 
 
 def main() -> None:
-    policy = vlaccel.load_policy("reference").eval()
+    policy = vlaccel.load_policy(sys.argv[1] if len(sys.argv) > 1 else "reference").eval()
     n_vis = policy.config.visual_tokens
     print("cross-validated R^2 of a linear probe (1 = position fully recoverable, 0 = not at all)")
     for task in TASKS:
@@ -46,8 +47,8 @@ def main() -> None:
         visual, cognition, obj, goal = [], [], [], []
         for seed in range(SEEDS):
             o = env.reset(seed=seed)
-            obj.append(env._raw_obs[4:6])  # Meta-World obs: hand xyz, gripper, object xyz ..., goal xyz last
-            goal.append(env._raw_obs[-3:-1])
+            obj.append(env.object_position()[:2])
+            goal.append(env.goal_position()[:2])
             with torch.no_grad():
                 tokens = policy.embed_observation(policy.pixels_from_images(o.image), policy.proprio_tensor(o.state))
                 policy.predict_action(o.image, env.instruction, proprio=o.state)

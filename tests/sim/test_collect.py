@@ -55,3 +55,20 @@ def test_collect_writes_consistent_npz(tmp_path):
     )
     assert again.written == 0 and again.existing == 1
     assert load_demos(tmp_path, tasks=["push-v3"]) == []
+
+
+def test_dart_noise_moves_the_arm_but_keeps_the_experts_labels():
+    from vlaccel.sim.collect import run_expert_episode
+
+    clean = run_expert_episode("reach-v3", 7)
+    noisy = run_expert_episode("reach-v3", 7, action_noise=0.3, noise_hold=4)
+    again = run_expert_episode("reach-v3", 7, action_noise=0.3, noise_hold=4)
+    np.testing.assert_array_equal(noisy["actions"], again["actions"])  # the seed fixes the noise
+    np.testing.assert_array_equal(noisy["states"][0], clean["states"][0])
+    # step 0 sees the same state, so its label is the clean expert's action, not the noisy one that was executed
+    np.testing.assert_array_equal(noisy["actions"][0], clean["actions"][0])
+    n = min(len(noisy["states"]), len(clean["states"]))
+    assert np.abs(noisy["states"][1:n, :3] - clean["states"][1:n, :3]).max() > 0.01  # the arm went off course
+    assert noisy["success"] and np.all(np.abs(noisy["actions"]) <= 1)
+    with pytest.raises(ValueError, match="action_noise"):
+        run_expert_episode("reach-v3", 7, action_noise=-0.1)

@@ -30,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frame-every", type=int, default=4, help="save an image every N env steps (default: 4)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--overwrite", action="store_true", help="re-collect episodes whose file exists")
+    p.add_argument("--action-noise", type=float, default=0.0,
+                   help="DART: std of Gaussian noise on the executed xyz actions (the file keeps the expert's clean "
+                        "actions), so demos show recoveries from off-course states; use other --seed values than "
+                        "the clean demos' (default: 0, no noise)")
+    p.add_argument("--noise-hold", type=int, default=8, help="env steps each noise draw is held (default: 8)")
     p.set_defaults(func=cmd_collect)
 
     p = subparsers.add_parser(
@@ -84,6 +89,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         workers=args.workers,
         image_size=args.image_size,
         overwrite=args.overwrite,
+        action_noise=args.action_noise,
+        noise_hold=args.noise_hold,
     )
     console = Console()
     console.print(

@@ -7,6 +7,11 @@ Episode i of a task uses seed `seed0 + i`. Each episode runs the expert until su
 Images are rendered only at the frames that are saved (every `frame_every` env steps, matching the
 evaluation loop's `action_repeat`), which keeps collection at roughly 100+ episodes/min per core.
 Failed episodes are dropped (and reported). Existing files are kept, so an interrupted run resumes.
+
+``action_noise`` > 0 collects DART-style demos (Laskey et al. 2017, "DART: Noise Injection for Robust Imitation
+Learning"): the arm executes the expert's action plus Gaussian noise on the xyz components, held for
+``noise_hold`` steps so the hand really drifts, while the file stores the expert's clean action at every visited
+state. The demos then show how the expert recovers from the off-course states a cloned policy drifts into.
 """
 
 from __future__ import annotations
@@ -59,11 +64,21 @@ def run_expert_episode(
     frame_every: int = 4,
     extra_steps: int = EXTRA_STEPS,
     env=None,
+    action_noise: float = 0.0,
+    noise_hold: int = 8,
 ) -> dict:
-    """Roll out the scripted expert once; returns arrays + metadata (nothing written)."""
+    """Roll out the scripted expert once; returns arrays + metadata (nothing written).
+
+    action_noise: std of the Gaussian noise added to the executed action's xyz (0 = the clean expert), drawn
+    anew every ``noise_hold`` steps from a generator seeded by ``seed``; ``actions`` are always the expert's.
+    """
     from vlaccel.sim.env import cached_env
 
+    if action_noise < 0 or noise_hold < 1:
+        raise ValueError(f"action_noise must be >= 0 and noise_hold >= 1, got {action_noise}, {noise_hold}")
     env = env if env is not None else cached_env(task, image_size)
+    noise_rng = np.random.default_rng([int(seed), 0xDA27])
+    noise = np.zeros(4, np.float32)
     obs = env.reset(seed=seed)
     images, states, actions = [obs.image], [obs.state], []
     objects, goals = [env.object_position()], [env.goal_position()]
@@ -72,7 +87,9 @@ def run_expert_episode(
     while not done:
         action = env.expert_action()
         render = (env.t + 1) % frame_every == 0
-        obs, success, done = env.step(action, render=render)
+        if action_noise > 0 and env.t % noise_hold == 0:
+            noise[:3] = noise_rng.normal(0.0, action_noise, 3)  # xyz only: the gripper command stays the expert's
+        obs, success, done = env.step(np.clip(action + noise, -1.0, 1.0), render=render)
         actions.append(action)
         if success and success_step is None:
             success_step = env.t - 1
@@ -98,12 +115,13 @@ def run_expert_episode(
     }
 
 
-def _collect_one(job: tuple[str, int, str, int, int, int]) -> tuple[str, int, bool, int, str | None]:
+def _collect_one(job: tuple) -> tuple[str, int, bool, int, str | None]:
     """Worker body: run one episode, write it if successful. Returns (task, seed, success, success_step, err)."""
-    task, seed, out_dir, image_size, frame_every, extra_steps = job
+    task, seed, out_dir, image_size, frame_every, extra_steps, action_noise, noise_hold = job
     try:
         ep = run_expert_episode(
-            task, seed, image_size=image_size, frame_every=frame_every, extra_steps=extra_steps
+            task, seed, image_size=image_size, frame_every=frame_every, extra_steps=extra_steps,
+            action_noise=action_noise, noise_hold=noise_hold,
         )
         if ep["success"]:
             save_demo(demo_path(out_dir, task, seed), **{k: v for k, v in ep.items()})
@@ -127,14 +145,19 @@ def collect(
     extra_steps: int = EXTRA_STEPS,
     overwrite: bool = False,
     progress: bool = True,
+    action_noise: float = 0.0,
+    noise_hold: int = 8,
 ) -> CollectReport:
     """Collect `episodes_per_task` expert demos for each task into `out_dir/<task>/seed_<seed>.npz`.
 
-    workers: processes (spawn); None = all cores, <= 1 runs in this process.
+    workers: processes (spawn); None = all cores, <= 1 runs in this process. action_noise, noise_hold: DART
+    noise on the executed actions (see the module docstring); use other seeds than the clean demos' (--seed).
     """
     tasks = resolve_tasks(task_names)
     if episodes_per_task <= 0 or frame_every <= 0:
         raise ValueError("episodes_per_task and frame_every must be positive")
+    if action_noise < 0 or noise_hold < 1:
+        raise ValueError(f"action_noise must be >= 0 and noise_hold >= 1, got {action_noise}, {noise_hold}")
     out_dir = str(out_dir)
     report = CollectReport(out_dir=out_dir, episode_lengths={t: [] for t in tasks})
     jobs = []
@@ -145,7 +168,7 @@ def collect(
             if not overwrite and demo_path(out_dir, task, seed).exists():
                 report.existing += 1
                 continue
-            jobs.append((task, seed, out_dir, image_size, frame_every, extra_steps))
+            jobs.append((task, seed, out_dir, image_size, frame_every, extra_steps, action_noise, noise_hold))
     workers = (os.cpu_count() or 1) if workers is None else workers
     workers = max(1, min(workers, len(jobs) or 1))
     errors: list[str] = []
