@@ -189,7 +189,8 @@ def test_batches_carry_object_and_goal_relative_to_the_hand(tmp_path):
 def test_object_loss_is_logged_switchable_and_needs_recorded_positions(tmp_path):
     make_demos(tmp_path / "demos", n=1, frames=4)
     make_demos(tmp_path / "old", n=1, frames=4, positions=False)
-    base = dict(preset="tiny", batch_size=2, shift_pad=0, bf16=False, warmup=1, steps=40, lr=1e-3)
+    base = dict(preset="tiny", batch_size=2, shift_pad=0, bf16=False, warmup=1, steps=40, lr=1e-3,
+                aux_object_weight=1.0)
     quiet = dict(log=lambda *_: None)
     on = train(TrainConfig(**base, data=str(tmp_path / "demos"), run_dir=str(tmp_path / "r1"),
                            out=str(tmp_path / "p1")), **quiet)
@@ -198,12 +199,12 @@ def test_object_loss_is_logged_switchable_and_needs_recorded_positions(tmp_path)
     with pytest.raises(ValueError, match="no object/goal positions.*collect --overwrite"):
         train(TrainConfig(**base, data=str(tmp_path / "old"), run_dir=str(tmp_path / "r2")), **quiet)
     assert not (tmp_path / "r2").exists()  # refused before anything was written
-    off = train(TrainConfig(**base, data=str(tmp_path / "old"), run_dir=str(tmp_path / "r3"),
-                            out=str(tmp_path / "p3"), aux_object_weight=0), **quiet)
+    off = train(TrainConfig(**{**base, "aux_object_weight": 0}, data=str(tmp_path / "old"),
+                            run_dir=str(tmp_path / "r3"), out=str(tmp_path / "p3")), **quiet)
     assert "object_ema" not in off["training"]["loss_curve"][-1]
     with pytest.raises(ValueError, match="aux_object_weight"):
-        train(TrainConfig(**base, data=str(tmp_path / "demos"), run_dir=str(tmp_path / "r4"), aux_object_weight=-1),
-              **quiet)
+        train(TrainConfig(**{**base, "aux_object_weight": -1}, data=str(tmp_path / "demos"),
+                          run_dir=str(tmp_path / "r4")), **quiet)
 
 
 def test_task_weights_set_how_often_each_tasks_demos_are_drawn(tmp_path):

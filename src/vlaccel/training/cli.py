@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the same loss read from the frame's visual tokens (0 = off)")
     p.add_argument("--aux-object-weight", type=float, default=d.aux_object_weight,
                    help="weight of the scene loss: the object's and goal's position relative to the hand, read from "
-                        "the cognition feature (needs demos from `vlaccel collect` that record positions; 0 = off)")
+                        "the cognition feature (needs demos from `vlaccel collect` that record positions; default 0 = off)")
     p.set_defaults(func=run)
 
 

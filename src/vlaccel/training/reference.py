@@ -52,7 +52,8 @@ class TrainConfig:
     init: str | None = None  # start from a saved policy's weights (e.g. the bundled one) instead of random
     aux_weight: float = 1.0  # weight of the cognition waypoint probe's MSE (0 = off); zero-prediction MSE ~1.3
     aux_visual_weight: float = 0.1  # weight of the visual-token waypoint probe's MSE (0 = off)
-    aux_object_weight: float = 1.0  # weight of the scene probe's MSE (object and goal vs hand; 0 = off)
+    aux_object_weight: float = 0.0  # weight of the scene probe's MSE (object and goal vs hand; 0 = off). Opt-in:
+    # 950 steps with weight 1 did not lift push (2/20) and the reach tasks fell (see the README)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
