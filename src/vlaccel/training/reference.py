@@ -4,7 +4,9 @@ Loss (CogACT): epsilon-MSE of the DiT head at every frame's cognition position o
 forward, with ``repeat`` noise draws per position (CogACT's repeated diffusion steps) and CFG dropout of
 the condition. Plus, with weight ``aux_weight``, the waypoint regression of ``training.auxiliary`` (the
 expert hand's future displacement from the cognition feature and from the frame's visual tokens, through
-training-only linear probes): without it the policy learned to ignore its camera. Checkpoints every
+training-only linear probes): without it the policy learned to ignore its camera. With weight
+``aux_object_weight`` (off by default), the scene probe also reads the object's and goal's position relative to
+the hand from the cognition feature; it needs demos that record those positions. Checkpoints every
 ``--checkpoint-every`` steps into ``--run-dir`` and resumes from there.
 """
 
