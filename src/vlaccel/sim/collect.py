@@ -56,6 +56,11 @@ class CollectReport:
         }
 
 
+def _check_noise(action_noise: float, noise_hold: int) -> None:
+    if not action_noise >= 0 or noise_hold < 1:
+        raise ValueError(f"action_noise must be >= 0 and noise_hold >= 1, got {action_noise}, {noise_hold}")
+
+
 def run_expert_episode(
     task: str,
     seed: int,
@@ -74,8 +79,7 @@ def run_expert_episode(
     """
     from vlaccel.sim.env import cached_env
 
-    if action_noise < 0 or noise_hold < 1:
-        raise ValueError(f"action_noise must be >= 0 and noise_hold >= 1, got {action_noise}, {noise_hold}")
+    _check_noise(action_noise, noise_hold)
     env = env if env is not None else cached_env(task, image_size)
     noise_rng = np.random.default_rng([int(seed), 0xDA27])
     noise = np.zeros(4, np.float32)
@@ -156,8 +160,7 @@ def collect(
     tasks = resolve_tasks(task_names)
     if episodes_per_task <= 0 or frame_every <= 0:
         raise ValueError("episodes_per_task and frame_every must be positive")
-    if action_noise < 0 or noise_hold < 1:
-        raise ValueError(f"action_noise must be >= 0 and noise_hold >= 1, got {action_noise}, {noise_hold}")
+    _check_noise(action_noise, noise_hold)
     out_dir = str(out_dir)
     report = CollectReport(out_dir=out_dir, episode_lengths={t: [] for t in tasks})
     jobs = []

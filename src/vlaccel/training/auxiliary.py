@@ -19,6 +19,7 @@ the hand (``batches.scene_targets``, from the simulator positions ``vlaccel coll
 cognition feature. Why: with the waypoint probes alone, push-v3's puck position was linearly decodable from
 the visual tokens (cross-validated R^2 0.91) but not from the cognition feature (0.01), so the arm went for the
 goal and missed the puck (``scripts/probe_positions.py``). The waypoint targets are dominated by the goal.
+It is off by default: 950 steps with weight 1 left push where it was and cost the reach tasks (README).
 
 The probes are not part of the policy and are not saved with it (only in training checkpoints).
 """

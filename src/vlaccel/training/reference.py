@@ -137,7 +137,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         ckpt = torch.load(ckpt_path, weights_only=False)
         policy.load_state_dict(ckpt["model"])
         if "probes" in ckpt:  # checkpoints from before the waypoint loss have none: the probes start fresh
-            probes.load_state_dict(ckpt["probes"], strict=False)  # older ones lack the scene probe: it starts fresh
+            missing, unexpected = probes.load_state_dict(ckpt["probes"], strict=False)
+            if unexpected or any(not k.startswith("scene.") for k in missing):  # only the scene probe may be new
+                raise ValueError(f"{ckpt_path}: probe weights do not match (missing {missing}, unexpected {unexpected})")
         opt.load_state_dict(ckpt["optimizer"])
         step, history = ckpt["step"], ckpt["history"]
         rng.bit_generator.state = ckpt["numpy_rng"]
