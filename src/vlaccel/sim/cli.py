@@ -35,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "actions), so demos show recoveries from off-course states; use other --seed values than "
                         "the clean demos' (default: 0, no noise)")
     p.add_argument("--noise-hold", type=int, default=8, help="env steps each noise draw is held (default: 8)")
+    p.add_argument("--roll-in", metavar="POLICY", default=None,
+                   help="DAgger-style demos: this policy ('reference' or a path) drives each episode until a random "
+                        "hand-off frame, then the expert finishes; every step is labelled by the expert")
+    p.add_argument("--handoff-max", type=int, default=None, metavar="FRAMES",
+                   help="latest hand-off frame with --roll-in (default: a third of the task's horizon)")
     p.set_defaults(func=cmd_collect)
 
     p = subparsers.add_parser(
@@ -91,6 +96,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         action_noise=args.action_noise,
         noise_hold=args.noise_hold,
+        roll_in=args.roll_in,
+        handoff_max=args.handoff_max,
     )
     console = Console()
     console.print(

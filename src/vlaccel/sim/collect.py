@@ -8,6 +8,9 @@ Images are rendered only at the frames that are saved (every `frame_every` env s
 evaluation loop's `action_repeat`), which keeps collection at roughly 100+ episodes/min per core.
 Failed episodes are dropped (and reported). Existing files are kept, so an interrupted run resumes.
 
+``roll_in`` collects DAgger-style demos instead: a trained policy drives the first frames, then the expert takes
+over (:mod:`vlaccel.sim.roll_in`).
+
 ``action_noise`` > 0 collects DART-style demos (Laskey et al. 2017, "DART: Noise Injection for Robust Imitation
 Learning"): the arm executes the expert's action plus Gaussian noise on the xyz components, held for
 ``noise_hold`` steps so the hand really drifts, while the file stores the expert's clean action at every visited
@@ -19,6 +22,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +65,22 @@ def _check_noise(action_noise: float, noise_hold: int) -> None:
         raise ValueError(f"action_noise must be >= 0 and noise_hold >= 1, got {action_noise}, {noise_hold}")
 
 
+class DartNoise:
+    """A driver for :func:`run_expert_episode`: the expert's action plus Gaussian noise on xyz, drawn anew every
+    ``hold`` steps from a generator seeded by the episode's ``seed`` (the gripper command stays the expert's)."""
+
+    def __init__(self, seed: int, sigma: float, hold: int) -> None:
+        _check_noise(sigma, hold)
+        self.sigma, self.hold = float(sigma), int(hold)
+        self._rng = np.random.default_rng([int(seed), 0xDA27])
+        self._noise = np.zeros(4, np.float32)
+
+    def __call__(self, env, obs, expert_action: np.ndarray) -> np.ndarray:
+        if env.t % self.hold == 0:
+            self._noise[:3] = self._rng.normal(0.0, self.sigma, 3)
+        return np.clip(expert_action + self._noise, -1.0, 1.0)
+
+
 def run_expert_episode(
     task: str,
     seed: int,
@@ -71,18 +91,23 @@ def run_expert_episode(
     env=None,
     action_noise: float = 0.0,
     noise_hold: int = 8,
+    driver: Callable | None = None,
 ) -> dict:
-    """Roll out the scripted expert once; returns arrays + metadata (nothing written).
+    """Roll out one episode labelled by the scripted expert; returns arrays + metadata (nothing written).
 
-    action_noise: std of the Gaussian noise added to the executed action's xyz (0 = the clean expert), drawn
-    anew every ``noise_hold`` steps from a generator seeded by ``seed``; ``actions`` are always the expert's.
+    The file's ``actions`` are always the expert's action for the state the env was in. What is *executed* is
+    the expert's action itself, or what ``driver(env, obs, expert_action)`` returns (called before every env
+    step; see :class:`DartNoise` and :class:`vlaccel.sim.roll_in.PolicyRollIn`). ``action_noise`` > 0 is
+    shorthand for ``driver=DartNoise(seed, action_noise, noise_hold)``.
     """
     from vlaccel.sim.env import cached_env
 
     _check_noise(action_noise, noise_hold)
+    if action_noise > 0:
+        if driver is not None:
+            raise ValueError("give either action_noise or a driver, not both")
+        driver = DartNoise(seed, action_noise, noise_hold)
     env = env if env is not None else cached_env(task, image_size)
-    noise_rng = np.random.default_rng([int(seed), 0xDA27])
-    noise = np.zeros(4, np.float32)
     obs = env.reset(seed=seed)
     images, states, actions = [obs.image], [obs.state], []
     objects, goals = [env.object_position()], [env.goal_position()]
@@ -90,10 +115,9 @@ def run_expert_episode(
     done = False
     while not done:
         action = env.expert_action()
+        executed = action if driver is None else driver(env, obs, action)
         render = (env.t + 1) % frame_every == 0
-        if action_noise > 0 and env.t % noise_hold == 0:
-            noise[:3] = noise_rng.normal(0.0, action_noise, 3)  # xyz only: the gripper command stays the expert's
-        obs, success, done = env.step(np.clip(action + noise, -1.0, 1.0), render=render)
+        obs, success, done = env.step(executed, render=render)
         actions.append(action)
         if success and success_step is None:
             success_step = env.t - 1
@@ -121,11 +145,18 @@ def run_expert_episode(
 
 def _collect_one(job: tuple) -> tuple[str, int, bool, int, str | None]:
     """Worker body: run one episode, write it if successful. Returns (task, seed, success, success_step, err)."""
-    task, seed, out_dir, image_size, frame_every, extra_steps, action_noise, noise_hold = job
+    task, seed, out_dir, image_size, frame_every, extra_steps, action_noise, noise_hold, roll_in, handoff_max = job
     try:
+        driver = None
+        if roll_in is not None:
+            from vlaccel.sim.evaluate import BASELINE, get_policy
+            from vlaccel.sim.roll_in import PolicyRollIn, handoff_frame
+
+            policy, _ = get_policy(roll_in, BASELINE, image_size)  # loaded once per process
+            driver = PolicyRollIn(policy, handoff_frame(task, seed, frame_every, handoff_max), frame_every)
         ep = run_expert_episode(
             task, seed, image_size=image_size, frame_every=frame_every, extra_steps=extra_steps,
-            action_noise=action_noise, noise_hold=noise_hold,
+            action_noise=action_noise, noise_hold=noise_hold, driver=driver,
         )
         if ep["success"]:
             save_demo(demo_path(out_dir, task, seed), **{k: v for k, v in ep.items()})
@@ -136,6 +167,7 @@ def _collect_one(job: tuple) -> tuple[str, int, bool, int, str | None]:
 
 def _init_worker() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one torch thread per worker (a roll-in policy), no oversubscription
 
 
 def collect(
@@ -151,16 +183,28 @@ def collect(
     progress: bool = True,
     action_noise: float = 0.0,
     noise_hold: int = 8,
+    roll_in: str | None = None,
+    handoff_max: int | None = None,
 ) -> CollectReport:
     """Collect `episodes_per_task` expert demos for each task into `out_dir/<task>/seed_<seed>.npz`.
 
     workers: processes (spawn); None = all cores, <= 1 runs in this process. action_noise, noise_hold: DART
     noise on the executed actions (see the module docstring); use other seeds than the clean demos' (--seed).
+    roll_in: a policy (as ``vlaccel eval --policy`` takes it) that drives each episode until a random hand-off
+    frame in [1, handoff_max] before the expert takes over (:mod:`vlaccel.sim.roll_in`; DAgger's data).
     """
     tasks = resolve_tasks(task_names)
     if episodes_per_task <= 0 or frame_every <= 0:
         raise ValueError("episodes_per_task and frame_every must be positive")
     _check_noise(action_noise, noise_hold)
+    if roll_in is not None and action_noise > 0:
+        raise ValueError("choose one way to leave the expert's path: a roll-in policy or action noise, not both")
+    if handoff_max is not None and (roll_in is None or handoff_max < 1):
+        raise ValueError(f"handoff_max (got {handoff_max}) needs a roll-in policy and must be >= 1")
+    if roll_in is not None:
+        from vlaccel.sim.evaluate import load_policy
+
+        load_policy(roll_in)  # a wrong path fails here, once, not in every episode
     out_dir = str(out_dir)
     report = CollectReport(out_dir=out_dir, episode_lengths={t: [] for t in tasks})
     jobs = []
@@ -171,7 +215,8 @@ def collect(
             if not overwrite and demo_path(out_dir, task, seed).exists():
                 report.existing += 1
                 continue
-            jobs.append((task, seed, out_dir, image_size, frame_every, extra_steps, action_noise, noise_hold))
+            jobs.append((task, seed, out_dir, image_size, frame_every, extra_steps, action_noise, noise_hold,
+                         roll_in, handoff_max))
     workers = (os.cpu_count() or 1) if workers is None else workers
     workers = max(1, min(workers, len(jobs) or 1))
     errors: list[str] = []

@@ -125,7 +125,9 @@ def get_policy(spec: PolicySpec, preset: str, image_size: int = 128) -> tuple[An
     return _POLICIES[key]
 
 
-def _as_chunk(out: Any) -> np.ndarray:
+def as_action_chunk(out: Any) -> np.ndarray:
+    """A policy's output (tensor or array, [chunk, 4] or [1, chunk, 4]) as a float32 [chunk, 4] array; a clear
+    error for any other shape or a non-finite action."""
     if hasattr(out, "detach"):
         out = out.detach().float().cpu().numpy()
     chunk = np.asarray(out, dtype=np.float32)
@@ -166,7 +168,7 @@ def rollout(
         else:
             out = policy.predict_action(obs.image, env.instruction, proprio=obs.state)
         latencies.append(time.perf_counter() - t0)
-        chunk = _as_chunk(out)
+        chunk = as_action_chunk(out)
         n = min(action_repeat, len(chunk))
         for k in range(n):
             obs, step_success, done = env.step(chunk[k], render=(k == n - 1))
