@@ -167,7 +167,9 @@ def _collect_one(job: tuple) -> tuple[str, int, bool, int, str | None]:
 
 def _init_worker() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one torch thread per worker (a roll-in policy), no oversubscription
+    import torch
+
+    torch.set_num_threads(1)  # a roll-in policy runs in every worker: one thread each, no oversubscription
 
 
 def collect(
