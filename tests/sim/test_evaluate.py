@@ -114,6 +114,19 @@ def test_resume_refuses_results_of_other_weights_or_settings(tmp_path):
     assert [r["seed"] for r in _lines(out)] == [1000, 1001]
 
 
+def test_policy_fingerprint_covers_decoding_settings(tmp_path, tiny_policy):
+    """Same weights, another guidance scale in config.json: other episodes, so another identity."""
+    from vlaccel.models.io import save_policy
+    from vlaccel.sim.evaluate import policy_fingerprint
+
+    save_policy(tiny_policy, tmp_path / "a")
+    save_policy(tiny_policy, tmp_path / "b")
+    assert policy_fingerprint(str(tmp_path / "a")) == policy_fingerprint(str(tmp_path / "b"))
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    (tmp_path / "b" / "config.json").write_text(json.dumps({**cfg, "cfg_scale": cfg["cfg_scale"] + 1.0}))
+    assert policy_fingerprint(str(tmp_path / "a")) != policy_fingerprint(str(tmp_path / "b"))
+
+
 def test_condition_identity_follows_weights_configs_and_gate_file(tmp_path, monkeypatch):
     from vlaccel.techniques.kv_efficient import resolve
 

@@ -79,13 +79,19 @@ def load_policy(spec: PolicySpec) -> Any:
 
 
 def policy_fingerprint(spec: PolicySpec) -> str | None:
-    """Fingerprint of the policy's weights (``vlaccel.fingerprint``); None for a policy that is no torch module."""
+    """Fingerprint of the policy's weights (``vlaccel.fingerprint``) and of its config, whose decoding settings
+    (denoising steps, guidance scale) change the episodes as much as the weights do; None for a policy that is no
+    torch module."""
     policy = load_policy(spec)
     if not hasattr(policy, "state_dict"):
         return None
     from vlaccel.models.io import fingerprint
 
-    return fingerprint(policy)
+    config = getattr(policy, "config", None)
+    if not hasattr(config, "to_dict"):
+        return fingerprint(policy)
+    settings = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{fingerprint(policy)}-{settings}"
 
 
 def _file_digest(path: str) -> str:
