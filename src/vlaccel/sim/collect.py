@@ -165,11 +165,12 @@ def _collect_one(job: tuple) -> tuple[str, int, bool, int, str | None]:
         return task, seed, False, -1, f"{type(e).__name__}: {e}"
 
 
-def _init_worker() -> None:
+def _init_worker(runs_policy: bool = False) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    import torch
+    if runs_policy:  # a roll-in policy runs in every worker: one torch thread each, no oversubscription
+        import torch
 
-    torch.set_num_threads(1)  # a roll-in policy runs in every worker: one thread each, no oversubscription
+        torch.set_num_threads(1)
 
 
 def collect(
@@ -204,9 +205,9 @@ def collect(
     if handoff_max is not None and (roll_in is None or handoff_max < 1):
         raise ValueError(f"handoff_max (got {handoff_max}) needs a roll-in policy and must be >= 1")
     if roll_in is not None:
-        from vlaccel.sim.evaluate import load_policy
+        from vlaccel.sim.evaluate import BASELINE, get_policy
 
-        load_policy(roll_in)  # a wrong path fails here, once, not in every episode
+        get_policy(roll_in, BASELINE, image_size)  # a wrong path fails here, once; in-process runs reuse it
     out_dir = str(out_dir)
     report = CollectReport(out_dir=out_dir, episode_lengths={t: [] for t in tasks})
     jobs = []
@@ -243,7 +244,7 @@ def collect(
                 record(_collect_one(job))
         else:
             ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker) as pool:
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(roll_in is not None,)) as pool:
                 for res in pool.imap_unordered(_collect_one, jobs):
                     record(res)
     report.seconds = time.perf_counter() - t0
