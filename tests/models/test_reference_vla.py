@@ -24,6 +24,7 @@ def test_default_preset_meets_issue_sizes():
     cfg = ReferenceVLAConfig.default()
     assert cfg.visual_tokens >= 64 and cfg.lm_layers >= 8 and cfg.dit_depth >= 4
     assert cfg.action_chunk == 16 and cfg.inference_steps == 10 and cfg.cfg_scale == 1.5
+    assert cfg.init_noise_scale == 0.0 and cfg.sampling_seed == 0
 
 
 def test_history_mode_matches_full_recompute(tiny_policy, frames):
@@ -71,6 +72,40 @@ def test_same_seed_same_actions_and_seed_matters(tiny_policy, frames):
     np.testing.assert_array_equal(a, b)
     tiny_policy.noise_seed = 1
     assert not np.array_equal(tiny_policy.predict_action(frames[0], INSTR), a)
+
+
+def _ddim_from(head, z, x):
+    """DDIM + CFG written out from a given start ``x`` [1, chunk, A] (no scaling inside)."""
+    cond = torch.cat([z, head.uncond.expand_as(z)])
+    head.scheduler.set_timesteps(head.inference_steps)
+    with torch.no_grad():
+        for t in head.scheduler.timesteps:
+            eps_c, eps_u = head.dit(torch.cat([x, x]), t.expand(2), cond).chunk(2)
+            x = head.scheduler.step(eps_u + head.cfg_scale * (eps_c - eps_u), t, x, eta=0.0).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0])
+def test_init_noise_scale_scales_the_start_of_the_ddim_chain(tiny_policy, scale):
+    head = tiny_policy.action_head
+    head.init_noise_scale = scale
+    z = torch.randn(1, tiny_policy.config.lm_hidden, generator=torch.Generator().manual_seed(3))
+    start = torch.randn((1, head.chunk, head.action_dim), generator=torch.Generator().manual_seed(7))
+    got = head.sample(z, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(got, _ddim_from(head, z, start * scale))
+    other_seed = head.sample(z, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(got, other_seed) == (scale == 0.0)  # scale 0: the seed no longer matters
+
+
+def test_decoding_settings_come_from_the_config(frames):
+    cfg = ReferenceVLAConfig.tiny()
+    cfg.init_noise_scale, cfg.sampling_seed = 0.0, 5
+    policy = ReferenceVLA(cfg)
+    assert policy.action_head.init_noise_scale == 0.0 and policy.noise_seed == 5
+    with pytest.raises(ValueError, match="init_noise_scale must be >= 0"):
+        ReferenceVLAConfig(init_noise_scale=-0.5)
+    with pytest.raises(ValueError, match="init_noise_scale must be >= 0"):
+        ReferenceVLAConfig(init_noise_scale=float("nan"))
 
 
 def test_save_load_round_trip_is_bit_identical(tiny_policy, frames, tmp_path):

@@ -35,6 +35,17 @@ def test_registered_presets_use_the_default_policy_sizes():
     assert vlaccel.presets.get("head-cache") == [cache]
     assert vlaccel.presets.get("fastv") == [TokenPruneConfig(keep_tokens=14, method="fastv")]
     assert vlaccel.presets.get("random-tokens") == [TokenPruneConfig(keep_tokens=14, method="random")]
+    assert vlaccel.presets.get("efficientvla-keep-layers") == [TokenPruneConfig(keep_tokens=28), cache]  # 64 * 28/64
+
+
+def test_fractions_are_parameters_and_are_checked():
+    cfg = ReferenceVLAConfig.default()  # 8 layers, 64 visual tokens
+    layers, tokens, cache = efficientvla_configs(cfg, layer_fraction=7 / 8, token_fraction=0.5, mlp_ratio=0.0)
+    assert (layers.keep_layers, layers.mlp_prune_ratio, tokens.keep_tokens) == (7, 0.0, 32)
+    assert cache == HeadCacheConfig(interval=5)
+    for bad in ({"layer_fraction": 0.0}, {"token_fraction": 1.5}, {"mlp_ratio": 1.0}, {"mlp_ratio": -0.1}):
+        with pytest.raises(ValueError, match="efficientvla_configs: " + next(iter(bad))):
+            efficientvla_configs(cfg, **bad)
 
 
 def test_configs_scale_with_the_policy(tiny_policy):

@@ -104,7 +104,8 @@ class DiffusionActionHead(nn.Module):
     """DiT + diffusers ``DDIMScheduler`` sampling with classifier-free guidance (learned uncond embedding)."""
 
     def __init__(self, action_dim: int, chunk: int, cond_dim: int, width: int, depth: int, heads: int,
-                 mlp_ratio: float, train_timesteps: int, inference_steps: int, cfg_scale: float):
+                 mlp_ratio: float, train_timesteps: int, inference_steps: int, cfg_scale: float,
+                 init_noise_scale: float = 1.0):
         super().__init__()
         from diffusers import DDIMScheduler
 
@@ -113,6 +114,7 @@ class DiffusionActionHead(nn.Module):
         nn.init.normal_(self.uncond, std=0.02)
         self.action_dim, self.chunk = action_dim, chunk
         self.inference_steps, self.cfg_scale = inference_steps, cfg_scale
+        self.init_noise_scale = init_noise_scale
         # squaredcos_cap_v2 + epsilon prediction as CogACT; actions live in [-1, 1].
         self.scheduler = DDIMScheduler(
             num_train_timesteps=train_timesteps, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
@@ -139,9 +141,14 @@ class DiffusionActionHead(nn.Module):
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """DDIM (eta = 0) with CFG: eps = eps_u + s (eps_c - eps_u). z: [B, D] -> actions [B, chunk, A]."""
+        """DDIM (eta = 0) with CFG: eps = eps_u + s (eps_c - eps_u). z: [B, D] -> actions [B, chunk, A].
+
+        The chain starts from ``x_T = init_noise_scale * N(0, I)``: scale 1 is standard DDIM, a smaller scale is
+        low-temperature sampling (the deterministic DDIM map taken from a point nearer the prior's mode).
+        """
         b = z.shape[0]
         x = torch.randn((b, self.chunk, self.action_dim), generator=generator, device=z.device, dtype=torch.float32)
+        x = x * self.init_noise_scale  # [B, chunk, A]
         x = x.to(z.dtype)
         use_cfg = self.cfg_scale != 1.0
         cond = torch.cat([z, self.uncond.expand_as(z)]) if use_cfg else z  # [2B, D]: the CFG batch
