@@ -1,8 +1,9 @@
 """Where does the bundled policy lose the object's position? Linear probes on its features at episode start.
 
-For each task, 150 reset scenes (seeds 0..149): the frame's 64 projected visual tokens and the cognition
-feature (what the action head is conditioned on, ``policy.last_cognition``) are regressed onto the object's and
-the goal's xy with ridge regression; printed is the 5-fold cross-validated R^2 (best of a few ridge strengths).
+For each task, 150 reset scenes (seeds 0..149): the frame's 64 projected visual tokens (the LM's input), the LM's
+last-layer output at those 64 positions, and the cognition feature (what the action head is conditioned on,
+``policy.last_cognition``) are regressed onto the object's and the goal's xy with ridge regression; printed is the
+5-fold cross-validated R^2 (best of a few ridge strengths).
 
     MUJOCO_GL=egl .venv/bin/python scripts/probe_positions.py [POLICY]   # POLICY: 'reference' (default) or a path
 
@@ -41,10 +42,13 @@ def ridge_cv_r2(x: np.ndarray, y: np.ndarray, alphas=(0.1, 1, 10, 100, 1000), fo
 def main() -> None:
     policy = vlaccel.load_policy(sys.argv[1] if len(sys.argv) > 1 else "reference").eval()
     n_vis = policy.config.visual_tokens
+    lm_out = {}
+    policy.language_model.register_forward_hook(lambda m, a, out: lm_out.update(last=out.last_hidden_state))
     print("cross-validated R^2 of a linear probe (1 = position fully recoverable, 0 = not at all)")
+    print("  order per position: visual tokens (LM input) / LM output at the visual tokens / cognition")
     for task in TASKS:
         env = make_env(task)
-        visual, cognition, obj, goal = [], [], [], []
+        visual, lm_visual, cognition, obj, goal = [], [], [], [], []
         for seed in range(SEEDS):
             o = env.reset(seed=seed)
             obj.append(env.object_position()[:2])
@@ -53,10 +57,11 @@ def main() -> None:
                 tokens = policy.embed_observation(policy.pixels_from_images(o.image), policy.proprio_tensor(o.state))
                 policy.predict_action(o.image, env.instruction, proprio=o.state)
             visual.append(tokens[0, :n_vis].float().flatten().numpy())  # [64 * D]
+            lm_visual.append(lm_out["last"][0, :n_vis].float().flatten().numpy())  # observation call: [64 * D]
             cognition.append(policy.last_cognition.float().flatten().numpy())  # [D]
-        v, c, ob, g = map(np.asarray, (visual, cognition, obj, goal))
-        print(f"{task:16s} object xy: visual tokens {ridge_cv_r2(v, ob):5.2f}  cognition {ridge_cv_r2(c, ob):5.2f} | "
-              f"goal xy: visual tokens {ridge_cv_r2(v, g):5.2f}  cognition {ridge_cv_r2(c, g):5.2f}", flush=True)
+        v, lv, c, ob, g = map(np.asarray, (visual, lm_visual, cognition, obj, goal))
+        r2 = {name: " / ".join(f"{ridge_cv_r2(x, y):.2f}" for x in (v, lv, c)) for name, y in (("object", ob), ("goal", g))}
+        print(f"{task:16s} object xy: {r2['object']} | goal xy: {r2['goal']}", flush=True)
 
 
 if __name__ == "__main__":
