@@ -6,6 +6,8 @@
    correlation near 1 and the expert's spread.
 2. Closed loop, history mode, seeds 2000-2007: where the hand is when the gripper first closes, next to where
    the puck is, and whether the episode succeeds.
+3. When does the hand stop following the puck? Correlation of the hand's x with the puck's x across episodes at
+   env steps 8, 16, .., 40: in closed loop (seeds 2000-2011) and in the expert's demos (the same steps).
 
     MUJOCO_GL=egl .venv/bin/python scripts/push_diagnosis.py [POLICY] [DEMOS]   # defaults: reference, data/demos
 """
@@ -61,11 +63,44 @@ def closed_loop_grasp_spot(policy, seeds=range(2000, 2008)) -> None:
         print(f"seed {seed}: puck xy {puck[:2].round(3)}, {spot}, success {success}", flush=True)
 
 
+TRACK_STEPS = (8, 16, 24, 32, 40)
+
+
+def hand_tracks_puck(policy, demos: Path, seeds=range(2000, 2012)) -> None:
+    env = make_env("push-v3")
+    hand, puck = [], []  # [episodes, len(TRACK_STEPS)] hand x; [episodes] puck x
+    for seed in seeds:
+        obs = env.reset(seed=seed)
+        policy.reset(env.instruction)
+        puck.append(env.object_position()[0])
+        xs = {}
+        while env.t < max(TRACK_STEPS):
+            with torch.no_grad():
+                chunk = np.asarray(policy.step(obs.image, proprio=obs.state))
+            for k in range(min(ACTION_REPEAT, len(chunk))):
+                obs, _, _ = env.step(chunk[k], render=(k == ACTION_REPEAT - 1))
+                xs.setdefault(env.t, obs.state[0])
+        hand.append([xs[t] for t in TRACK_STEPS])
+    h, p = np.array(hand), np.array(puck)
+    corr = [float(np.corrcoef(h[:, i], p)[0, 1]) for i in range(len(TRACK_STEPS))]
+    print(f"closed loop, corr(hand x, puck x) at steps {TRACK_STEPS}: {np.round(corr, 2)}", flush=True)
+    hand, puck = [], []
+    for path in sorted((demos / "push-v3").glob("*.npz"))[:DEMOS_PER_TASK]:
+        demo = np.load(path)
+        every = int(demo["frame_every"])
+        hand.append([demo["states"][min(t // every, len(demo["states"]) - 1), 0] for t in TRACK_STEPS])
+        puck.append(demo["objects"][0, 0])
+    h, p = np.array(hand), np.array(puck)
+    corr = [float(np.corrcoef(h[:, i], p)[0, 1]) for i in range(len(TRACK_STEPS))]
+    print(f"expert demos, corr(hand x, puck x) at steps {TRACK_STEPS}: {np.round(corr, 2)}", flush=True)
+
+
 def main(policy_name: str = "reference", demos: str = "data/demos") -> None:
     policy = vlaccel.load_policy(policy_name).eval()
     for task in ("push-v3", "reach-v3"):
         first_chunk_vs_expert(policy, Path(demos), task)
     closed_loop_grasp_spot(policy)
+    hand_tracks_puck(policy, Path(demos))
 
 
 if __name__ == "__main__":
