@@ -66,6 +66,12 @@ def closed_loop_grasp_spot(policy, seeds=range(2000, 2008)) -> None:
 TRACK_STEPS = (8, 16, 24, 32, 40)
 
 
+def _corr_per_step(hand: list, puck: list) -> list[float]:
+    """hand: [episodes, len(TRACK_STEPS)] x; puck: [episodes] x -> their correlation at each tracked step."""
+    h, p = np.array(hand), np.array(puck)
+    return np.round([float(np.corrcoef(h[:, i], p)[0, 1]) for i in range(len(TRACK_STEPS))], 2)
+
+
 def hand_tracks_puck(policy, demos: Path, seeds=range(2000, 2012)) -> None:
     env = make_env("push-v3")
     hand, puck = [], []  # [episodes, len(TRACK_STEPS)] hand x; [episodes] puck x
@@ -81,18 +87,14 @@ def hand_tracks_puck(policy, demos: Path, seeds=range(2000, 2012)) -> None:
                 obs, _, _ = env.step(chunk[k], render=(k == ACTION_REPEAT - 1))
                 xs.setdefault(env.t, obs.state[0])
         hand.append([xs[t] for t in TRACK_STEPS])
-    h, p = np.array(hand), np.array(puck)
-    corr = [float(np.corrcoef(h[:, i], p)[0, 1]) for i in range(len(TRACK_STEPS))]
-    print(f"closed loop, corr(hand x, puck x) at steps {TRACK_STEPS}: {np.round(corr, 2)}", flush=True)
+    print(f"closed loop, corr(hand x, puck x) at steps {TRACK_STEPS}: {_corr_per_step(hand, puck)}", flush=True)
     hand, puck = [], []
     for path in sorted((demos / "push-v3").glob("*.npz"))[:DEMOS_PER_TASK]:
         demo = np.load(path)
         every = int(demo["frame_every"])
         hand.append([demo["states"][min(t // every, len(demo["states"]) - 1), 0] for t in TRACK_STEPS])
         puck.append(demo["objects"][0, 0])
-    h, p = np.array(hand), np.array(puck)
-    corr = [float(np.corrcoef(h[:, i], p)[0, 1]) for i in range(len(TRACK_STEPS))]
-    print(f"expert demos, corr(hand x, puck x) at steps {TRACK_STEPS}: {np.round(corr, 2)}", flush=True)
+    print(f"expert demos, corr(hand x, puck x) at steps {TRACK_STEPS}: {_corr_per_step(hand, puck)}", flush=True)
 
 
 def main(policy_name: str = "reference", demos: str = "data/demos") -> None:
