@@ -1,4 +1,4 @@
-"""Does a policy's push-v3 behaviour depend on where the puck is? Two checks, printed per line.
+"""Does a policy's push-v3 behaviour depend on where the puck is? Three checks, printed per line.
 
 1. First chunk vs the expert, open loop: on the first frame of recorded demos (its own training data when DEMOS is
    the training folder) and for reach-v3 as a control, the correlation between the mean of the predicted first
@@ -6,8 +6,9 @@
    correlation near 1 and the expert's spread.
 2. Closed loop, history mode, seeds 2000-2007: where the hand is when the gripper first closes, next to where
    the puck is, and whether the episode succeeds.
-3. When does the hand stop following the puck? Correlation of the hand's x with the puck's x across episodes at
-   env steps 8, 16, .., 40: in closed loop (seeds 2000-2011) and in the expert's demos (the same steps).
+3. When does the hand stop following the puck, and how far does it follow? Correlation of the hand's x with the
+   puck's x across episodes at env steps 8, 16, .., 40, and the gain (slope of hand x on puck x): in closed loop
+   (seeds 2000-2011) and in the expert's demos (the same steps).
 
     MUJOCO_GL=egl .venv/bin/python scripts/push_diagnosis.py [POLICY] [DEMOS]   # defaults: reference, data/demos
 """
@@ -66,10 +67,14 @@ def closed_loop_grasp_spot(policy, seeds=range(2000, 2008)) -> None:
 TRACK_STEPS = (8, 16, 24, 32, 40)
 
 
-def _corr_per_step(hand: list, puck: list) -> list[float]:
-    """hand: [episodes, len(TRACK_STEPS)] x; puck: [episodes] x -> their correlation at each tracked step."""
+def _tracking_per_step(hand: list, puck: list) -> str:
+    """hand: [episodes, len(TRACK_STEPS)] x; puck: [episodes] x -> their correlation and the gain (least-squares
+    slope of hand x on puck x: 1 = the hand goes all the way to the puck's x, 0.25 = a quarter of the way) at each
+    tracked step."""
     h, p = np.array(hand), np.array(puck)
-    return np.round([float(np.corrcoef(h[:, i], p)[0, 1]) for i in range(len(TRACK_STEPS))], 2)
+    corr = [float(np.corrcoef(h[:, i], p)[0, 1]) for i in range(len(TRACK_STEPS))]
+    gain = [float(np.polyfit(p, h[:, i], 1)[0]) for i in range(len(TRACK_STEPS))]
+    return f"corr {np.round(corr, 2)}, gain {np.round(gain, 2)}"
 
 
 def hand_tracks_puck(policy, demos: Path, seeds=range(2000, 2012)) -> None:
@@ -87,14 +92,14 @@ def hand_tracks_puck(policy, demos: Path, seeds=range(2000, 2012)) -> None:
                 obs, _, _ = env.step(chunk[k], render=(k == ACTION_REPEAT - 1))
                 xs.setdefault(env.t, obs.state[0])
         hand.append([xs[t] for t in TRACK_STEPS])
-    print(f"closed loop, corr(hand x, puck x) at steps {TRACK_STEPS}: {_corr_per_step(hand, puck)}", flush=True)
+    print(f"closed loop, hand x vs puck x at steps {TRACK_STEPS}: {_tracking_per_step(hand, puck)}", flush=True)
     hand, puck = [], []
     for path in sorted((demos / "push-v3").glob("*.npz"))[:DEMOS_PER_TASK]:
         demo = np.load(path)
         every = int(demo["frame_every"])
         hand.append([demo["states"][min(t // every, len(demo["states"]) - 1), 0] for t in TRACK_STEPS])
         puck.append(demo["objects"][0, 0])
-    print(f"expert demos, corr(hand x, puck x) at steps {TRACK_STEPS}: {_corr_per_step(hand, puck)}", flush=True)
+    print(f"expert demos, hand x vs puck x at steps {TRACK_STEPS}: {_tracking_per_step(hand, puck)}", flush=True)
 
 
 def main(policy_name: str = "reference", demos: str = "data/demos") -> None:
