@@ -13,7 +13,6 @@ the hand from the cognition feature; it needs demos that record those positions.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -216,11 +215,3 @@ def _cli_args(cfg: TrainConfig) -> str:
                 v = [f"{k}={w:g}" for k, w in v.items()]
             parts.append(flag + ("" if v is True else " " + (" ".join(v) if isinstance(v, list) else str(v))))
     return " ".join(parts)
-
-
-def write_card_success(out: str | Path, summary: dict, command: str) -> None:
-    """Record closed-loop success (from ``vlaccel eval`` output) in the model card."""
-    path = Path(out) / "model_card.json"
-    card = json.loads(path.read_text())
-    card["evaluation"] = {"command": command, "summary": summary}
-    path.write_text(json.dumps(card, indent=2) + "\n")
