@@ -3,9 +3,9 @@
 For each task, 150 reset scenes (seeds 0..149): the frame's 64 projected visual tokens (the LM's input), the LM's
 last-layer output at those 64 positions, and the cognition feature (what the action head is conditioned on,
 ``policy.last_cognition``) are regressed onto the object's and the goal's xy with ridge regression; printed is the
-5-fold cross-validated R^2 (best of a few ridge strengths).
+5-fold cross-validated R^2 of x and of y separately (each at its best of a few ridge strengths).
 
-    MUJOCO_GL=egl .venv/bin/python scripts/probe_positions.py [POLICY]   # POLICY: 'reference' (default) or a path
+    MUJOCO_GL=egl .venv/bin/python scripts/probe_positions.py [POLICY [TASK ...]]   # POLICY: 'reference' (default) or a path
 
 Positions come from the simulator (``SimEnv.object_position`` / ``goal_position``), current at reset.
 """
@@ -22,10 +22,11 @@ SEEDS = 150
 TASKS = ("push-v3", "reach-v3", "window-open-v3")
 
 
-def ridge_cv_r2(x: np.ndarray, y: np.ndarray, alphas=(0.1, 1, 10, 100, 1000), folds: int = 5) -> float:
-    """Best mean cross-validated R^2 over ``alphas`` of ridge regression x [N, D] -> y [N, K] (kernel form)."""
+def ridge_cv_r2(x: np.ndarray, y: np.ndarray, alphas=(0.1, 1, 10, 100, 1000), folds: int = 5) -> np.ndarray:
+    """Per-output cross-validated R^2 [K] of ridge regression x [N, D] -> y [N, K] (kernel form), each output
+    scored at its best ridge strength in ``alphas``."""
     idx = np.random.default_rng(0).permutation(len(x))
-    best = -np.inf
+    best = np.full(y.shape[1], -np.inf)
     for alpha in alphas:
         pred = np.zeros_like(y)
         for held in np.array_split(idx, folds):
@@ -35,7 +36,7 @@ def ridge_cv_r2(x: np.ndarray, y: np.ndarray, alphas=(0.1, 1, 10, 100, 1000), fo
             coef = xt.T @ np.linalg.solve(xt @ xt.T + alpha * np.eye(len(train)), y[train] - y_mu)
             pred[held] = (x[held] - mu) @ coef + y_mu
         r2 = 1 - ((y - pred) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
-        best = max(best, float(r2.mean()))
+        best = np.maximum(best, r2)
     return best
 
 
@@ -45,8 +46,8 @@ def main() -> None:
     lm_out = {}
     policy.language_model.register_forward_hook(lambda m, a, out: lm_out.update(last=out.last_hidden_state))
     print("cross-validated R^2 of a linear probe (1 = position fully recoverable, 0 = not at all)")
-    print("  order per position: visual tokens (LM input) / LM output at the visual tokens / cognition")
-    for task in TASKS:
+    print("  order per axis: visual tokens (LM input) / LM output at the visual tokens / cognition")
+    for task in sys.argv[2:] or TASKS:
         env = make_env(task)
         visual, lm_visual, cognition, obj, goal = [], [], [], [], []
         for seed in range(SEEDS):
@@ -60,8 +61,10 @@ def main() -> None:
             lm_visual.append(lm_out["last"][0, :n_vis].float().flatten().numpy())  # observation call: [64 * D]
             cognition.append(policy.last_cognition.float().flatten().numpy())  # [D]
         v, lv, c, ob, g = map(np.asarray, (visual, lm_visual, cognition, obj, goal))
-        r2 = {name: " / ".join(f"{ridge_cv_r2(x, y):.2f}" for x in (v, lv, c)) for name, y in (("object", ob), ("goal", g))}
-        print(f"{task:16s} object xy: {r2['object']} | goal xy: {r2['goal']}", flush=True)
+        for name, y in (("object", ob), ("goal", g)):
+            per_axis = [ridge_cv_r2(x, y) for x in (v, lv, c)]  # 3 x [2]
+            shown = " | ".join(f"{axis}: " + " / ".join(f"{r[i]:.2f}" for r in per_axis) for i, axis in enumerate("xy"))
+            print(f"{task:16s} {name:6s} {shown}", flush=True)
 
 
 if __name__ == "__main__":

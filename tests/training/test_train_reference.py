@@ -249,3 +249,46 @@ def test_task_weights_cli_parses_and_rejects():
     for bad in ("push-v3", "=2", "push-v3=x"):
         with pytest.raises(argparse.ArgumentTypeError, match="TASK=WEIGHT"):
             _task_weight(bad)
+
+
+def test_layout_targets_are_episode_starts_standardized_within_each_task(tmp_path):
+    from vlaccel.sim.data import load_demos
+    from vlaccel.training.batches import LAYOUT_MIN_STD, layout_stats, scene_targets
+
+    make_demos(tmp_path, n=4, frames=5, task="push-v3")
+    make_demos(tmp_path, n=3, frames=6, seed=1, task="reach-v3")
+    demos = load_demos(tmp_path)
+    fixed = demos[0]  # an axis that does not vary within push-v3 is not a target
+    for d in demos:
+        if d.task == "push-v3":
+            d.objects[0, 2] = 0.02 + 1e-4 * d.seed
+    stats = layout_stats(demos)
+    assert sorted(stats) == ["push-v3", "reach-v3"]
+    for task in stats:
+        starts = np.stack([scene_targets(d, stats)[0] for d in demos if d.task == task])  # [N, 2, 3]
+        varying = np.isfinite(stats[task][1])
+        np.testing.assert_allclose(starts.mean(0), 0, atol=1e-5)
+        np.testing.assert_allclose(starts.std(0)[varying], 1, atol=1e-5)
+    assert stats["push-v3"][1][0, 2] == np.inf and LAYOUT_MIN_STD > 1e-4 * 3
+    t = scene_targets(fixed, stats)
+    assert t.shape == (5, 2, 3) and t[:, 0, 2].tolist() == [0.0] * 5
+    np.testing.assert_array_equal(t, np.broadcast_to(t[0], t.shape))  # the same for every frame
+    batch = sample_windows(demos, 6, 16, np.random.default_rng(0), frames=3, anchor=1, layout=stats)
+    for b in range(6):
+        d = next(d for d in demos if torch.equal(batch.images[b, 0], torch.from_numpy(d.images[0])))
+        np.testing.assert_array_equal(batch.scene[b, 0].numpy(), scene_targets(d, stats)[0])
+
+
+def test_layout_scene_target_trains_and_bad_names_are_refused(tmp_path):
+    make_demos(tmp_path / "demos", n=3, frames=4)
+    base = dict(preset="tiny", batch_size=2, shift_pad=0, bf16=False, warmup=1, steps=40, lr=1e-3,
+                aux_object_weight=1.0, data=str(tmp_path / "demos"))
+    quiet = dict(log=lambda *_: None)
+    card = train(TrainConfig(**base, scene_target="layout", run_dir=str(tmp_path / "r1"), out=str(tmp_path / "p1")),
+                 **quiet)
+    curve = card["training"]["loss_curve"]
+    assert curve[-1]["object_ema"] < curve[0]["object_ema"]
+    assert "--scene-target layout" in card["command"]
+    with pytest.raises(ValueError, match="scene_target must be one of"):
+        train(TrainConfig(**base, scene_target="absolute", run_dir=str(tmp_path / "r2")), **quiet)
+    assert not (tmp_path / "r2").exists()

@@ -20,6 +20,9 @@ cognition feature. Why: with the waypoint probes alone, push-v3's puck position 
 the visual tokens (cross-validated R^2 0.91) but not from the cognition feature (0.01), so the arm went for the
 goal and missed the puck (``scripts/probe_positions.py``). The waypoint targets are dominated by the goal.
 It is off by default: 950 steps with weight 1 left push where it was and cost the reach tasks (README).
+Relative to the hand, the puck's 7 cm spread in y is small next to the hand's motion, and 500 steps at weight
+0.05 brought the probe's loss down without putting the puck's y into the cognition (R^2 0.04 -> 0.06); the
+``layout`` target (where object and goal started, standardized within the task) asks for exactly that spread.
 
 The probes are not part of the policy and are not saved with it (only in training checkpoints).
 """
@@ -55,9 +58,10 @@ class WaypointProbes(nn.Module):
         return policy.projector.register_forward_hook(hook)
 
     def loss(self, z: torch.Tensor, valid: torch.Tensor, targets: torch.Tensor,
-             scene: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+             scene: torch.Tensor | None = None, scene_scale: float = WAYPOINT_SCALE) -> dict[str, torch.Tensor]:
         """MSE of each probe. z: [B, F, D] cognition features; valid: [B, F] bool; targets: [B, F, W, 3] (m);
-        scene: [B, F, 2, 3] object and goal minus hand (m), or None (no ``object`` term)."""
+        scene: [B, F, 2, 3] scene targets (``batches.scene_targets``), regressed in units of ``scene_scale``
+        (m for hand-relative targets; 1 for the already standardized layout), or None (no ``object`` term)."""
         if self._captured is None:
             raise RuntimeError("WaypointProbes.loss needs capture_visual_tokens(policy) and a forward first")
         b, f = valid.shape
@@ -69,5 +73,5 @@ class WaypointProbes(nn.Module):
         parts = {"waypoint": mse(self.cognition(zv), target),
                  "waypoint_visual": mse(self.visual(visual[valid].float()), target)}
         if scene is not None:
-            parts["object"] = mse(self.scene(zv), scene[valid].flatten(1) / WAYPOINT_SCALE)  # [M, 6]
+            parts["object"] = mse(self.scene(zv), scene[valid].flatten(1) / scene_scale)  # [M, 6]
         return parts

@@ -23,7 +23,7 @@ class HistoryBatch:
     action_mask: torch.Tensor  # [B, F, chunk] float32 (0 past the episode end or past the sample's h)
     frame_index: torch.Tensor | None = None  # [B, F] episode frame index of each frame (None: 0..F-1)
     waypoints: torch.Tensor | None = None  # [B, F, len(WAYPOINT_FRAMES), 3] future hand displacement (m)
-    scene: torch.Tensor | None = None  # [B, F, 2, 3] object and goal xyz minus hand xyz (m); None: demos lack them
+    scene: torch.Tensor | None = None  # [B, F, 2, 3] scene-probe targets for object and goal (see scene_targets)
 
 
 # Auxiliary targets: where the expert's hand is this many frames later (None = the episode's last frame),
@@ -40,13 +40,42 @@ def waypoint_targets(states: np.ndarray, frame: int) -> np.ndarray:
     return states[later, :3] - states[frame, :3]
 
 
-def scene_targets(demo) -> np.ndarray | None:
-    """Where the task's object and goal are relative to the hand, [F, 2, 3] (m), from the demo's recorded
-    simulator positions; None for demos collected before those were recorded."""
+LAYOUT_MIN_STD = 0.005  # m: a layout axis that varies less than this within a task is not a target (set to 0)
+
+
+def layout_stats(demos: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per task, mean and standard deviation [2, 3] (m) of where the object and goal start (first frame).
+
+    Demos without recorded positions are skipped; an axis whose spread is below ``LAYOUT_MIN_STD`` gets
+    std ``inf`` so its standardized target is 0."""
+    starts: dict[str, list[np.ndarray]] = {}
+    for d in demos:
+        if d.objects is not None and d.goals is not None:
+            starts.setdefault(d.task, []).append(np.stack([d.objects[0], d.goals[0]]))  # [2, 3]
+    stats = {}
+    for task, xs in starts.items():
+        x = np.stack(xs)  # [N, 2, 3]
+        std = x.std(0)
+        stats[task] = (x.mean(0), np.where(std < LAYOUT_MIN_STD, np.inf, std))
+    return stats
+
+
+def scene_targets(demo, layout: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray | None:
+    """Scene-probe targets [F, 2, 3] for the task's object and goal, from the demo's recorded simulator
+    positions; None for demos collected before those were recorded.
+
+    ``layout=None``: where object and goal are relative to the hand (m). With ``layout`` (from
+    :func:`layout_stats`): where they started in this episode, standardized within the task, the same for
+    every frame. This is the part of the scene that differs between a task's episodes (push-v3: the puck's
+    start, spread over 7 cm in y); relative to the hand, that part is small next to the hand's own motion."""
     if demo.objects is None or demo.goals is None:
         return None
-    hand = demo.states[:, None, :3]  # [F, 1, 3]
-    return np.stack([demo.objects, demo.goals], axis=1) - hand
+    if layout is None:
+        hand = demo.states[:, None, :3]  # [F, 1, 3]
+        return np.stack([demo.objects, demo.goals], axis=1) - hand
+    mean, std = layout[demo.task]  # [2, 3] each
+    start = (np.stack([demo.objects[0], demo.goals[0]]) - mean) / std  # [2, 3]
+    return np.broadcast_to(start, (demo.num_frames, 2, 3)).astype(np.float32)
 
 
 def action_chunk(actions: np.ndarray, start: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +88,8 @@ def action_chunk(actions: np.ndarray, start: int, chunk: int) -> tuple[np.ndarra
     return out, mask
 
 
-def _gather(picks: list, frame_lists: list[list[int]], width: int, chunk: int, with_index: bool) -> HistoryBatch:
+def _gather(picks: list, frame_lists: list[list[int]], width: int, chunk: int, with_index: bool,
+            layout: dict | None = None) -> HistoryBatch:
     """Frames ``frame_lists[i]`` of each picked demo, padded to ``width`` frames by repeating the last one.
 
     Padding frames are masked out of the loss and get the positions that would follow the last frame.
@@ -72,7 +102,7 @@ def _gather(picks: list, frame_lists: list[list[int]], width: int, chunk: int, w
     mask = np.zeros((b, width, chunk), np.float32)
     index = np.zeros((b, width), np.int64)
     waypoints = np.zeros((b, width, len(WAYPOINT_FRAMES), 3), np.float32)
-    scenes = [scene_targets(d) for d in picks]
+    scenes = [scene_targets(d, layout) for d in picks]
     scene = None if any(s is None for s in scenes) else np.zeros((b, width, 2, 3), np.float32)
     for i, (d, frames) in enumerate(zip(picks, frame_lists)):
         n = len(frames)
@@ -120,18 +150,20 @@ def demo_probabilities(demos: list, task_weights: dict[str, float] | None) -> np
 
 
 def sample_batch(demos: list, batch_size: int, chunk: int, rng: np.random.Generator,
-                 max_frames: int | None = None, probs: np.ndarray | None = None) -> HistoryBatch:
-    """Whole-episode prefixes of random length h in [1, F] (capped by ``max_frames``)."""
+                 max_frames: int | None = None, probs: np.ndarray | None = None,
+                 layout: dict | None = None) -> HistoryBatch:
+    """Whole-episode prefixes of random length h in [1, F] (capped by ``max_frames``); ``layout``: see
+    :func:`scene_targets`."""
     picks = pick_demos(demos, batch_size, rng, probs)
     lengths = []
     for d in picks:
         f = len(d.images) if max_frames is None else min(len(d.images), max_frames)
         lengths.append(int(rng.integers(1, f + 1)))
-    return _gather(picks, [list(range(n)) for n in lengths], max(lengths), chunk, with_index=False)
+    return _gather(picks, [list(range(n)) for n in lengths], max(lengths), chunk, with_index=False, layout=layout)
 
 
 def sample_windows(demos: list, batch_size: int, chunk: int, rng: np.random.Generator, frames: int,
-                   anchor: int = 0, probs: np.ndarray | None = None) -> HistoryBatch:
+                   anchor: int = 0, probs: np.ndarray | None = None, layout: dict | None = None) -> HistoryBatch:
     """Short windows of ``frames`` consecutive frames starting anywhere in an episode (more episodes per step).
 
     Each frame keeps the position it has in the whole episode (``frame_index``), so the distance to the
@@ -146,7 +178,7 @@ def sample_windows(demos: list, batch_size: int, chunk: int, rng: np.random.Gene
         s = int(rng.integers(0, max(1, len(d.images) - frames + 1)))
         window = list(range(s, min(s + frames, len(d.images))))
         frame_lists.append(list(range(min(anchor, s))) + window)
-    return _gather(picks, frame_lists, anchor + frames, chunk, with_index=True)
+    return _gather(picks, frame_lists, anchor + frames, chunk, with_index=True, layout=layout)
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

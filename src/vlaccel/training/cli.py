@@ -7,7 +7,7 @@ import dataclasses
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vlaccel.training.reference import TrainConfig
+    from vlaccel.training.reference import SCENE_TARGETS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train-reference", help="train the reference VLA on simulator demos (resumable)")
@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aux-object-weight", type=float, default=d.aux_object_weight,
                    help="weight of the scene loss: the object's and goal's position relative to the hand, read from "
                         "the cognition feature (needs demos from `vlaccel collect` that record positions; default 0 = off)")
+    p.add_argument("--scene-target", choices=SCENE_TARGETS, default=d.scene_target,
+                   help="what the scene loss regresses: 'relative' (object and goal minus hand, m) or 'layout' (where "
+                        "object and goal started in the episode, standardized within the task)")
     p.set_defaults(func=run)
 
 

@@ -5,8 +5,9 @@ forward, with ``repeat`` noise draws per position (CogACT's repeated diffusion s
 the condition. Plus, with weight ``aux_weight``, the waypoint regression of ``training.auxiliary`` (the
 expert hand's future displacement from the cognition feature and from the frame's visual tokens, through
 training-only linear probes): without it the policy learned to ignore its camera. With weight
-``aux_object_weight`` (off by default), the scene probe also reads the object's and goal's position relative to
-the hand from the cognition feature; it needs demos that record those positions. Checkpoints every
+``aux_object_weight`` (off by default), the scene probe also reads the object's and goal's position from the
+cognition feature (relative to the hand, or with ``scene_target="layout"`` where they started in the episode,
+standardized within the task); it needs demos that record those positions. Checkpoints every
 ``--checkpoint-every`` steps into ``--run-dir`` and resumes from there.
 """
 
@@ -21,8 +22,10 @@ import numpy as np
 import torch
 
 from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, save_policy
-from vlaccel.training.auxiliary import WaypointProbes
-from vlaccel.training.batches import demo_probabilities, random_shift, sample_batch, sample_windows
+from vlaccel.training.auxiliary import WAYPOINT_SCALE, WaypointProbes
+from vlaccel.training.batches import demo_probabilities, layout_stats, random_shift, sample_batch, sample_windows
+
+SCENE_TARGETS = ("relative", "layout")
 
 
 @dataclasses.dataclass
@@ -55,6 +58,8 @@ class TrainConfig:
     aux_visual_weight: float = 0.1  # weight of the visual-token waypoint probe's MSE (0 = off)
     aux_object_weight: float = 0.0  # weight of the scene probe's MSE (object and goal vs hand; 0 = off). Opt-in:
     # 950 steps with weight 1 did not lift push (2/20) and the reach tasks fell (see the README)
+    scene_target: str = "relative"  # what the scene probe reads: "relative" (object and goal minus hand, m) or
+    # "layout" (where object and goal started this episode, standardized within the task; batches.scene_targets)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -82,7 +87,8 @@ def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generat
     if cfg.aux_object_weight > 0 and batch.scene is None:
         raise ValueError("aux_object_weight > 0 needs demos with object and goal positions; recollect them with "
                          "`vlaccel collect --overwrite` or set --aux-object-weight 0")
-    aux = probes.loss(z_all, valid, batch.waypoints, batch.scene if cfg.aux_object_weight > 0 else None)
+    aux = probes.loss(z_all, valid, batch.waypoints, batch.scene if cfg.aux_object_weight > 0 else None,
+                      scene_scale=WAYPOINT_SCALE if cfg.scene_target == "relative" else 1.0)
     parts.update({k: v.item() for k, v in aux.items()})
     total = action_loss + cfg.aux_weight * aux["waypoint"] + cfg.aux_visual_weight * aux["waypoint_visual"]
     if "object" in aux:
@@ -113,6 +119,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                "aux_object_weight": cfg.aux_object_weight}
     if any(not w >= 0 for w in weights.values()):
         raise ValueError(f"auxiliary loss weights must be >= 0, got {weights}")
+    if cfg.scene_target not in SCENE_TARGETS:
+        raise ValueError(f"scene_target must be one of {SCENE_TARGETS}, got {cfg.scene_target!r}")
     if cfg.aux_object_weight > 0:
         old = [str(d.path) for d in demos if d.objects is None or d.goals is None]
         if old:
@@ -120,6 +128,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                              f"before vlaccel recorded them, e.g. {old[0]}); the scene probe (--aux-object-weight "
                              f"{cfg.aux_object_weight:g}) needs them. Recollect with `vlaccel collect --overwrite "
                              f"--out {cfg.data}` or pass --aux-object-weight 0")
+    layout = layout_stats(demos) if cfg.aux_object_weight > 0 and cfg.scene_target == "layout" else None
     policy.train()
     probes = WaypointProbes(policy.config.lm_hidden, policy.config.visual_tokens)  # training only
     capture = probes.capture_visual_tokens(policy)
@@ -164,9 +173,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 break
             if rng.random() < cfg.window_prob:
                 batch = sample_windows(demos, cfg.window_batch, policy.config.action_chunk, rng, cfg.window_frames,
-                                        cfg.window_anchor, probs)
+                                        cfg.window_anchor, probs, layout)
             else:
-                batch = sample_batch(demos, cfg.batch_size, policy.config.action_chunk, rng, cfg.max_frames, probs)
+                batch = sample_batch(demos, cfg.batch_size, policy.config.action_chunk, rng, cfg.max_frames, probs,
+                                     layout)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
