@@ -281,9 +281,9 @@ def test_layout_targets_are_episode_starts_standardized_within_each_task(tmp_pat
 
 def test_layout_scene_target_trains_and_bad_names_are_refused(tmp_path):
     make_demos(tmp_path / "demos", n=3, frames=4)
-    base = dict(preset="tiny", batch_size=2, shift_pad=0, bf16=False, warmup=1, steps=40, lr=1e-3,
-                aux_object_weight=1.0, data=str(tmp_path / "demos"))
-    quiet = dict(log=lambda *_: None)
+    base = {"preset": "tiny", "batch_size": 2, "shift_pad": 0, "bf16": False, "warmup": 1, "steps": 40, "lr": 1e-3,
+            "aux_object_weight": 1.0, "data": str(tmp_path / "demos")}
+    quiet = {"log": lambda *_: None}
     card = train(TrainConfig(**base, scene_target="layout", run_dir=str(tmp_path / "r1"), out=str(tmp_path / "p1")),
                  **quiet)
     curve = card["training"]["loss_curve"]

@@ -23,7 +23,13 @@ import torch
 
 from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, save_policy
 from vlaccel.training.auxiliary import WAYPOINT_SCALE, WaypointProbes
-from vlaccel.training.batches import demo_probabilities, layout_stats, random_shift, sample_batch, sample_windows
+from vlaccel.training.batches import (
+    demo_probabilities,
+    layout_stats,
+    random_shift,
+    sample_batch,
+    sample_windows,
+)
 
 SCENE_TARGETS = ("relative", "layout")
 
