@@ -23,6 +23,8 @@ It is off by default: 950 steps with weight 1 left push where it was and cost th
 Relative to the hand, the puck's 7 cm spread in y is small next to the hand's motion, and 500 steps at weight
 0.05 brought the probe's loss down without putting the puck's y into the cognition (R^2 0.04 -> 0.06); the
 ``layout`` target (where object and goal started, standardized within the task) asks for exactly that spread.
+It did not put it there either: 500 steps at weight 0.1 and at 1.0 left the y's R^2 at reset at 0.05 and
+push where it was (docs/reference_policy.md, sessions 15-16).
 
 The probes are not part of the policy and are not saved with it (only in training checkpoints).
 """
