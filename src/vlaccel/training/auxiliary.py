@@ -41,7 +41,7 @@ WAYPOINT_SCALE = 0.1  # m: displacements are regressed in units of 10 cm
 
 class WaypointProbes(nn.Module):
     """Linear waypoint probes on the cognition feature and on one frame's visual tokens, and the scene probe
-    (object and goal relative to the hand) on the cognition feature."""
+    (object and goal: ``batches.scene_targets``) on the cognition feature."""
 
     def __init__(self, hidden: int, visual_tokens: int):
         super().__init__()
