@@ -1,9 +1,9 @@
 """Weight-space average of saved reference policies (WiSE-FT, Wortsman et al. 2022, eq. 1: theta = (1 - a)
 theta_0 + a theta_1, generalized to any convex combination).
 
-The continuations of the bundled policy all start from one checkpoint, so their weights lie in one basin and
-an interpolation between two of them is itself a working policy, often one that keeps what each end is good
-at (here: window-open from the earlier release, push from the later one).
+The continuations of the bundled policy all start from one checkpoint, so an interpolation between two of them
+is itself a working policy. Whether it keeps what each end is good at is an empirical question: for push and
+window-open it did not (docs/reference_policy.md, sessions 15-16: push's gain is lost a quarter of the way back).
 
     .venv/bin/python scripts/average_policies.py OUT POLICY:WEIGHT POLICY:WEIGHT [...]
     # e.g. runs/soup/policy runs/rel_c47/policy:0.5 runs/push6/policy:0.5

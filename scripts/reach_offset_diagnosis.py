@@ -1,7 +1,8 @@
 """Where does the hand stop relative to the task's object? Closed loop, history mode, next to the scripted expert.
 
-For each seed: success, env steps, and the hand-minus-object offset (xyz, m) at the hand's closest approach to the
-object (window-open-v3: the handle), for the expert and for each POLICY. A policy that localizes the object stops
+For each seed: success and the hand-minus-object offset (xyz, m) at the hand's closest approach to the
+object (window-open-v3: the handle), for the expert and for each POLICY; then per runner the successes and the
+median offset, of all episodes and of the failures. A policy that localizes the object stops
 where the expert does; a systematic offset on one axis is a bias the policy learned, a scattered one is noise.
 
     MUJOCO_GL=egl .venv/bin/python scripts/reach_offset_diagnosis.py TASK SEED0 N POLICY [POLICY ...]
