@@ -39,7 +39,7 @@ def describe(policy) -> dict:
         "tokens_per_frame": cfg.tokens_per_frame,
         "lm": {"layers": cfg.lm_layers, "hidden": cfg.lm_hidden, "heads": cfg.lm_heads, "kv_heads": cfg.lm_kv_heads},
         "action_head": {"dit_blocks": cfg.dit_depth, "width": cfg.dit_width, "ddim_steps": cfg.inference_steps,
-                        "cfg_scale": cfg.cfg_scale, "chunk": [cfg.action_chunk, cfg.action_dim]},
+                        "timestep_spacing": cfg.timestep_spacing, "cfg_scale": cfg.cfg_scale, "chunk": [cfg.action_chunk, cfg.action_dim]},
         "flops_per_predict_action": {**flops, "total": total},
     }
 

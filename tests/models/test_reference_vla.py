@@ -108,6 +108,27 @@ def test_decoding_settings_come_from_the_config(frames):
         ReferenceVLAConfig(init_noise_scale=float("nan"))
 
 
+@pytest.mark.parametrize("spacing, expected", [
+    ("leading", [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]),
+    ("trailing", [99, 89, 79, 69, 59, 49, 39, 29, 19, 9]),
+    ("linspace", [99, 88, 77, 66, 55, 44, 33, 22, 11, 0]),
+])
+def test_sampling_visits_the_timesteps_of_the_configured_spacing(spacing, expected):
+    """10 DDIM steps of 100 training timesteps: the DiT is evaluated at exactly these t, in this order."""
+    cfg = ReferenceVLAConfig.tiny()
+    cfg.timestep_spacing = spacing
+    head = ReferenceVLA(cfg).action_head
+    seen = []
+    handle = head.dit.register_forward_pre_hook(lambda _m, args: seen.append(int(args[1][0])))
+    try:
+        head.sample(torch.zeros(1, cfg.lm_hidden))
+    finally:
+        handle.remove()
+    assert seen == expected
+    with pytest.raises(ValueError, match="timestep_spacing must be one of"):
+        ReferenceVLAConfig(timestep_spacing="uniform")
+
+
 def test_save_load_round_trip_is_bit_identical(tiny_policy, frames, tmp_path):
     before = tiny_policy.predict_action(frames[0], INSTR)
     save_policy(tiny_policy, tmp_path / "p")

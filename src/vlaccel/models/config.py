@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any
 
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
 
 @dataclasses.dataclass
 class ReferenceVLAConfig:
@@ -43,6 +45,7 @@ class ReferenceVLAConfig:
     dit_mlp_ratio: float = 4.0
     train_timesteps: int = 100
     inference_steps: int = 10  # DDIM
+    timestep_spacing: str = "leading"  # which DDIM timesteps: diffusers' "leading", "trailing" or "linspace"
     cfg_scale: float = 1.5
     init_noise_scale: float = 1.0  # DDIM starts from init_noise_scale * N(0, I); < 1 = low-temperature sampling
     sampling_seed: int = 0  # seed of the initial noise of every call (a fixed seed = a deterministic policy)
@@ -58,6 +61,9 @@ class ReferenceVLAConfig:
         if not self.init_noise_scale >= 0:
             raise ValueError(f"init_noise_scale must be >= 0 (1 = standard DDIM, 0 = start from the zero action), "
                              f"got {self.init_noise_scale!r}")
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS} (diffusers DDIMScheduler), "
+                             f"got {self.timestep_spacing!r}")
         if self.lm_hidden % self.lm_heads:
             raise ValueError(f"lm_hidden {self.lm_hidden} must be a multiple of lm_heads {self.lm_heads}")
 

@@ -105,7 +105,7 @@ class DiffusionActionHead(nn.Module):
 
     def __init__(self, action_dim: int, chunk: int, cond_dim: int, width: int, depth: int, heads: int,
                  mlp_ratio: float, train_timesteps: int, inference_steps: int, cfg_scale: float,
-                 init_noise_scale: float = 1.0):
+                 init_noise_scale: float = 1.0, timestep_spacing: str = "leading"):
         super().__init__()
         from diffusers import DDIMScheduler
 
@@ -119,6 +119,7 @@ class DiffusionActionHead(nn.Module):
         self.scheduler = DDIMScheduler(
             num_train_timesteps=train_timesteps, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
             clip_sample=True, clip_sample_range=1.0, set_alpha_to_one=True, steps_offset=0,
+            timestep_spacing=timestep_spacing,
         )
 
     def training_loss(self, z: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor | None = None,

@@ -78,7 +78,7 @@ class ReferenceVLA(nn.Module):
         self.action_head = DiffusionActionHead(
             config.action_dim, config.action_chunk, config.lm_hidden, config.dit_width, config.dit_depth,
             config.dit_heads, config.dit_mlp_ratio, config.train_timesteps, config.inference_steps, config.cfg_scale,
-            config.init_noise_scale,
+            config.init_noise_scale, config.timestep_spacing,
         )
         self.noise_seed: int | None = config.sampling_seed  # fixed initial noise per call -> deterministic policy; None = global RNG
         # Transformations set these through the adapter, never by editing this class.
