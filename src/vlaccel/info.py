@@ -26,6 +26,8 @@ def describe(policy) -> dict:
                "action_head": policy.action_head}
     if policy.proprio_proj is not None:
         modules["proprio"] = policy.proprio_proj
+    if policy.visual_readout is not None:
+        modules["visual_readout"] = policy.visual_readout
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()}
     image = np.zeros((cfg.image_size, cfg.image_size, 3), np.uint8)
     images = image if cfg.num_cameras == 1 else [image] * cfg.num_cameras
@@ -38,6 +40,7 @@ def describe(policy) -> dict:
         "visual_tokens_per_frame": cfg.visual_tokens,
         "tokens_per_frame": cfg.tokens_per_frame,
         "lm": {"layers": cfg.lm_layers, "hidden": cfg.lm_hidden, "heads": cfg.lm_heads, "kv_heads": cfg.lm_kv_heads},
+        "visual_readout_heads": cfg.visual_readout_heads,
         "action_head": {"dit_blocks": cfg.dit_depth, "width": cfg.dit_width, "ddim_steps": cfg.inference_steps,
                         "timestep_spacing": cfg.timestep_spacing, "cfg_scale": cfg.cfg_scale, "chunk": [cfg.action_chunk, cfg.action_dim]},
         "flops_per_predict_action": {**flops, "total": total},

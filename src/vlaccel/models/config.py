@@ -50,6 +50,9 @@ class ReferenceVLAConfig:
     init_noise_scale: float = 1.0  # DDIM starts from init_noise_scale * N(0, I); < 1 = low-temperature sampling
     sampling_seed: int = 0  # seed of the initial noise of every call (a fixed seed = a deterministic policy)
     cfg_dropout: float = 0.1  # training: probability of using the learned unconditional embedding
+    # visual readout (models.visual_readout): query heads pooling the LM's outputs at the current frame's visual
+    # tokens into the condition vector; 0 = off (CogACT: the cognition token alone)
+    visual_readout_heads: int = 0
     # misc
     init_seed: int = 0
 
@@ -64,6 +67,9 @@ class ReferenceVLAConfig:
         if self.timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS} (diffusers DDIMScheduler), "
                              f"got {self.timestep_spacing!r}")
+        if self.visual_readout_heads < 0 or (self.visual_readout_heads and self.lm_hidden % self.visual_readout_heads):
+            raise ValueError(f"visual_readout_heads must be 0 (off) or a divisor of lm_hidden={self.lm_hidden}, "
+                             f"got {self.visual_readout_heads}")
         if self.lm_hidden % self.lm_heads:
             raise ValueError(f"lm_hidden {self.lm_hidden} must be a multiple of lm_heads {self.lm_heads}")
 

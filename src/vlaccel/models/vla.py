@@ -5,7 +5,8 @@ it can be a protected KV-cache prefix in history mode):
 
     image(s) --SiglipVisionModel--> patch features --projector--> visual tokens
     LM input  [<s> instruction][visual tokens][proprio token][<cog>]  --LlamaModel-->  h
-    cognition feature z = h at <cog> (last layer, after the final norm, as CogACT's hidden_states[-1])
+    cognition feature z = h at <cog> (last layer, after the final norm, as CogACT's hidden_states[-1]),
+        plus, with ``visual_readout_heads > 0``, an attention pool of h at the frame's visual tokens
     z --DiT action head (DDIM 10 steps, CFG 1.5)--> action chunk [16, action_dim]
 
 History mode: ``reset(instruction)`` prefills the instruction into a transformers ``Cache``; each
@@ -28,6 +29,7 @@ from torch.utils.hooks import RemovableHandle
 from vlaccel.models.config import ReferenceVLAConfig
 from vlaccel.models.dit import DiffusionActionHead
 from vlaccel.models.tokenizer import BOS, COG, load_tokenizer
+from vlaccel.models.visual_readout import VisualReadout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +82,8 @@ class ReferenceVLA(nn.Module):
             config.dit_heads, config.dit_mlp_ratio, config.train_timesteps, config.inference_steps, config.cfg_scale,
             config.init_noise_scale, config.timestep_spacing,
         )
+        self.visual_readout = (VisualReadout(config.lm_hidden, config.visual_readout_heads)
+                               if config.visual_readout_heads else None)
         self.noise_seed: int | None = config.sampling_seed  # fixed initial noise per call -> deterministic policy; None = global RNG
         # Transformations set these through the adapter, never by editing this class.
         self.cache_factory: Callable[[], Any] | None = None
@@ -90,6 +94,15 @@ class ReferenceVLA(nn.Module):
         self.instruction: str | None = None
         self.last_cognition: torch.Tensor | None = None
         self.eval()
+
+    def add_visual_readout(self, heads: int) -> None:
+        """Give a policy without one a visual readout (``heads`` queries); its zero output projection leaves every
+        output unchanged until it is trained (``vlaccel train-reference --init POLICY --visual-readout-heads N``)."""
+        if self.visual_readout is not None:
+            raise ValueError(f"this policy already has a visual readout ({self.config.visual_readout_heads} heads)")
+        config = dataclasses.replace(self.config, visual_readout_heads=heads)  # validates heads
+        self.visual_readout = VisualReadout(config.lm_hidden, heads).to(self.device, self.dtype)
+        self.config = config
 
     # ------------------------------------------------------------------ hooks for transformations
     def register_reset_hook(self, fn: Callable[[], None]) -> RemovableHandle:
@@ -219,7 +232,7 @@ class ReferenceVLA(nn.Module):
         pixels = self.pixels_from_images(image)
         embeds = self.embed_observation(pixels, self.proprio_tensor(proprio))  # [1, n_obs, D]
         hidden = self.run_language_model(embeds, self.observation_layout(), self.cache)
-        z = hidden[:, -1]  # [1, D] cognition feature
+        z = self.observation_feature(hidden)  # [1, D] cognition feature
         self.last_cognition = z.float().clone()
         return self.sample_actions(z)[0].float().cpu().numpy()
 
@@ -231,6 +244,19 @@ class ReferenceVLA(nn.Module):
         self.pixels_from_images(image)  # validate before touching any state
         self.reset(instruction)
         return self.step(image, proprio)
+
+    def observation_feature(self, block: torch.Tensor) -> torch.Tensor:
+        """The action head's condition from the LM outputs of one observation block.
+
+        block: [B, T', D], the block's tokens ``[visual][proprio][<cog>]`` in order (T' < tokens_per_frame when a
+        technique dropped visual tokens inside the LM) -> z [B, D]: the output at ``<cog>``, plus the visual
+        readout of the block's visual outputs when the policy has one.
+        """
+        z = block[:, -1]  # [B, D]
+        if self.visual_readout is None:
+            return z
+        after_visual = self.config.tokens_per_frame - self.config.visual_tokens  # proprio + <cog>
+        return z + self.visual_readout(block[:, : block.shape[1] - after_visual])  # [B, D]
 
     def sample_actions(self, z: torch.Tensor) -> torch.Tensor:
         """Cognition features [B, D] -> actions [B, chunk, A] (DDIM + CFG), reproducible via ``noise_seed``."""
@@ -265,8 +291,8 @@ class ReferenceVLA(nn.Module):
             position_ids[:, instr_ids.shape[1]:] = instr_mask.sum(-1, keepdim=True) + offset.flatten(1)
         layout = TokenLayout("history", instruction=slice(0, instr_ids.shape[1]), length=embeds.shape[1])
         hidden = self.run_language_model(embeds, layout, cache=None, attention_mask=mask, position_ids=position_ids)
-        cog_pos = instr_ids.shape[1] + torch.arange(f, device=hidden.device) * n + n - 1  # [F]
-        return hidden[:, cog_pos]  # [B, F, D]
+        blocks = hidden[:, instr_ids.shape[1]:].reshape(b * f, n, -1)  # [B*F, n, D], one per frame
+        return self.observation_feature(blocks).reshape(b, f, -1)  # [B, F, D]
 
     def batch_instruction_ids(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded [B, L] ids and mask for a batch of instructions (each starts with <s>)."""

@@ -45,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aux-object-weight", type=float, default=d.aux_object_weight,
                    help="weight of the scene loss: the object's and goal's position relative to the hand, read from "
                         "the cognition feature (needs demos from `vlaccel collect` that record positions; default 0 = off)")
+    p.add_argument("--visual-readout-heads", type=int, default=d.visual_readout_heads,
+                   help="with --init: add a visual readout (attention pool of the LM's outputs at the frame's visual "
+                        "tokens, added to the cognition feature) with this many heads; default 0 = none added")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="with --init: train only the action head, the visual readout and the probes")
     p.add_argument("--scene-target", choices=SCENE_TARGETS, default=d.scene_target,
                    help="what the scene loss regresses: 'relative' (object and goal minus hand, m) or 'layout' (where "
                         "object and goal started in the episode, standardized within the task)")

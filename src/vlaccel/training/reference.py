@@ -64,6 +64,9 @@ class TrainConfig:
     aux_visual_weight: float = 0.1  # weight of the visual-token waypoint probe's MSE (0 = off)
     aux_object_weight: float = 0.0  # weight of the scene probe's MSE (object and goal vs hand; 0 = off). Opt-in:
     # 950 steps with weight 1 did not lift push (2/20) and the reach tasks fell (see the README)
+    visual_readout_heads: int = 0  # with --init: add a visual readout with this many heads (models.visual_readout)
+    freeze_backbone: bool = False  # train only the action head, the visual readout and the probes (vision, projector,
+    # proprio projection and LM frozen: steps cost a forward pass through them, and other tasks' perception is kept)
     scene_target: str = "relative"  # what the scene probe reads: "relative" (object and goal minus hand, m) or
     # "layout" (where object and goal started this episode, standardized within the task; batches.scene_targets)
 
@@ -118,6 +121,17 @@ def train(cfg: TrainConfig, log=print) -> dict:
         policy = load_policy(cfg.init)
     else:
         policy = ReferenceVLA(ReferenceVLAConfig.preset(cfg.preset))
+    if cfg.visual_readout_heads:
+        if not cfg.init:
+            raise ValueError("--visual-readout-heads adds a readout to an existing policy: pass --init POLICY too "
+                             "(a policy trained from scratch gets its sizes from --preset)")
+        policy.add_visual_readout(cfg.visual_readout_heads)
+    if cfg.freeze_backbone:
+        if not cfg.init:
+            raise ValueError("--freeze-backbone keeps the vision encoder and LM as they are: pass --init POLICY")
+        for module in (policy.vision, policy.projector, policy.proprio_proj, policy.language_model):
+            if module is not None:
+                module.requires_grad_(False)
     if policy.config.image_size != demos[0].images.shape[1]:
         raise ValueError(f"demos are {demos[0].images.shape[1]} px but the {cfg.preset!r} preset expects "
                          f"{policy.config.image_size} px; collect with --image-size {policy.config.image_size}")

@@ -1,0 +1,46 @@
+"""Visual readout: attention pooling of the LM's outputs at the current frame's visual tokens into the condition.
+
+CogACT (arXiv 2411.19650) conditions its action head on one vector, the LM's output at the cognition token.
+On the push task that vector loses where the puck lies (docs/reference_policy.md, sessions 15-16: a linear probe
+reads the puck's y from the LM outputs at the visual tokens with R^2 0.6-0.7 and from the cognition feature with
+0.04). pi0 (arXiv 2410.24164) lets its action expert attend to every prefix token instead. This module is the
+cheap middle: ``heads`` learned queries attend over the LM's last-layer outputs at the current frame's visual
+tokens (whatever a token-pruning technique kept of them) and the pooled vector is added to the cognition feature:
+
+    z = h_cog + W_o [softmax(q_i K^T / sqrt(d)) V]_{i = 1..heads}      K = h_vis W_k, V = h_vis W_v
+
+so the head keeps its interface (one condition vector; CFG, the head cache and the KV gate distillation are
+unchanged) and ``W_o`` starts at zero: a policy that gains a readout computes exactly what it did before.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class VisualReadout(nn.Module):
+    """[B, N, D] LM outputs at one frame's visual tokens -> [B, D] to add to the cognition feature."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if heads < 1 or dim % heads:
+            raise ValueError(f"visual readout: heads must be >= 1 and divide lm_hidden={dim}, got {heads}")
+        self.heads = heads
+        self.query = nn.Parameter(torch.randn(heads, dim // heads))  # one learned query per head
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.out = nn.Linear(dim, dim)
+        nn.init.zeros_(self.out.weight)  # adding the readout leaves a trained policy's outputs unchanged
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, visual: torch.Tensor) -> torch.Tensor:
+        b, n, d = visual.shape
+        if n == 0:
+            raise ValueError("visual readout: the frame has no visual tokens left to read")
+        k = self.key(visual).view(b, n, self.heads, d // self.heads).transpose(1, 2)  # [B, H, N, d/H]
+        v = self.value(visual).view(b, n, self.heads, d // self.heads).transpose(1, 2)  # [B, H, N, d/H]
+        q = self.query.to(visual.dtype)[None, :, None].expand(b, -1, -1, -1)  # [B, H, 1, d/H]
+        pooled = F.scaled_dot_product_attention(q, k, v)  # [B, H, 1, d/H]
+        return self.out(pooled.reshape(b, d))  # [B, D]

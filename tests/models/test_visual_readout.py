@@ -1,0 +1,128 @@
+"""Visual readout: zero-init leaves a policy unchanged; history mode == full recompute; pruned frames read only
+the kept visual tokens; save/load and training flags (add to an --init policy, freeze the backbone)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import vlaccel
+from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, load_reference, save_policy
+from vlaccel.models.visual_readout import VisualReadout
+from vlaccel.techniques.token_prune import TokenPruneConfig
+
+HISTORY_ATOL = 1e-5  # incremental KV-cache decode vs one forward over the whole history (as test_reference_vla)
+INSTR = "push the puck to the goal"
+
+
+def _with_trained_readout(policy: ReferenceVLA, heads: int = 2) -> ReferenceVLA:
+    """``policy`` with a readout whose output projection is non-zero (as after training)."""
+    policy.add_visual_readout(heads)
+    torch.manual_seed(1)
+    torch.nn.init.normal_(policy.visual_readout.out.weight, std=0.3)
+    return policy
+
+
+def test_adding_a_readout_leaves_every_output_unchanged(tiny_policy, frames):
+    before = tiny_policy.predict_action(frames[0], INSTR, [0.1, 0.2, 0.3, 0.4])
+    z_before = tiny_policy.last_cognition
+    tiny_policy.add_visual_readout(2)
+    assert tiny_policy.config.visual_readout_heads == 2
+    after = tiny_policy.predict_action(frames[0], INSTR, [0.1, 0.2, 0.3, 0.4])
+    assert torch.equal(tiny_policy.last_cognition, z_before)
+    np.testing.assert_array_equal(after, before)
+    with pytest.raises(ValueError, match="already has a visual readout"):
+        tiny_policy.add_visual_readout(2)
+
+
+def test_a_trained_readout_changes_the_condition_by_its_pool_of_the_frames_visual_outputs(tiny_policy, frames):
+    tiny_policy.predict_action(frames[0], INSTR)
+    z_cog = tiny_policy.last_cognition
+    policy = _with_trained_readout(tiny_policy)
+    captured = {}
+    hook = policy.language_model.register_forward_hook(lambda m, a, out: captured.__setitem__("h", out.last_hidden_state))
+    policy.predict_action(frames[0], INSTR)
+    hook.remove()
+    h = captured["h"]  # [1, n, D]: [visual][proprio][<cog>]
+    n_vis = policy.config.visual_tokens
+    assert h.shape[1] == policy.config.tokens_per_frame
+    with torch.no_grad():
+        want = h[:, -1] + policy.visual_readout(h[:, :n_vis])
+    torch.testing.assert_close(policy.last_cognition, want.float(), rtol=0, atol=0)
+    assert torch.equal(h[:, -1], z_cog)  # the LM itself is untouched by the readout
+    assert not torch.allclose(policy.last_cognition, z_cog, atol=1e-3)
+
+
+def test_history_mode_matches_full_recompute_with_a_readout(tiny_policy, frames):
+    policy = _with_trained_readout(tiny_policy)
+    proprio = np.random.default_rng(0).normal(size=(len(frames), 4)).astype(np.float32)
+    policy.reset(INSTR)
+    step_z = []
+    for f, p in zip(frames, proprio):
+        policy.step(f, p)
+        step_z.append(policy.last_cognition)
+    ids, mask = policy.batch_instruction_ids([INSTR])
+    pixels = torch.stack([policy.pixels_from_images(f)[0] for f in frames]).unsqueeze(0)  # [1, F, cams, 3, H, W]
+    with torch.no_grad():
+        full_z = policy.history_cognition(ids, mask, pixels, torch.from_numpy(proprio).unsqueeze(0))[0]  # [F, D]
+    torch.testing.assert_close(torch.cat(step_z), full_z, atol=HISTORY_ATOL, rtol=0)
+
+
+def test_token_pruned_frames_are_read_from_the_kept_visual_tokens_only(tiny_policy, frames):
+    policy = _with_trained_readout(tiny_policy)
+    seen, captured = [], {}
+    hooks = [policy.visual_readout.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1])),
+             policy.language_model.register_forward_hook(lambda m, a, out: captured.__setitem__("h", out.last_hidden_state))]
+    with vlaccel.applied(policy, TokenPruneConfig(keep_tokens=6, layer=1, method="random", seed=3)):
+        policy.reset(INSTR)
+        for f in frames[:3]:
+            policy.step(f)
+            h = captured["h"]  # [1, 6 + 2, D]
+            with torch.no_grad():
+                want = h[:, -1] + policy.visual_readout(h[:, :6])
+            torch.testing.assert_close(policy.last_cognition, want.float(), rtol=0, atol=0)
+    for h in hooks:
+        h.remove()
+    assert seen == [6] * 6  # each step's readout call and the check's, all on the 6 kept tokens
+
+
+def test_save_load_round_trip_keeps_the_readout(tiny_policy, frames, tmp_path):
+    policy = _with_trained_readout(tiny_policy)
+    want = policy.predict_action(frames[1], INSTR)
+    save_policy(policy, tmp_path / "p")
+    loaded = load_reference(tmp_path / "p")
+    assert loaded.config.visual_readout_heads == 2 and isinstance(loaded.visual_readout, VisualReadout)
+    np.testing.assert_array_equal(loaded.predict_action(frames[1], INSTR), want)
+
+
+@pytest.mark.parametrize("heads", [-1, 3])
+def test_bad_head_counts_are_refused(heads):
+    with pytest.raises(ValueError, match="visual_readout_heads must be 0"):
+        dataclasses.replace(ReferenceVLAConfig.tiny(), visual_readout_heads=heads)  # lm_hidden 64: 3 does not divide
+
+
+def test_train_adds_a_readout_and_freezes_the_backbone(tmp_path):
+    from tests.training.test_train_reference import make_demos
+    from vlaccel.training.reference import TrainConfig, train
+
+    make_demos(tmp_path / "demos", n=1, frames=3)
+    base = {"data": str(tmp_path / "demos"), "preset": "tiny", "batch_size": 2, "shift_pad": 0, "bf16": False,
+            "warmup": 1, "lr": 1e-2}
+    train(TrainConfig(**base, run_dir=str(tmp_path / "r1"), out=str(tmp_path / "p1"), steps=1), log=lambda *_: None)
+    with pytest.raises(ValueError, match="pass --init"):
+        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
+                          visual_readout_heads=2), log=lambda *_: None)
+    train(TrainConfig(**base, run_dir=str(tmp_path / "r2"), out=str(tmp_path / "p2"), steps=3, init=str(tmp_path / "p1"),
+                      visual_readout_heads=2, freeze_backbone=True), log=lambda *_: None)
+    first, second = vlaccel.load_policy(tmp_path / "p1"), vlaccel.load_policy(tmp_path / "p2")
+    assert second.config.visual_readout_heads == 2
+    old = first.state_dict()
+    for name, value in second.state_dict().items():
+        backbone = name.split(".")[0] in ("vision", "projector", "proprio_proj", "language_model")
+        if backbone:
+            assert torch.equal(value, old[name]), name  # frozen: bit-identical
+    assert not torch.equal(second.action_head.dit.cond_in.weight, first.action_head.dit.cond_in.weight)
+    assert second.visual_readout.out.weight.abs().sum() > 0  # the zero-initialized projection was trained
