@@ -115,6 +115,9 @@ def test_train_adds_a_readout_and_freezes_the_backbone(tmp_path):
     with pytest.raises(ValueError, match="pass --init"):
         train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
                           visual_readout_heads=2), log=lambda *_: None)
+    with pytest.raises(ValueError, match="pass --init POLICY"):
+        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
+                          freeze_backbone=True), log=lambda *_: None)
     train(TrainConfig(**base, run_dir=str(tmp_path / "r2"), out=str(tmp_path / "p2"), steps=3, init=str(tmp_path / "p1"),
                       visual_readout_heads=2, freeze_backbone=True), log=lambda *_: None)
     first, second = vlaccel.load_policy(tmp_path / "p1"), vlaccel.load_policy(tmp_path / "p2")

@@ -110,6 +110,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.visual_readout_heads and not cfg.init:
+        raise ValueError("--visual-readout-heads adds a readout to an existing policy: pass --init POLICY too "
+                         "(a policy trained from scratch gets its sizes from --preset)")
+    if cfg.freeze_backbone and not cfg.init:
+        raise ValueError("--freeze-backbone keeps the vision encoder and LM as they are: pass --init POLICY")
     demos = load_demos(cfg.data, tasks=cfg.tasks)
     if not demos:
         raise FileNotFoundError(f"no demonstrations in {cfg.data}; create them with `vlaccel collect --out {cfg.data}`")
@@ -122,13 +127,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     else:
         policy = ReferenceVLA(ReferenceVLAConfig.preset(cfg.preset))
     if cfg.visual_readout_heads:
-        if not cfg.init:
-            raise ValueError("--visual-readout-heads adds a readout to an existing policy: pass --init POLICY too "
-                             "(a policy trained from scratch gets its sizes from --preset)")
         policy.add_visual_readout(cfg.visual_readout_heads)
     if cfg.freeze_backbone:
-        if not cfg.init:
-            raise ValueError("--freeze-backbone keeps the vision encoder and LM as they are: pass --init POLICY")
         for module in (policy.vision, policy.projector, policy.proprio_proj, policy.language_model):
             if module is not None:
                 module.requires_grad_(False)
