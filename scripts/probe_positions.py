@@ -46,10 +46,14 @@ def main() -> None:
     lm_out = {}
     policy.language_model.register_forward_hook(lambda m, a, out: lm_out.update(last=out.last_hidden_state))
     print("cross-validated R^2 of a linear probe (1 = position fully recoverable, 0 = not at all)")
-    print("  order per axis: visual tokens (LM input) / LM output at the visual tokens / cognition")
+    readout = {}
+    if policy.visual_readout is not None:  # the readout's own output, standardized per feature (it is small)
+        policy.visual_readout.register_forward_hook(lambda m, a, out: readout.update(last=out))
+    print("  order per axis: visual tokens (LM input) / LM output at the visual tokens / cognition"
+          + (" / visual readout alone (standardized)" if policy.visual_readout is not None else ""))
     for task in sys.argv[2:] or TASKS:
         env = make_env(task)
-        visual, lm_visual, cognition, obj, goal = [], [], [], [], []
+        visual, lm_visual, cognition, pooled, obj, goal = [], [], [], [], [], []
         for seed in range(SEEDS):
             o = env.reset(seed=seed)
             obj.append(env.object_position()[:2])
@@ -60,9 +64,15 @@ def main() -> None:
             visual.append(tokens[0, :n_vis].float().flatten().numpy())  # [64 * D]
             lm_visual.append(lm_out["last"][0, :n_vis].float().flatten().numpy())  # observation call: [64 * D]
             cognition.append(policy.last_cognition.float().flatten().numpy())  # [D]
+            if "last" in readout:
+                pooled.append(readout["last"][0].float().numpy())  # [D]
         v, lv, c, ob, g = map(np.asarray, (visual, lm_visual, cognition, obj, goal))
+        features = [v, lv, c]
+        if pooled:
+            r = np.asarray(pooled)
+            features.append((r - r.mean(0)) / (r.std(0) + 1e-8))
         for name, y in (("object", ob), ("goal", g)):
-            per_axis = [ridge_cv_r2(x, y) for x in (v, lv, c)]  # 3 x [2]
+            per_axis = [ridge_cv_r2(x, y) for x in features]  # len(features) x [2]
             shown = " | ".join(f"{axis}: " + " / ".join(f"{r[i]:.2f}" for r in per_axis) for i, axis in enumerate("xy"))
             print(f"{task:16s} {name:6s} {shown}", flush=True)
 
