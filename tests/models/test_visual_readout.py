@@ -1,5 +1,6 @@
 """Visual readout: zero-init leaves a policy unchanged; history mode == full recompute; pruned frames read only
-the kept visual tokens; save/load and training flags (add to an --init policy, freeze the backbone)."""
+the kept visual tokens (``lm_output``) or all the frame's projector tokens (``lm_input``); save/load and training
+flags (add to an --init policy, choose the source, freeze the backbone)."""
 
 from __future__ import annotations
 
@@ -18,19 +19,23 @@ HISTORY_ATOL = 1e-5  # incremental KV-cache decode vs one forward over the whole
 INSTR = "push the puck to the goal"
 
 
-def _with_trained_readout(policy: ReferenceVLA, heads: int = 2) -> ReferenceVLA:
+SOURCES = ("lm_output", "lm_input")
+
+
+def _with_trained_readout(policy: ReferenceVLA, heads: int = 2, source: str = "lm_output") -> ReferenceVLA:
     """``policy`` with a readout whose output projection is non-zero (as after training)."""
-    policy.add_visual_readout(heads)
+    policy.add_visual_readout(heads, source)
     torch.manual_seed(1)
     torch.nn.init.normal_(policy.visual_readout.out.weight, std=0.3)
     return policy
 
 
-def test_adding_a_readout_leaves_every_output_unchanged(tiny_policy, frames):
+@pytest.mark.parametrize("source", SOURCES)
+def test_adding_a_readout_leaves_every_output_unchanged(tiny_policy, frames, source):
     before = tiny_policy.predict_action(frames[0], INSTR, [0.1, 0.2, 0.3, 0.4])
     z_before = tiny_policy.last_cognition
-    tiny_policy.add_visual_readout(2)
-    assert tiny_policy.config.visual_readout_heads == 2
+    tiny_policy.add_visual_readout(2, source)
+    assert tiny_policy.config.visual_readout_heads == 2 and tiny_policy.config.visual_readout_source == source
     after = tiny_policy.predict_action(frames[0], INSTR, [0.1, 0.2, 0.3, 0.4])
     assert torch.equal(tiny_policy.last_cognition, z_before)
     np.testing.assert_array_equal(after, before)
@@ -56,8 +61,9 @@ def test_a_trained_readout_changes_the_condition_by_its_pool_of_the_frames_visua
     assert not torch.allclose(policy.last_cognition, z_cog, atol=1e-3)
 
 
-def test_history_mode_matches_full_recompute_with_a_readout(tiny_policy, frames):
-    policy = _with_trained_readout(tiny_policy)
+@pytest.mark.parametrize("source", SOURCES)
+def test_history_mode_matches_full_recompute_with_a_readout(tiny_policy, frames, source):
+    policy = _with_trained_readout(tiny_policy, source=source)
     proprio = np.random.default_rng(0).normal(size=(len(frames), 4)).astype(np.float32)
     policy.reset(INSTR)
     step_z = []
@@ -89,12 +95,35 @@ def test_token_pruned_frames_are_read_from_the_kept_visual_tokens_only(tiny_poli
     assert seen == [6] * 6  # each step's readout call and the check's, all on the 6 kept tokens
 
 
-def test_save_load_round_trip_keeps_the_readout(tiny_policy, frames, tmp_path):
-    policy = _with_trained_readout(tiny_policy)
+def test_an_input_readout_pools_the_projector_tokens_and_pruning_does_not_change_what_it_reads(tiny_policy, frames):
+    policy = _with_trained_readout(tiny_policy, source="lm_input")
+    n_vis = policy.config.visual_tokens
+    captured = {}
+    hooks = [policy.projector.register_forward_hook(lambda m, a, out: captured.__setitem__("tokens", out)),
+             policy.language_model.register_forward_hook(lambda m, a, out: captured.__setitem__("h", out.last_hidden_state))]
+    policy.predict_action(frames[0], INSTR)
+    want_full = policy.last_cognition
+    with torch.no_grad():
+        tokens = captured["tokens"].reshape(1, n_vis, -1)  # [1, n_vis, D] (one camera)
+        pool = policy.visual_readout(tokens)  # [1, D]
+    torch.testing.assert_close(want_full, (captured["h"][:, -1] + pool).float(), rtol=0, atol=0)
+    with vlaccel.applied(policy, TokenPruneConfig(keep_tokens=6, layer=1, method="random", seed=3)):
+        policy.predict_action(frames[0], INSTR)
+        h = captured["h"]  # [1, 6 + 2, D]: the LM dropped visual tokens, the readout did not
+        assert h.shape[1] == 8
+        torch.testing.assert_close(policy.last_cognition, (h[:, -1] + pool).float(), rtol=0, atol=0)
+    for hook in hooks:
+        hook.remove()
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_save_load_round_trip_keeps_the_readout(tiny_policy, frames, tmp_path, source):
+    policy = _with_trained_readout(tiny_policy, source=source)
     want = policy.predict_action(frames[1], INSTR)
     save_policy(policy, tmp_path / "p")
     loaded = load_reference(tmp_path / "p")
     assert loaded.config.visual_readout_heads == 2 and isinstance(loaded.visual_readout, VisualReadout)
+    assert loaded.config.visual_readout_source == source
     np.testing.assert_array_equal(loaded.predict_action(frames[1], INSTR), want)
 
 
@@ -102,6 +131,12 @@ def test_save_load_round_trip_keeps_the_readout(tiny_policy, frames, tmp_path):
 def test_bad_head_counts_are_refused(heads):
     with pytest.raises(ValueError, match="visual_readout_heads must be 0"):
         dataclasses.replace(ReferenceVLAConfig.tiny(), visual_readout_heads=heads)  # lm_hidden 64: 3 does not divide
+
+
+def test_a_bad_readout_source_is_refused(tiny_policy):
+    with pytest.raises(ValueError, match="visual_readout_source must be one of"):
+        tiny_policy.add_visual_readout(2, "lm_middle")
+    assert tiny_policy.visual_readout is None and tiny_policy.config.visual_readout_heads == 0  # nothing half-applied
 
 
 def test_train_adds_a_readout_and_freezes_the_backbone(tmp_path):
@@ -118,6 +153,9 @@ def test_train_adds_a_readout_and_freezes_the_backbone(tmp_path):
     with pytest.raises(ValueError, match="pass --init POLICY"):
         train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
                           freeze_backbone=True), log=lambda *_: None)
+    with pytest.raises(ValueError, match="pass --visual-readout-heads N"):
+        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
+                          init=str(tmp_path / "p1"), visual_readout_source="lm_input"), log=lambda *_: None)
     train(TrainConfig(**base, run_dir=str(tmp_path / "r2"), out=str(tmp_path / "p2"), steps=3, init=str(tmp_path / "p1"),
                       visual_readout_heads=2, freeze_backbone=True), log=lambda *_: None)
     first, second = vlaccel.load_policy(tmp_path / "p1"), vlaccel.load_policy(tmp_path / "p2")

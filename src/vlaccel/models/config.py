@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+VISUAL_READOUT_SOURCES = ("lm_output", "lm_input")
 
 
 @dataclasses.dataclass
@@ -50,9 +51,11 @@ class ReferenceVLAConfig:
     init_noise_scale: float = 1.0  # DDIM starts from init_noise_scale * N(0, I); < 1 = low-temperature sampling
     sampling_seed: int = 0  # seed of the initial noise of every call (a fixed seed = a deterministic policy)
     cfg_dropout: float = 0.1  # training: probability of using the learned unconditional embedding
-    # visual readout (models.visual_readout): query heads pooling the LM's outputs at the current frame's visual
-    # tokens into the condition vector; 0 = off (CogACT: the cognition token alone)
+    # visual readout (models.visual_readout): query heads pooling the current frame's visual tokens into the
+    # condition vector; 0 = off (CogACT: the cognition token alone). Source: the LM's last-layer outputs at those
+    # tokens ("lm_output") or the projector's tokens the LM reads ("lm_input", which still carry each patch's place)
     visual_readout_heads: int = 0
+    visual_readout_source: str = "lm_output"
     # misc
     init_seed: int = 0
 
@@ -70,6 +73,9 @@ class ReferenceVLAConfig:
         if self.visual_readout_heads < 0 or (self.visual_readout_heads and self.lm_hidden % self.visual_readout_heads):
             raise ValueError(f"visual_readout_heads must be 0 (off) or a divisor of lm_hidden={self.lm_hidden}, "
                              f"got {self.visual_readout_heads}")
+        if self.visual_readout_source not in VISUAL_READOUT_SOURCES:
+            raise ValueError(f"visual_readout_source must be one of {VISUAL_READOUT_SOURCES}, "
+                             f"got {self.visual_readout_source!r}")
         if self.lm_hidden % self.lm_heads:
             raise ValueError(f"lm_hidden {self.lm_hidden} must be a multiple of lm_heads {self.lm_heads}")
 

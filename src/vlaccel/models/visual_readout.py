@@ -1,4 +1,4 @@
-"""Visual readout: attention pooling of the LM's outputs at the current frame's visual tokens into the condition.
+"""Visual readout: attention pooling of the current frame's visual tokens (LM outputs or inputs) into the condition.
 
 CogACT (arXiv 2411.19650) conditions its action head on one vector, the LM's output at the cognition token.
 On the push task that vector loses where the puck lies (docs/reference_policy.md, sessions 15-16: a linear probe
@@ -11,6 +11,11 @@ tokens (whatever a token-pruning technique kept of them) and the pooled vector i
 
 so the head keeps its interface (one condition vector; CFG, the head cache and the KV gate distillation are
 unchanged) and ``W_o`` starts at zero: a policy that gains a readout computes exactly what it did before.
+
+``h_vis`` is either the LM's outputs there (config ``visual_readout_source="lm_output"``) or the projector's
+tokens the LM reads (``"lm_input"``). A pool is a weighted average over a set and cannot tell which token it
+read; SigLIP's tokens keep their absolute position embedding in their content, the LM's outputs (RoPE, no
+absolute position) mostly lose it, and with it the puck's y (docs/reference_policy.md, sessions 18-19).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from torch import nn
 
 
 class VisualReadout(nn.Module):
-    """[B, N, D] LM outputs at one frame's visual tokens -> [B, D] to add to the cognition feature."""
+    """[B, N, D] one frame's visual tokens (LM outputs or LM inputs) -> [B, D] to add to the cognition feature."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()

@@ -6,7 +6,8 @@ it can be a protected KV-cache prefix in history mode):
     image(s) --SiglipVisionModel--> patch features --projector--> visual tokens
     LM input  [<s> instruction][visual tokens][proprio token][<cog>]  --LlamaModel-->  h
     cognition feature z = h at <cog> (last layer, after the final norm, as CogACT's hidden_states[-1]),
-        plus, with ``visual_readout_heads > 0``, an attention pool of h at the frame's visual tokens
+        plus, with ``visual_readout_heads > 0``, an attention pool of the frame's visual tokens (h there, or the
+        projector's tokens with ``visual_readout_source="lm_input"``)
     z --DiT action head (DDIM 10 steps, CFG 1.5)--> action chunk [16, action_dim]
 
 History mode: ``reset(instruction)`` prefills the instruction into a transformers ``Cache``; each
@@ -95,12 +96,14 @@ class ReferenceVLA(nn.Module):
         self.last_cognition: torch.Tensor | None = None
         self.eval()
 
-    def add_visual_readout(self, heads: int) -> None:
-        """Give a policy without one a visual readout (``heads`` queries); its zero output projection leaves every
-        output unchanged until it is trained (``vlaccel train-reference --init POLICY --visual-readout-heads N``)."""
+    def add_visual_readout(self, heads: int, source: str = "lm_output") -> None:
+        """Give a policy without one a visual readout (``heads`` queries over the visual tokens of ``source``, see
+        ``ReferenceVLAConfig``); its zero output projection leaves every output unchanged until it is trained
+        (``vlaccel train-reference --init POLICY --visual-readout-heads N [--visual-readout-source S]``)."""
         if self.visual_readout is not None:
             raise ValueError(f"this policy already has a visual readout ({self.config.visual_readout_heads} heads)")
-        config = dataclasses.replace(self.config, visual_readout_heads=heads)  # validates heads
+        config = dataclasses.replace(self.config, visual_readout_heads=heads,
+                                     visual_readout_source=source)  # validates both
         self.visual_readout = VisualReadout(config.lm_hidden, heads).to(self.device, self.dtype)
         self.config = config
 
@@ -232,7 +235,7 @@ class ReferenceVLA(nn.Module):
         pixels = self.pixels_from_images(image)
         embeds = self.embed_observation(pixels, self.proprio_tensor(proprio))  # [1, n_obs, D]
         hidden = self.run_language_model(embeds, self.observation_layout(), self.cache)
-        z = self.observation_feature(hidden)  # [1, D] cognition feature
+        z = self.observation_feature(hidden, embeds)  # [1, D] cognition feature
         self.last_cognition = z.float().clone()
         return self.sample_actions(z)[0].float().cpu().numpy()
 
@@ -245,16 +248,20 @@ class ReferenceVLA(nn.Module):
         self.reset(instruction)
         return self.step(image, proprio)
 
-    def observation_feature(self, block: torch.Tensor) -> torch.Tensor:
-        """The action head's condition from the LM outputs of one observation block.
+    def observation_feature(self, block: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The action head's condition from one observation block.
 
-        block: [B, T', D], the block's tokens ``[visual][proprio][<cog>]`` in order (T' < tokens_per_frame when a
-        technique dropped visual tokens inside the LM) -> z [B, D]: the output at ``<cog>``, plus the visual
-        readout of the block's visual outputs when the policy has one.
+        block: [B, T', D], the LM outputs of the block's tokens ``[visual][proprio][<cog>]`` in order (T' <
+        tokens_per_frame when a technique dropped visual tokens inside the LM); tokens: [B, n, D], the block's LM
+        input (``embed_observation``) -> z [B, D]: the output at ``<cog>``, plus, when the policy has a visual
+        readout, its pool of the visual outputs that were kept (``lm_output``) or of all the frame's projector
+        tokens (``lm_input``; token pruning acts inside the LM and does not change what this reads).
         """
         z = block[:, -1]  # [B, D]
         if self.visual_readout is None:
             return z
+        if self.config.visual_readout_source == "lm_input":
+            return z + self.visual_readout(tokens[:, : self.config.visual_tokens])  # [B, D]
         after_visual = self.config.tokens_per_frame - self.config.visual_tokens  # proprio + <cog>
         return z + self.visual_readout(block[:, : block.shape[1] - after_visual])  # [B, D]
 
@@ -292,7 +299,7 @@ class ReferenceVLA(nn.Module):
         layout = TokenLayout("history", instruction=slice(0, instr_ids.shape[1]), length=embeds.shape[1])
         hidden = self.run_language_model(embeds, layout, cache=None, attention_mask=mask, position_ids=position_ids)
         blocks = hidden[:, instr_ids.shape[1]:].reshape(b * f, n, -1)  # [B*F, n, D], one per frame
-        return self.observation_feature(blocks).reshape(b, f, -1)  # [B, F, D]
+        return self.observation_feature(blocks, obs.reshape(b * f, n, -1)).reshape(b, f, -1)  # [B, F, D]
 
     def batch_instruction_ids(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded [B, L] ids and mask for a batch of instructions (each starts with <s>)."""

@@ -7,6 +7,7 @@ import dataclasses
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from vlaccel.models.config import VISUAL_READOUT_SOURCES
     from vlaccel.training.reference import SCENE_TARGETS, TrainConfig
 
     d = TrainConfig()
@@ -48,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--visual-readout-heads", type=int, default=d.visual_readout_heads,
                    help="with --init: add a visual readout (attention pool of the LM's outputs at the frame's visual "
                         "tokens, added to the cognition feature) with this many heads; default 0 = none added")
+    p.add_argument("--visual-readout-source", choices=VISUAL_READOUT_SOURCES, default=d.visual_readout_source,
+                   help="what the added readout pools: the LM's outputs at the visual tokens ('lm_output') or the "
+                        "projector's visual tokens the LM reads ('lm_input')")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="with --init: train only the action head, the visual readout and the probes")
     p.add_argument("--scene-target", choices=SCENE_TARGETS, default=d.scene_target,

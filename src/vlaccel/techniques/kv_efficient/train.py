@@ -152,7 +152,7 @@ def teacher_cognition(policy: Any, instr: torch.Tensor, obs: torch.Tensor) -> to
     pos = torch.arange(seq.shape[1], device=seq.device).unsqueeze(0)
     with torch.no_grad():
         hidden = policy.language_model(inputs_embeds=seq, position_ids=pos, use_cache=False).last_hidden_state
-        return policy.observation_feature(hidden[0, instr.shape[1]:].reshape(f, n, d))  # [F, D]
+        return policy.observation_feature(hidden[0, instr.shape[1]:].reshape(f, n, d), obs)  # [F, D]
 
 
 def student_cognition(policy: Any, cache: ChunkedGatedCache, instr: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
@@ -164,7 +164,7 @@ def student_cognition(policy: Any, cache: ChunkedGatedCache, instr: torch.Tensor
     out = []
     for t in range(obs.shape[0]):
         hidden = policy.run_language_model(obs[t:t + 1], policy.observation_layout(), cache)
-        out.append(policy.observation_feature(hidden)[0])
+        out.append(policy.observation_feature(hidden, obs[t:t + 1])[0])
     return torch.stack(out)
 
 
