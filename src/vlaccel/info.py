@@ -42,6 +42,7 @@ def describe(policy) -> dict:
         "lm": {"layers": cfg.lm_layers, "hidden": cfg.lm_hidden, "heads": cfg.lm_heads, "kv_heads": cfg.lm_kv_heads},
         "visual_readout_heads": cfg.visual_readout_heads,
         "visual_readout_source": cfg.visual_readout_source if cfg.visual_readout_heads else None,
+        "visual_readout_pool": cfg.visual_readout_pool if cfg.visual_readout_heads else None,
         "action_head": {"dit_blocks": cfg.dit_depth, "width": cfg.dit_width, "ddim_steps": cfg.inference_steps,
                         "timestep_spacing": cfg.timestep_spacing, "cfg_scale": cfg.cfg_scale, "chunk": [cfg.action_chunk, cfg.action_dim]},
         "flops_per_predict_action": {**flops, "total": total},
@@ -77,6 +78,6 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"tokens per frame: {info['tokens_per_frame']} ({info['visual_tokens_per_frame']} visual + "
                   f"proprio + cognition); LM {info['lm']}; action head {info['action_head']}")
     if info["visual_readout_heads"]:
-        console.print(f"visual readout: {info['visual_readout_heads']} heads over the {info['visual_readout_source']} "
-                      "visual tokens")
+        console.print(f"visual readout: {info['visual_readout_pool']} pool (width {info['visual_readout_heads']}) of "
+                      f"the {info['visual_readout_source']} visual tokens")
     return 0

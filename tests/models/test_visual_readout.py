@@ -1,6 +1,7 @@
 """Visual readout: zero-init leaves a policy unchanged; history mode == full recompute; pruned frames read only
-the kept visual tokens (``lm_output``) or all the frame's projector tokens (``lm_input``); save/load and training
-flags (add to an --init policy, choose the source, freeze the backbone)."""
+the kept visual tokens (``lm_output``) or all the frame's projector tokens (``lm_input``); the flatten pool knows
+each token's place; save/load and training flags (add to an --init policy, choose source and pool, freeze the
+backbone)."""
 
 from __future__ import annotations
 
@@ -12,30 +13,32 @@ import torch
 
 import vlaccel
 from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, load_reference, save_policy
-from vlaccel.models.visual_readout import VisualReadout
+from vlaccel.models.visual_readout import FlattenReadout, VisualReadout
 from vlaccel.techniques.token_prune import TokenPruneConfig
 
 HISTORY_ATOL = 1e-5  # incremental KV-cache decode vs one forward over the whole history (as test_reference_vla)
 INSTR = "push the puck to the goal"
 
 
-SOURCES = ("lm_output", "lm_input")
+KINDS = [("lm_output", "attention"), ("lm_input", "attention"), ("lm_input", "flatten")]  # (source, pool)
 
 
-def _with_trained_readout(policy: ReferenceVLA, heads: int = 2, source: str = "lm_output") -> ReferenceVLA:
+def _with_trained_readout(policy: ReferenceVLA, heads: int = 2, source: str = "lm_output",
+                          pool: str = "attention") -> ReferenceVLA:
     """``policy`` with a readout whose output projection is non-zero (as after training)."""
-    policy.add_visual_readout(heads, source)
+    policy.add_visual_readout(heads, source, pool)
     torch.manual_seed(1)
     torch.nn.init.normal_(policy.visual_readout.out.weight, std=0.3)
     return policy
 
 
-@pytest.mark.parametrize("source", SOURCES)
-def test_adding_a_readout_leaves_every_output_unchanged(tiny_policy, frames, source):
+@pytest.mark.parametrize(("source", "pool"), KINDS)
+def test_adding_a_readout_leaves_every_output_unchanged(tiny_policy, frames, source, pool):
     before = tiny_policy.predict_action(frames[0], INSTR, [0.1, 0.2, 0.3, 0.4])
     z_before = tiny_policy.last_cognition
-    tiny_policy.add_visual_readout(2, source)
-    assert tiny_policy.config.visual_readout_heads == 2 and tiny_policy.config.visual_readout_source == source
+    tiny_policy.add_visual_readout(2, source, pool)
+    assert (tiny_policy.config.visual_readout_heads, tiny_policy.config.visual_readout_source,
+            tiny_policy.config.visual_readout_pool) == (2, source, pool)
     after = tiny_policy.predict_action(frames[0], INSTR, [0.1, 0.2, 0.3, 0.4])
     assert torch.equal(tiny_policy.last_cognition, z_before)
     np.testing.assert_array_equal(after, before)
@@ -61,9 +64,9 @@ def test_a_trained_readout_changes_the_condition_by_its_pool_of_the_frames_visua
     assert not torch.allclose(policy.last_cognition, z_cog, atol=1e-3)
 
 
-@pytest.mark.parametrize("source", SOURCES)
-def test_history_mode_matches_full_recompute_with_a_readout(tiny_policy, frames, source):
-    policy = _with_trained_readout(tiny_policy, source=source)
+@pytest.mark.parametrize(("source", "pool"), KINDS)
+def test_history_mode_matches_full_recompute_with_a_readout(tiny_policy, frames, source, pool):
+    policy = _with_trained_readout(tiny_policy, source=source, pool=pool)
     proprio = np.random.default_rng(0).normal(size=(len(frames), 4)).astype(np.float32)
     policy.reset(INSTR)
     step_z = []
@@ -95,8 +98,10 @@ def test_token_pruned_frames_are_read_from_the_kept_visual_tokens_only(tiny_poli
     assert seen == [6] * 6  # each step's readout call and the check's, all on the 6 kept tokens
 
 
-def test_an_input_readout_pools_the_projector_tokens_and_pruning_does_not_change_what_it_reads(tiny_policy, frames):
-    policy = _with_trained_readout(tiny_policy, source="lm_input")
+@pytest.mark.parametrize("pool", ["attention", "flatten"])
+def test_an_input_readout_pools_the_projector_tokens_and_pruning_does_not_change_what_it_reads(tiny_policy, frames,
+                                                                                              pool):
+    policy = _with_trained_readout(tiny_policy, source="lm_input", pool=pool)
     n_vis = policy.config.visual_tokens
     captured = {}
     hooks = [policy.projector.register_forward_hook(lambda m, a, out: captured.__setitem__("tokens", out)),
@@ -116,14 +121,15 @@ def test_an_input_readout_pools_the_projector_tokens_and_pruning_does_not_change
         hook.remove()
 
 
-@pytest.mark.parametrize("source", SOURCES)
-def test_save_load_round_trip_keeps_the_readout(tiny_policy, frames, tmp_path, source):
-    policy = _with_trained_readout(tiny_policy, source=source)
+@pytest.mark.parametrize(("source", "pool"), KINDS)
+def test_save_load_round_trip_keeps_the_readout(tiny_policy, frames, tmp_path, source, pool):
+    policy = _with_trained_readout(tiny_policy, source=source, pool=pool)
     want = policy.predict_action(frames[1], INSTR)
     save_policy(policy, tmp_path / "p")
     loaded = load_reference(tmp_path / "p")
-    assert loaded.config.visual_readout_heads == 2 and isinstance(loaded.visual_readout, VisualReadout)
-    assert loaded.config.visual_readout_source == source
+    assert loaded.config.visual_readout_heads == 2
+    assert isinstance(loaded.visual_readout, FlattenReadout if pool == "flatten" else VisualReadout)
+    assert (loaded.config.visual_readout_source, loaded.config.visual_readout_pool) == (source, pool)
     np.testing.assert_array_equal(loaded.predict_action(frames[1], INSTR), want)
 
 
@@ -133,10 +139,29 @@ def test_bad_head_counts_are_refused(heads):
         dataclasses.replace(ReferenceVLAConfig.tiny(), visual_readout_heads=heads)  # lm_hidden 64: 3 does not divide
 
 
-def test_a_bad_readout_source_is_refused(tiny_policy):
-    with pytest.raises(ValueError, match="visual_readout_source must be one of"):
-        tiny_policy.add_visual_readout(2, "lm_middle")
+@pytest.mark.parametrize(("source", "pool", "error"), [
+    ("lm_middle", "attention", "visual_readout_source must be one of"),
+    ("lm_input", "mean", "visual_readout_pool must be one of"),
+    ("lm_output", "flatten", "needs a fixed number of tokens"),
+])
+def test_a_bad_readout_source_or_pool_is_refused(tiny_policy, source, pool, error):
+    with pytest.raises(ValueError, match=error):
+        tiny_policy.add_visual_readout(2, source, pool)
     assert tiny_policy.visual_readout is None and tiny_policy.config.visual_readout_heads == 0  # nothing half-applied
+
+
+def test_the_flatten_pool_knows_each_tokens_place_and_the_attention_pool_does_not():
+    torch.manual_seed(0)
+    tokens = torch.randn(2, 16, 64)  # [B, N, D]
+    perm = torch.randperm(16)
+    flat, attn = FlattenReadout(64, 16, 4), VisualReadout(64, 2)
+    for m in (flat, attn):
+        torch.nn.init.normal_(m.out.weight, std=0.3)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(tokens[:, perm]), attn(tokens), atol=1e-5, rtol=0)  # a set pool
+        assert not torch.allclose(flat(tokens[:, perm]), flat(tokens), atol=1e-3)
+        with pytest.raises(ValueError, match="expected the frame's 16 visual tokens, got 15"):
+            flat(tokens[:, :15])
 
 
 def test_train_adds_a_readout_and_freezes_the_backbone(tmp_path):
@@ -153,7 +178,7 @@ def test_train_adds_a_readout_and_freezes_the_backbone(tmp_path):
     with pytest.raises(ValueError, match="pass --init POLICY"):
         train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
                           freeze_backbone=True), log=lambda *_: None)
-    with pytest.raises(ValueError, match="pass --visual-readout-heads N"):
+    with pytest.raises(ValueError, match="pass --visual-readout-heads N too"):
         train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
                           init=str(tmp_path / "p1"), visual_readout_source="lm_input"), log=lambda *_: None)
     train(TrainConfig(**base, run_dir=str(tmp_path / "r2"), out=str(tmp_path / "p2"), steps=3, init=str(tmp_path / "p1"),

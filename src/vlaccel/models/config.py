@@ -8,6 +8,7 @@ from typing import Any
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 VISUAL_READOUT_SOURCES = ("lm_output", "lm_input")
+VISUAL_READOUT_POOLS = ("attention", "flatten")
 
 
 @dataclasses.dataclass
@@ -51,11 +52,14 @@ class ReferenceVLAConfig:
     init_noise_scale: float = 1.0  # DDIM starts from init_noise_scale * N(0, I); < 1 = low-temperature sampling
     sampling_seed: int = 0  # seed of the initial noise of every call (a fixed seed = a deterministic policy)
     cfg_dropout: float = 0.1  # training: probability of using the learned unconditional embedding
-    # visual readout (models.visual_readout): query heads pooling the current frame's visual tokens into the
-    # condition vector; 0 = off (CogACT: the cognition token alone). Source: the LM's last-layer outputs at those
-    # tokens ("lm_output") or the projector's tokens the LM reads ("lm_input", which still carry each patch's place)
+    # visual readout (models.visual_readout): reads the current frame's visual tokens into the condition vector;
+    # heads 0 = off (CogACT: the cognition token alone). Source: the LM's last-layer outputs at those tokens
+    # ("lm_output") or the projector's tokens the LM reads ("lm_input"). Pool: "attention" (`heads` learned queries,
+    # a pool over a set) or "flatten" (`heads` channels per token, concatenated in patch order so each token's place
+    # is kept; needs "lm_input", whose token count token pruning never changes)
     visual_readout_heads: int = 0
     visual_readout_source: str = "lm_output"
+    visual_readout_pool: str = "attention"
     # misc
     init_seed: int = 0
 
@@ -70,12 +74,22 @@ class ReferenceVLAConfig:
         if self.timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS} (diffusers DDIMScheduler), "
                              f"got {self.timestep_spacing!r}")
-        if self.visual_readout_heads < 0 or (self.visual_readout_heads and self.lm_hidden % self.visual_readout_heads):
-            raise ValueError(f"visual_readout_heads must be 0 (off) or a divisor of lm_hidden={self.lm_hidden}, "
-                             f"got {self.visual_readout_heads}")
         if self.visual_readout_source not in VISUAL_READOUT_SOURCES:
             raise ValueError(f"visual_readout_source must be one of {VISUAL_READOUT_SOURCES}, "
                              f"got {self.visual_readout_source!r}")
+        if self.visual_readout_pool not in VISUAL_READOUT_POOLS:
+            raise ValueError(f"visual_readout_pool must be one of {VISUAL_READOUT_POOLS}, got {self.visual_readout_pool!r}")
+        if self.visual_readout_pool == "attention" and (
+                self.visual_readout_heads < 0 or (self.visual_readout_heads and self.lm_hidden % self.visual_readout_heads)):
+            raise ValueError(f"visual_readout_heads must be 0 (off) or a divisor of lm_hidden={self.lm_hidden}, "
+                             f"got {self.visual_readout_heads}")
+        if self.visual_readout_pool == "flatten":
+            if self.visual_readout_heads < 0:
+                raise ValueError(f"visual_readout_heads (channels per token of the flatten pool) must be 0 (off) or "
+                                 f"positive, got {self.visual_readout_heads}")
+            if self.visual_readout_source != "lm_input":
+                raise ValueError("visual_readout_pool='flatten' needs a fixed number of tokens: use "
+                                 "visual_readout_source='lm_input' (token pruning drops LM outputs, never LM inputs)")
         if self.lm_hidden % self.lm_heads:
             raise ValueError(f"lm_hidden {self.lm_hidden} must be a multiple of lm_heads {self.lm_heads}")
 

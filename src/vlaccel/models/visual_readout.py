@@ -25,6 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def build_visual_readout(config) -> nn.Module | None:
+    """The readout a ``ReferenceVLAConfig`` asks for (``visual_readout_heads``/``_source``/``_pool``), or None."""
+    if not config.visual_readout_heads:
+        return None
+    if config.visual_readout_pool == "flatten":
+        return FlattenReadout(config.lm_hidden, config.visual_tokens, config.visual_readout_heads)
+    return VisualReadout(config.lm_hidden, config.visual_readout_heads)
+
+
 class VisualReadout(nn.Module):
     """[B, N, D] one frame's visual tokens (LM outputs or LM inputs) -> [B, D] to add to the cognition feature."""
 
@@ -49,3 +58,35 @@ class VisualReadout(nn.Module):
         q = self.query.to(visual.dtype)[None, :, None].expand(b, -1, -1, -1)  # [B, H, 1, d/H]
         pooled = F.scaled_dot_product_attention(q, k, v)  # [B, H, 1, d/H]
         return self.out(pooled.reshape(b, d))  # [B, D]
+
+
+class FlattenReadout(nn.Module):
+    """[B, N, D] one frame's N visual tokens, in patch order -> [B, D] to add to the cognition feature.
+
+    Each token is reduced to ``channels`` values and the N * channels values are read by a 2-layer MLP:
+
+        z = h_cog + W_2 GELU(W_1 LN([h_1 W_r ; ... ; h_N W_r]))
+
+    Unlike the attention pool, the map knows each token's place (its slice of W_1), the capacity of the linear probe
+    that reads the puck's y from the projector's tokens at R^2 0.94 (scripts/probe_positions.py); a spatial read-out
+    of a small feature map as in visuomotor policies that flatten their last feature map. ``W_2`` starts at zero.
+    """
+
+    def __init__(self, dim: int, tokens: int, channels: int):
+        super().__init__()
+        if channels < 1 or tokens < 1:
+            raise ValueError(f"flatten readout: channels and tokens must be >= 1, got {channels}, {tokens}")
+        self.tokens = tokens
+        self.reduce = nn.Linear(dim, channels)
+        self.norm = nn.LayerNorm(tokens * channels)
+        self.hidden = nn.Linear(tokens * channels, dim)
+        self.out = nn.Linear(dim, dim)
+        nn.init.zeros_(self.out.weight)  # adding the readout leaves a trained policy's outputs unchanged
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, visual: torch.Tensor) -> torch.Tensor:
+        b, n, _ = visual.shape
+        if n != self.tokens:
+            raise ValueError(f"flatten readout: expected the frame's {self.tokens} visual tokens, got {n}")
+        flat = self.reduce(visual).reshape(b, -1)  # [B, N * channels], token-major
+        return self.out(F.gelu(self.hidden(self.norm(flat))))  # [B, D]

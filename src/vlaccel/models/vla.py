@@ -30,7 +30,7 @@ from torch.utils.hooks import RemovableHandle
 from vlaccel.models.config import ReferenceVLAConfig
 from vlaccel.models.dit import DiffusionActionHead
 from vlaccel.models.tokenizer import BOS, COG, load_tokenizer
-from vlaccel.models.visual_readout import VisualReadout
+from vlaccel.models.visual_readout import build_visual_readout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +83,7 @@ class ReferenceVLA(nn.Module):
             config.dit_heads, config.dit_mlp_ratio, config.train_timesteps, config.inference_steps, config.cfg_scale,
             config.init_noise_scale, config.timestep_spacing,
         )
-        self.visual_readout = (VisualReadout(config.lm_hidden, config.visual_readout_heads)
-                               if config.visual_readout_heads else None)
+        self.visual_readout = build_visual_readout(config)
         self.noise_seed: int | None = config.sampling_seed  # fixed initial noise per call -> deterministic policy; None = global RNG
         # Transformations set these through the adapter, never by editing this class.
         self.cache_factory: Callable[[], Any] | None = None
@@ -96,15 +95,15 @@ class ReferenceVLA(nn.Module):
         self.last_cognition: torch.Tensor | None = None
         self.eval()
 
-    def add_visual_readout(self, heads: int, source: str = "lm_output") -> None:
-        """Give a policy without one a visual readout (``heads`` queries over the visual tokens of ``source``, see
-        ``ReferenceVLAConfig``); its zero output projection leaves every output unchanged until it is trained
-        (``vlaccel train-reference --init POLICY --visual-readout-heads N [--visual-readout-source S]``)."""
+    def add_visual_readout(self, heads: int, source: str = "lm_output", pool: str = "attention") -> None:
+        """Give a policy without one a visual readout (``heads``, ``source``, ``pool``: see ``ReferenceVLAConfig``);
+        its zero output projection leaves every output unchanged until it is trained (``vlaccel train-reference
+        --init POLICY --visual-readout-heads N [--visual-readout-source S] [--visual-readout-pool P]``)."""
         if self.visual_readout is not None:
             raise ValueError(f"this policy already has a visual readout ({self.config.visual_readout_heads} heads)")
-        config = dataclasses.replace(self.config, visual_readout_heads=heads,
-                                     visual_readout_source=source)  # validates both
-        self.visual_readout = VisualReadout(config.lm_hidden, heads).to(self.device, self.dtype)
+        config = dataclasses.replace(self.config, visual_readout_heads=heads, visual_readout_source=source,
+                                     visual_readout_pool=pool)  # validates all three
+        self.visual_readout = build_visual_readout(config).to(self.device, self.dtype)
         self.config = config
 
     # ------------------------------------------------------------------ hooks for transformations

@@ -7,7 +7,7 @@ import dataclasses
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vlaccel.models.config import VISUAL_READOUT_SOURCES
+    from vlaccel.models.config import VISUAL_READOUT_POOLS, VISUAL_READOUT_SOURCES
     from vlaccel.training.reference import SCENE_TARGETS, TrainConfig
 
     d = TrainConfig()
@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--visual-readout-source", choices=VISUAL_READOUT_SOURCES, default=d.visual_readout_source,
                    help="what the added readout pools: the LM's outputs at the visual tokens ('lm_output') or the "
                         "projector's visual tokens the LM reads ('lm_input')")
+    p.add_argument("--visual-readout-pool", choices=VISUAL_READOUT_POOLS, default=d.visual_readout_pool,
+                   help="how the added readout reads the tokens: 'attention' (N learned queries) or 'flatten' (N "
+                        "channels per token, concatenated in patch order; needs --visual-readout-source lm_input)")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="with --init: train only the action head, the visual readout and the probes")
     p.add_argument("--scene-target", choices=SCENE_TARGETS, default=d.scene_target,

@@ -66,6 +66,7 @@ class TrainConfig:
     # 950 steps with weight 1 did not lift push (2/20) and the reach tasks fell (see the README)
     visual_readout_heads: int = 0  # with --init: add a visual readout with this many heads (models.visual_readout)
     visual_readout_source: str = "lm_output"  # what that readout pools (ReferenceVLAConfig.visual_readout_source)
+    visual_readout_pool: str = "attention"  # and how (ReferenceVLAConfig.visual_readout_pool)
     freeze_backbone: bool = False  # train only the action head, the visual readout and the probes (vision, projector,
     # proprio projection and LM frozen: steps cost a forward pass through them, and other tasks' perception is kept)
     scene_target: str = "relative"  # what the scene probe reads: "relative" (object and goal minus hand, m) or
@@ -114,9 +115,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if cfg.visual_readout_heads and not cfg.init:
         raise ValueError("--visual-readout-heads adds a readout to an existing policy: pass --init POLICY too "
                          "(a policy trained from scratch gets its sizes from --preset)")
-    if cfg.visual_readout_source != "lm_output" and not cfg.visual_readout_heads:
-        raise ValueError("--visual-readout-source chooses what an added readout reads: pass --visual-readout-heads N "
-                         "too")
+    if (cfg.visual_readout_source, cfg.visual_readout_pool) != ("lm_output", "attention") and not cfg.visual_readout_heads:
+        raise ValueError("--visual-readout-source/--visual-readout-pool shape an added readout: pass "
+                         "--visual-readout-heads N too")
     if cfg.freeze_backbone and not cfg.init:
         raise ValueError("--freeze-backbone keeps the vision encoder and LM as they are: pass --init POLICY")
     demos = load_demos(cfg.data, tasks=cfg.tasks)
@@ -131,7 +132,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     else:
         policy = ReferenceVLA(ReferenceVLAConfig.preset(cfg.preset))
     if cfg.visual_readout_heads:
-        policy.add_visual_readout(cfg.visual_readout_heads, cfg.visual_readout_source)
+        policy.add_visual_readout(cfg.visual_readout_heads, cfg.visual_readout_source, cfg.visual_readout_pool)
     if cfg.freeze_backbone:
         for module in (policy.vision, policy.projector, policy.proprio_proj, policy.language_model):
             if module is not None:
