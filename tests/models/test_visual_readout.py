@@ -192,3 +192,19 @@ def test_train_adds_a_readout_and_freezes_the_backbone(tmp_path):
             assert torch.equal(value, old[name]), name  # frozen: bit-identical
     assert not torch.equal(second.action_head.dit.cond_in.weight, first.action_head.dit.cond_in.weight)
     assert second.visual_readout.out.weight.abs().sum() > 0  # the zero-initialized projection was trained
+
+    with pytest.raises(ValueError, match="pass --freeze-backbone too"):
+        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
+                          init=str(tmp_path / "p2"), freeze_head=True), log=lambda *_: None)
+    with pytest.raises(ValueError, match="has no visual readout"):
+        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
+                          init=str(tmp_path / "p1"), freeze_backbone=True, freeze_head=True), log=lambda *_: None)
+    train(TrainConfig(**base, run_dir=str(tmp_path / "r3"), out=str(tmp_path / "p3"), steps=3, init=str(tmp_path / "p1"),
+                      visual_readout_heads=2, visual_readout_source="lm_input", visual_readout_pool="flatten",
+                      freeze_backbone=True, freeze_head=True), log=lambda *_: None)
+    third = vlaccel.load_policy(tmp_path / "p3")
+    assert isinstance(third.visual_readout, FlattenReadout)
+    for name, value in third.state_dict().items():
+        if not name.startswith("visual_readout."):
+            assert torch.equal(value, old[name]), name  # backbone and head frozen: bit-identical
+    assert third.visual_readout.out.weight.abs().sum() > 0

@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--visual-readout-pool", choices=VISUAL_READOUT_POOLS, default=d.visual_readout_pool,
                    help="how the added readout reads the tokens: 'attention' (N learned queries) or 'flatten' (N "
                         "channels per token, concatenated in patch order; needs --visual-readout-source lm_input)")
+    p.add_argument("--freeze-head", action="store_true",
+                   help="with --freeze-backbone: keep the action head as well, so only the visual readout (and the "
+                        "probes) train; the head's mapping for the other tasks stays exactly as it was")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="with --init: train only the action head, the visual readout and the probes")
     p.add_argument("--scene-target", choices=SCENE_TARGETS, default=d.scene_target,

@@ -67,6 +67,7 @@ class TrainConfig:
     visual_readout_heads: int = 0  # with --init: add a visual readout with this many heads (models.visual_readout)
     visual_readout_source: str = "lm_output"  # what that readout pools (ReferenceVLAConfig.visual_readout_source)
     visual_readout_pool: str = "attention"  # and how (ReferenceVLAConfig.visual_readout_pool)
+    freeze_head: bool = False  # with freeze_backbone: keep the action head too, so only the readout (and probes) train
     freeze_backbone: bool = False  # train only the action head, the visual readout and the probes (vision, projector,
     # proprio projection and LM frozen: steps cost a forward pass through them, and other tasks' perception is kept)
     scene_target: str = "relative"  # what the scene probe reads: "relative" (object and goal minus hand, m) or
@@ -118,6 +119,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if (cfg.visual_readout_source, cfg.visual_readout_pool) != ("lm_output", "attention") and not cfg.visual_readout_heads:
         raise ValueError("--visual-readout-source/--visual-readout-pool shape an added readout: pass "
                          "--visual-readout-heads N too")
+    if cfg.freeze_head and not cfg.freeze_backbone:
+        raise ValueError("--freeze-head trains only a visual readout (and the probes): pass --freeze-backbone too")
     if cfg.freeze_backbone and not cfg.init:
         raise ValueError("--freeze-backbone keeps the vision encoder and LM as they are: pass --init POLICY")
     demos = load_demos(cfg.data, tasks=cfg.tasks)
@@ -133,10 +136,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
         policy = ReferenceVLA(ReferenceVLAConfig.preset(cfg.preset))
     if cfg.visual_readout_heads:
         policy.add_visual_readout(cfg.visual_readout_heads, cfg.visual_readout_source, cfg.visual_readout_pool)
-    if cfg.freeze_backbone:
-        for module in (policy.vision, policy.projector, policy.proprio_proj, policy.language_model):
-            if module is not None:
-                module.requires_grad_(False)
+    if cfg.freeze_head and policy.visual_readout is None:
+        raise ValueError(f"--freeze-head leaves nothing but the probes to train: {cfg.init} has no visual readout; "
+                         "add one with --visual-readout-heads N")
+    frozen = (policy.vision, policy.projector, policy.proprio_proj, policy.language_model) if cfg.freeze_backbone else ()
+    for module in frozen + ((policy.action_head,) if cfg.freeze_head else ()):
+        if module is not None:
+            module.requires_grad_(False)
     if policy.config.image_size != demos[0].images.shape[1]:
         raise ValueError(f"demos are {demos[0].images.shape[1]} px but the {cfg.preset!r} preset expects "
                          f"{policy.config.image_size} px; collect with --image-size {policy.config.image_size}")
