@@ -196,6 +196,12 @@ def test_train_adds_a_readout_and_freezes_the_backbone(tmp_path):
     with pytest.raises(ValueError, match="pass --freeze-backbone too"):
         train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
                           init=str(tmp_path / "p2"), freeze_head=True), log=lambda *_: None)
+    with pytest.raises(ValueError, match="the policy has none"):
+        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
+                          init=str(tmp_path / "p1"), readout_norm_weight=1.0), log=lambda *_: None)
+    with pytest.raises(ValueError, match="--readout-norm-weight must be >= 0"):
+        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
+                          init=str(tmp_path / "p2"), readout_norm_weight=-1.0), log=lambda *_: None)
     with pytest.raises(ValueError, match="has no visual readout"):
         train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
                           init=str(tmp_path / "p1"), freeze_backbone=True, freeze_head=True), log=lambda *_: None)
@@ -208,3 +214,35 @@ def test_train_adds_a_readout_and_freezes_the_backbone(tmp_path):
         if not name.startswith("visual_readout."):
             assert torch.equal(value, old[name]), name  # backbone and head frozen: bit-identical
     assert third.visual_readout.out.weight.abs().sum() > 0
+
+
+def test_the_readout_norm_penalty_adds_its_weight_times_the_readouts_share_of_the_condition(tiny_policy, tmp_path):
+    from tests.training.test_train_reference import make_demos
+    from vlaccel.sim.data import load_demos
+    from vlaccel.training.batches import sample_batch
+    from vlaccel.training.reference import TrainConfig, batch_loss
+
+    make_demos(tmp_path / "demos", n=2, frames=4, size=tiny_policy.config.image_size)
+    batch = sample_batch(load_demos(tmp_path / "demos"), 2, tiny_policy.config.action_chunk, np.random.default_rng(0))
+    policy = _with_trained_readout(tiny_policy, source="lm_input", pool="flatten")
+
+    def loss(weight: float) -> tuple[torch.Tensor, dict]:
+        torch.manual_seed(0)  # the same diffusion noise and timesteps for every call
+        cfg = TrainConfig(shift_pad=0, readout_norm_weight=weight)
+        return batch_loss(policy, batch, cfg, torch.Generator().manual_seed(0))
+
+    with torch.no_grad():
+        off, parts_off = loss(0.0)
+        on, parts_on = loss(2.0)
+        ids, mask = policy.batch_instruction_ids(batch.instructions)
+        pixels = policy.normalize_pixels(batch.images).unsqueeze(2)
+        z = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.frame_index)  # [B, F, D]
+        readout, policy.visual_readout = policy.visual_readout, None
+        z_cog = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.frame_index)  # the <cog> token alone
+        policy.visual_readout = readout
+    valid = batch.action_mask.sum(-1) > 0
+    want = ((z - z_cog)[valid].pow(2).sum(-1) / z_cog[valid].pow(2).sum(-1)).mean().item()
+    assert "readout_norm" not in parts_off and parts_on["readout_norm"] == pytest.approx(want, rel=1e-4)
+    assert want > 0.01  # the check is not vacuous
+    assert (on - off).item() == pytest.approx(2.0 * want, rel=1e-4)
+    assert parts_on["action"] == parts_off["action"]

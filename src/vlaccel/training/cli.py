@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--visual-readout-pool", choices=VISUAL_READOUT_POOLS, default=d.visual_readout_pool,
                    help="how the added readout reads the tokens: 'attention' (N learned queries) or 'flatten' (N "
                         "channels per token, concatenated in patch order; needs --visual-readout-source lm_input)")
+    p.add_argument("--readout-norm-weight", type=float, default=d.readout_norm_weight,
+                   help="weight of the visual readout's squared norm relative to the cognition token's (a trust "
+                        "region: the readout moves the condition only where the other losses pay for it; 0 = off)")
     p.add_argument("--freeze-head", action="store_true",
                    help="with --freeze-backbone: keep the action head as well, so only the visual readout (and the "
                         "probes) train; the head's mapping for the other tasks stays exactly as it was")

@@ -67,6 +67,8 @@ class TrainConfig:
     visual_readout_heads: int = 0  # with --init: add a visual readout with this many heads (models.visual_readout)
     visual_readout_source: str = "lm_output"  # what that readout pools (ReferenceVLAConfig.visual_readout_source)
     visual_readout_pool: str = "attention"  # and how (ReferenceVLAConfig.visual_readout_pool)
+    readout_norm_weight: float = 0.0  # weight of |readout|^2 / |cognition token|^2 (a trust region on the condition:
+    # with a frozen backbone the readout is exactly what moves it; 0 = off)
     freeze_head: bool = False  # with freeze_backbone: keep the action head too, so only the readout (and probes) train
     freeze_backbone: bool = False  # train only the action head, the visual readout and the probes (vision, projector,
     # proprio projection and LM frozen: steps cost a forward pass through them, and other tasks' perception is kept)
@@ -83,26 +85,40 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generator,
                probes: WaypointProbes | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss and its parts (``action``, ``waypoint``, ``waypoint_visual``) for one history batch."""
+    """Total loss and its parts (``action``, ``waypoint``, ``waypoint_visual``, ``object``, ``readout_norm``) for one
+    history batch."""
     images = random_shift(batch.images, cfg.shift_pad, gen)
     pixels = policy.normalize_pixels(images).unsqueeze(2)  # [B, F, cams=1, 3, H, W]
     ids, mask = policy.batch_instruction_ids(batch.instructions)
-    z_all = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.frame_index)  # [B, F, D]
+    readouts: list[torch.Tensor] = []
+    hook = (policy.visual_readout.register_forward_hook(lambda m, a, out: readouts.append(out))
+            if cfg.readout_norm_weight > 0 else None)
+    try:
+        z_all = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.frame_index)  # [B, F, D]
+    finally:
+        if hook is not None:
+            hook.remove()
     valid = batch.action_mask.sum(-1) > 0  # [B, F]
     z, actions, amask = z_all[valid], batch.actions[valid], batch.action_mask[valid]  # [N, D], [N, chunk, A], [N, chunk]
     r = cfg.repeat
     action_loss = policy.action_head.training_loss(z.float().repeat(r, 1), actions.repeat(r, 1, 1),
                                                    amask.repeat(r, 1), cfg_dropout=policy.config.cfg_dropout)
     parts = {"action": action_loss.item()}
+    total = action_loss
+    if readouts:
+        readout = readouts[0].float().reshape(z_all.shape)[valid]  # [N, D]
+        ratio = readout.pow(2).sum(-1) / (z.float() - readout).detach().pow(2).sum(-1).clamp(min=1e-6)  # [N]
+        total = total + cfg.readout_norm_weight * ratio.mean()
+        parts["readout_norm"] = ratio.mean().item()
     if probes is None or cfg.aux_weight == cfg.aux_visual_weight == cfg.aux_object_weight == 0:
-        return action_loss, parts
+        return total, parts
     if cfg.aux_object_weight > 0 and batch.scene is None:
         raise ValueError("aux_object_weight > 0 needs demos with object and goal positions; recollect them with "
                          "`vlaccel collect --overwrite` or set --aux-object-weight 0")
     aux = probes.loss(z_all, valid, batch.waypoints, batch.scene if cfg.aux_object_weight > 0 else None,
                       scene_scale=WAYPOINT_SCALE if cfg.scene_target == "relative" else 1.0)
     parts.update({k: v.item() for k, v in aux.items()})
-    total = action_loss + cfg.aux_weight * aux["waypoint"] + cfg.aux_visual_weight * aux["waypoint_visual"]
+    total = total + cfg.aux_weight * aux["waypoint"] + cfg.aux_visual_weight * aux["waypoint_visual"]
     if "object" in aux:
         total = total + cfg.aux_object_weight * aux["object"]
     return total, parts
@@ -119,6 +135,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if (cfg.visual_readout_source, cfg.visual_readout_pool) != ("lm_output", "attention") and not cfg.visual_readout_heads:
         raise ValueError("--visual-readout-source/--visual-readout-pool shape an added readout: pass "
                          "--visual-readout-heads N too")
+    if cfg.readout_norm_weight < 0:
+        raise ValueError(f"--readout-norm-weight must be >= 0, got {cfg.readout_norm_weight}")
     if cfg.freeze_head and not cfg.freeze_backbone:
         raise ValueError("--freeze-head trains only a visual readout (and the probes): pass --freeze-backbone too")
     if cfg.freeze_backbone and not cfg.init:
@@ -136,6 +154,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         policy = ReferenceVLA(ReferenceVLAConfig.preset(cfg.preset))
     if cfg.visual_readout_heads:
         policy.add_visual_readout(cfg.visual_readout_heads, cfg.visual_readout_source, cfg.visual_readout_pool)
+    if cfg.readout_norm_weight > 0 and policy.visual_readout is None:
+        raise ValueError("--readout-norm-weight penalizes a visual readout; the policy has none: add one with "
+                         "--visual-readout-heads N (with --init)")
     if cfg.freeze_head and policy.visual_readout is None:
         raise ValueError(f"--freeze-head leaves nothing but the probes to train: {cfg.init} has no visual readout; "
                          "add one with --visual-readout-heads N")
