@@ -6,8 +6,8 @@ it can be a protected KV-cache prefix in history mode):
     image(s) --SiglipVisionModel--> patch features --projector--> visual tokens
     LM input  [<s> instruction][visual tokens][proprio token][<cog>]  --LlamaModel-->  h
     cognition feature z = h at <cog> (last layer, after the final norm, as CogACT's hidden_states[-1]),
-        plus, with ``visual_readout_heads > 0``, an attention pool of the frame's visual tokens (h there, or the
-        projector's tokens with ``visual_readout_source="lm_input"``)
+        plus, with ``visual_readout_heads > 0``, a readout (attention or flatten pool) of the frame's visual tokens
+        (h there, or the projector's tokens with ``visual_readout_source="lm_input"``)
     z --DiT action head (DDIM 10 steps, CFG 1.5)--> action chunk [16, action_dim]
 
 History mode: ``reset(instruction)`` prefills the instruction into a transformers ``Cache``; each
