@@ -79,17 +79,13 @@ class ReferenceVLAConfig:
                              f"got {self.visual_readout_source!r}")
         if self.visual_readout_pool not in VISUAL_READOUT_POOLS:
             raise ValueError(f"visual_readout_pool must be one of {VISUAL_READOUT_POOLS}, got {self.visual_readout_pool!r}")
-        if self.visual_readout_pool == "attention" and (
-                self.visual_readout_heads < 0 or (self.visual_readout_heads and self.lm_hidden % self.visual_readout_heads)):
-            raise ValueError(f"visual_readout_heads must be 0 (off) or a divisor of lm_hidden={self.lm_hidden}, "
-                             f"got {self.visual_readout_heads}")
-        if self.visual_readout_pool == "flatten":
-            if self.visual_readout_heads < 0:
-                raise ValueError(f"visual_readout_heads (channels per token of the flatten pool) must be 0 (off) or "
-                                 f"positive, got {self.visual_readout_heads}")
-            if self.visual_readout_source != "lm_input":
-                raise ValueError("visual_readout_pool='flatten' needs a fixed number of tokens: use "
-                                 "visual_readout_source='lm_input' (token pruning drops LM outputs, never LM inputs)")
+        heads, attention = self.visual_readout_heads, self.visual_readout_pool == "attention"
+        if heads < 0 or (attention and heads and self.lm_hidden % heads):
+            want = f"a divisor of lm_hidden={self.lm_hidden}" if attention else "positive (channels per token)"
+            raise ValueError(f"visual_readout_heads must be 0 (off) or {want}, got {heads}")
+        if not attention and self.visual_readout_source != "lm_input":
+            raise ValueError("visual_readout_pool='flatten' needs a fixed number of tokens: use "
+                             "visual_readout_source='lm_input' (token pruning drops LM outputs, never LM inputs)")
         if self.lm_hidden % self.lm_heads:
             raise ValueError(f"lm_hidden {self.lm_hidden} must be a multiple of lm_heads {self.lm_heads}")
 

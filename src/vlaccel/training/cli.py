@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the scene loss: the object's and goal's position relative to the hand, read from "
                         "the cognition feature (needs demos from `vlaccel collect` that record positions; default 0 = off)")
     p.add_argument("--visual-readout-heads", type=int, default=d.visual_readout_heads,
-                   help="with --init: add a visual readout (attention pool of the LM's outputs at the frame's visual "
-                        "tokens, added to the cognition feature) with this many heads; default 0 = none added")
+                   help="with --init: add a visual readout of the frame's visual tokens, added to the cognition "
+                        "feature, this wide (attention: query heads; flatten: channels per token); default 0 = none added")
     p.add_argument("--visual-readout-source", choices=VISUAL_READOUT_SOURCES, default=d.visual_readout_source,
                    help="what the added readout pools: the LM's outputs at the visual tokens ('lm_output') or the "
                         "projector's visual tokens the LM reads ('lm_input')")
