@@ -140,6 +140,14 @@ class DiffusionActionHead(nn.Module):
             return err.mean()
         return (err * mask).sum() / mask.sum().clamp(min=1)
 
+    def guided_eps(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Classifier-free-guided noise estimate ``eps_u + s (eps_c - eps_u)`` (s = ``cfg_scale``; one batched DiT
+        call for both). x: [B, chunk, A], t: [B] timesteps, z: [B, D] -> eps [B, chunk, A]."""
+        if self.cfg_scale == 1.0:
+            return self.dit(x, t, z)
+        eps_c, eps_u = self.dit(torch.cat([x, x]), torch.cat([t, t]), torch.cat([z, self.uncond.expand_as(z)])).chunk(2)
+        return eps_u + self.cfg_scale * (eps_c - eps_u)
+
     @torch.no_grad()
     def sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """DDIM (eta = 0) with CFG: eps = eps_u + s (eps_c - eps_u). z: [B, D] -> actions [B, chunk, A].
@@ -147,19 +155,24 @@ class DiffusionActionHead(nn.Module):
         The chain starts from ``x_T = init_noise_scale * N(0, I)``: scale 1 is standard DDIM, a smaller scale is
         low-temperature sampling (the deterministic DDIM map taken from a point nearer the prior's mode).
         """
+        return self.ddim_path(z, generator)[0][-1]
+
+    @torch.no_grad()
+    def ddim_path(self, z: torch.Tensor, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The whole DDIM chain of :meth:`sample`: ``(xs, eps, timesteps)`` with xs [S+1, B, chunk, A] (xs[0] =
+        x_T, xs[-1] = the actions), eps [S, B, chunk, A] the guided noise estimate taken at xs[k], timesteps [S].
+
+        Distillation (``training.distillation``) matches a student's noise estimate to these along the path."""
         b = z.shape[0]
         x = torch.randn((b, self.chunk, self.action_dim), generator=generator, device=z.device, dtype=torch.float32)
-        x = x * self.init_noise_scale  # [B, chunk, A]
-        x = x.to(z.dtype)
-        use_cfg = self.cfg_scale != 1.0
-        cond = torch.cat([z, self.uncond.expand_as(z)]) if use_cfg else z  # [2B, D]: the CFG batch
+        x = (x * self.init_noise_scale).to(z.dtype)  # [B, chunk, A]
         self.scheduler.set_timesteps(self.inference_steps)
+        xs, epss = [x], []
         for step, t in enumerate(self.scheduler.timesteps):
             self.dit.denoise_step = step
-            x_in = torch.cat([x, x]) if use_cfg else x
-            eps = self.dit(x_in, t.expand(x_in.shape[0]).to(z.device), cond)
-            if use_cfg:
-                eps_c, eps_u = eps.chunk(2)
-                eps = eps_u + self.cfg_scale * (eps_c - eps_u)
+            eps = self.guided_eps(x, t.expand(b).to(z.device), z)
             x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample
-        return x
+            xs.append(x)
+            epss.append(eps)
+        return torch.stack(xs), torch.stack(epss), self.scheduler.timesteps.clone()

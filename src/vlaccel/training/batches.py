@@ -24,6 +24,7 @@ class HistoryBatch:
     frame_index: torch.Tensor | None = None  # [B, F] episode frame index of each frame (None: 0..F-1)
     waypoints: torch.Tensor | None = None  # [B, F, len(WAYPOINT_FRAMES), 3] future hand displacement (m)
     scene: torch.Tensor | None = None  # [B, F, 2, 3] scene-probe targets for object and goal (see scene_targets)
+    tasks: list[str] | None = None  # each sample's task name
 
 
 # Auxiliary targets: where the expert's hand is this many frames later (None = the episode's last frame),
@@ -118,7 +119,7 @@ def _gather(picks: list, frame_lists: list[list[int]], width: int, chunk: int, w
     return HistoryBatch([d.instruction for d in picks], torch.from_numpy(images), torch.from_numpy(proprio),
                         torch.from_numpy(actions), torch.from_numpy(mask),
                         torch.from_numpy(index) if with_index else None, torch.from_numpy(waypoints),
-                        None if scene is None else torch.from_numpy(scene))
+                        None if scene is None else torch.from_numpy(scene), [d.task for d in picks])
 
 
 def pick_demos(demos: list, count: int, rng: np.random.Generator, probs: np.ndarray | None = None) -> list:

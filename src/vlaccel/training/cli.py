@@ -63,6 +63,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "probes) train; the head's mapping for the other tasks stays exactly as it was")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="with --init: train only the action head, the visual readout and the probes")
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight,
+                   help="with --freeze-backbone: weight of a trust region on the sampled actions, the student's "
+                        "guided noise estimate regressed onto the teacher's along the teacher's DDIM path (0 = off)")
+    p.add_argument("--distill-tasks", nargs="+", default=None, metavar="TASK",
+                   help="the tasks whose actions the distillation keeps (default: every task)")
+    p.add_argument("--distill-from", default=None, metavar="POLICY",
+                   help="the distillation teacher (default: the --init policy); must have the student's backbone")
+    p.add_argument("--distill-frames", type=int, default=d.distill_frames,
+                   help="frames per batch that get the distillation term (default %(default)s)")
     p.add_argument("--scene-target", choices=SCENE_TARGETS, default=d.scene_target,
                    help="what the scene loss regresses: 'relative' (object and goal minus hand, m) or 'layout' (where "
                         "object and goal started in the episode, standardized within the task)")

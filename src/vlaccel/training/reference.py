@@ -7,7 +7,9 @@ expert hand's future displacement from the cognition feature and from the frame'
 training-only linear probes): without it the policy learned to ignore its camera. With weight
 ``aux_object_weight`` (off by default), the scene probe also reads the object's and goal's position from the
 cognition feature (relative to the hand, or with ``scene_target="layout"`` where they started in the episode,
-standardized within the task); it needs demos that record those positions. Checkpoints every
+standardized within the task); it needs demos that record those positions. With weight ``distill_weight``
+(off by default; needs ``freeze_backbone``), ``training.distillation`` keeps the sampled actions of the tasks
+named in ``distill_tasks`` where the teacher policy (``distill_from``, default ``init``) has them. Checkpoints every
 ``--checkpoint-every`` steps into ``--run-dir`` and resumes from there.
 """
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, save_policy
+from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, load_policy, save_policy
 from vlaccel.training.auxiliary import WAYPOINT_SCALE, WaypointProbes
 from vlaccel.training.batches import (
     demo_probabilities,
@@ -30,6 +32,7 @@ from vlaccel.training.batches import (
     sample_batch,
     sample_windows,
 )
+from vlaccel.training.distillation import ActionDistillation
 
 SCENE_TARGETS = ("relative", "layout")
 
@@ -72,6 +75,10 @@ class TrainConfig:
     freeze_head: bool = False  # with freeze_backbone: keep the action head too, so only the readout (and probes) train
     freeze_backbone: bool = False  # train only the action head, the visual readout and the probes (vision, projector,
     # proprio projection and LM frozen: steps cost a forward pass through them, and other tasks' perception is kept)
+    distill_weight: float = 0.0  # weight of the action distillation term (training.distillation; 0 = off)
+    distill_tasks: list[str] | None = None  # the tasks whose sampled actions it keeps (None: every task)
+    distill_from: str | None = None  # the teacher policy (None: the --init policy)
+    distill_frames: int = 16  # frames per batch that get the term (the teacher runs its DDIM chain for each)
     scene_target: str = "relative"  # what the scene probe reads: "relative" (object and goal minus hand, m) or
     # "layout" (where object and goal started this episode, standardized within the task; batches.scene_targets)
 
@@ -84,20 +91,22 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generator,
-               probes: WaypointProbes | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss and its parts (``action``, ``waypoint``, ``waypoint_visual``, ``object``, ``readout_norm``) for one
-    history batch."""
+               probes: WaypointProbes | None = None,
+               distill: ActionDistillation | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its parts (``action``, ``waypoint``, ``waypoint_visual``, ``object``, ``readout_norm``,
+    ``distill``) for one history batch."""
     images = random_shift(batch.images, cfg.shift_pad, gen)
     pixels = policy.normalize_pixels(images).unsqueeze(2)  # [B, F, cams=1, 3, H, W]
     ids, mask = policy.batch_instruction_ids(batch.instructions)
     readouts: list[torch.Tensor] = []
-    hook = (policy.visual_readout.register_forward_hook(lambda m, a, out: readouts.append(out))
-            if cfg.readout_norm_weight > 0 else None)
+    hooks = [policy.visual_readout.register_forward_hook(lambda m, a, out: readouts.append(out))
+             if cfg.readout_norm_weight > 0 else None, distill.capture(policy) if distill is not None else None]
     try:
         z_all = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.frame_index)  # [B, F, D]
     finally:
-        if hook is not None:
-            hook.remove()
+        for hook in hooks:
+            if hook is not None:
+                hook.remove()
     valid = batch.action_mask.sum(-1) > 0  # [B, F]
     z, actions, amask = z_all[valid], batch.actions[valid], batch.action_mask[valid]  # [N, D], [N, chunk, A], [N, chunk]
     r = cfg.repeat
@@ -110,6 +119,11 @@ def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generat
         ratio = readout.pow(2).sum(-1) / (z.float() - readout).detach().pow(2).sum(-1).clamp(min=1e-6)  # [N]
         total = total + cfg.readout_norm_weight * ratio.mean()
         parts["readout_norm"] = ratio.mean().item()
+    if distill is not None:
+        distill_loss = distill.loss(policy.action_head, z_all, valid, batch.tasks, gen)
+        if distill_loss is not None:  # else no frame of a kept task in this batch
+            total = total + cfg.distill_weight * distill_loss
+            parts["distill"] = distill_loss.item()
     if probes is None or cfg.aux_weight == cfg.aux_visual_weight == cfg.aux_object_weight == 0:
         return total, parts
     if cfg.aux_object_weight > 0 and batch.scene is None:
@@ -141,14 +155,22 @@ def train(cfg: TrainConfig, log=print) -> dict:
         raise ValueError("--freeze-head trains only a visual readout (and the probes): pass --freeze-backbone too")
     if cfg.freeze_backbone and not cfg.init:
         raise ValueError("--freeze-backbone keeps the vision encoder and LM as they are: pass --init POLICY")
+    if not cfg.distill_weight >= 0:
+        raise ValueError(f"--distill-weight must be >= 0, got {cfg.distill_weight}")
+    if cfg.distill_weight > 0 and not cfg.freeze_backbone:
+        raise ValueError("--distill-weight reuses the student's LM features for the teacher: pass --freeze-backbone "
+                         "(and --init POLICY)")
+    if cfg.distill_weight == 0 and (cfg.distill_tasks is not None or cfg.distill_from is not None):
+        raise ValueError("--distill-tasks/--distill-from shape the distillation term: pass --distill-weight W > 0 too")
     demos = load_demos(cfg.data, tasks=cfg.tasks)
     if not demos:
         raise FileNotFoundError(f"no demonstrations in {cfg.data}; create them with `vlaccel collect --out {cfg.data}`")
     tasks = sorted({d.task for d in demos})
+    unknown = sorted(set(cfg.distill_tasks or ()) - set(tasks))
+    if unknown:
+        raise ValueError(f"--distill-tasks names tasks with no demos: {unknown}; the demos hold {tasks}")
     probs = demo_probabilities(demos, cfg.task_weights)  # before any model is built: bad weights fail fast
     if cfg.init:
-        from vlaccel.models import load_policy
-
         policy = load_policy(cfg.init)
     else:
         policy = ReferenceVLA(ReferenceVLAConfig.preset(cfg.preset))
@@ -164,6 +186,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
     for module in frozen + ((policy.action_head,) if cfg.freeze_head else ()):
         if module is not None:
             module.requires_grad_(False)
+    distill = None
+    if cfg.distill_weight > 0:
+        distill = ActionDistillation(load_policy(cfg.distill_from or cfg.init), policy,
+                                     set(cfg.distill_tasks if cfg.distill_tasks is not None else tasks),
+                                     cfg.distill_frames)
     if policy.config.image_size != demos[0].images.shape[1]:
         raise ValueError(f"demos are {demos[0].images.shape[1]} px but the {cfg.preset!r} preset expects "
                          f"{policy.config.image_size} px; collect with --image-size {policy.config.image_size}")
@@ -232,7 +259,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss, parts = batch_loss(policy, batch, cfg, gen, probes)
+                loss, parts = batch_loss(policy, batch, cfg, gen, probes, distill)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
