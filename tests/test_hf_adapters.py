@@ -16,6 +16,7 @@ from vlaccel.adapters.hf_vlm import layout_from_ids
 from vlaccel.techniques import KVEfficientConfig, LayerPruneConfig, TokenPruneConfig
 from vlaccel.techniques.kv_efficient import ChunkedGatedCache
 from vlaccel.techniques.layer_prune import set_calibration_observations
+from vlaccel.transformers_compat import cache_kwargs, output_cache
 
 VLMS = [f for f in FAMILIES if f in VISUAL_TOKENS]
 DECODER = {"paligemma": "model.language_model", "llava": "model.language_model", "smolvlm": "model.text_model",
@@ -127,7 +128,7 @@ def test_kv_efficient_cache_runs_generate_under_its_cap(family):
     with vlaccel.applied(model, cfg):
         out = model.generate(**hf_inputs(model), max_new_tokens=12, min_new_tokens=12, do_sample=False,
                              return_dict_in_generate=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     assert isinstance(cache, ChunkedGatedCache)
     total = hf_inputs(model)["input_ids"].shape[1] + 12 - 1  # the last generated token is never fed back
     assert cache.get_seq_length() == total  # logical positions: every token seen
@@ -141,9 +142,9 @@ def test_kv_efficient_leaves_a_callers_cache_alone():
     cfg = KVEfficientConfig(window=8, chunk=4, budget=2, retention="mean", protect_prefix=False)
     mine = ChunkedGatedCache.for_model(model, cfg)
     with vlaccel.applied(model, cfg):
-        out = model.generate(**hf_inputs(model), past_key_values=mine, max_new_tokens=4, do_sample=False,
+        out = model.generate(**hf_inputs(model), **cache_kwargs(model, mine), max_new_tokens=4, do_sample=False,
                              return_dict_in_generate=True)
-    assert out.past_key_values is mine and mine.get_seq_length() > 0
+    assert output_cache(out) is mine and mine.get_seq_length() > 0
 
 
 @pytest.mark.parametrize("family", VLMS)
@@ -209,7 +210,7 @@ def test_layer_pruning_and_kv_efficient_compose_in_one_apply(family):
     with vlaccel.applied(model, LayerPruneConfig(keep_layers=2), kv):
         out = model.generate(**hf_inputs(model), max_new_tokens=6, min_new_tokens=6, do_sample=False,
                              return_dict_in_generate=True)
-        assert isinstance(out.past_key_values, ChunkedGatedCache) and len(out.past_key_values.layers) == 2
+        assert isinstance(output_cache(out), ChunkedGatedCache) and len(output_cache(out).layers) == 2
         with pytest.raises(ValueError, match="TokenPruneConfig"):  # layers would store different tokens
             vlaccel.apply(model, TokenPruneConfig(keep_tokens=6, layer=0))
     assert vlaccel.applied_configs(model) == [] and model.config.text_config.num_hidden_layers == 4

@@ -52,6 +52,7 @@ def describe(policy) -> dict:
 def run(args: argparse.Namespace) -> int:
     from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, load_policy
     from vlaccel.models.io import WEIGHTS, bundled_dir
+    from vlaccel.versions import versions
 
     if args.policy:
         policy, source = load_policy(args.policy), args.policy
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         name = args.preset or "default"
         policy, source = ReferenceVLA(ReferenceVLAConfig.preset(name)), f"random '{name}' preset"
-    info = {"source": source, **describe(policy)}
+    info = {"source": source, **describe(policy), "versions": versions(("torch", "transformers", "diffusers"))}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"tokens per frame: {info['tokens_per_frame']} ({info['visual_tokens_per_frame']} visual + "
                   f"proprio + cognition); LM {info['lm']}; action head {info['action_head']}")
+    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     if info["visual_readout_heads"]:
         console.print(f"visual readout: {info['visual_readout_pool']} pool (width {info['visual_readout_heads']}) of "
                       f"the {info['visual_readout_source']} visual tokens")

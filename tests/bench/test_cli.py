@@ -23,7 +23,12 @@ def test_bench_json(tmp_path, capsys, one_thread):
     assert f"torch threads: {threads}" in text and "random-weight 'tiny'" in text
     result = json.loads(path.read_text())  # strict JSON: would fail on Infinity / NaN
     env = result["environment"]
-    assert {"machine", "threads", "torch", "transformers", "cpu"} <= set(env) and env["threads"] == threads
+    assert {"machine", "threads", "torch", "transformers", "diffusers", "cpu"} <= set(env) and env["threads"] == threads
+    import diffusers
+    import transformers
+
+    assert (env["transformers"], env["diffusers"]) == (transformers.__version__, diffusers.__version__)
+    assert f"transformers {transformers.__version__}, diffusers {diffusers.__version__}" in text
     r = result["presets"]["ddim5"]
     assert set(PRESET_KEYS) <= set(r)
     for key in ("speedup_e2e", "flops_fraction", "params_fraction", "kv_bytes_reduction", "action_mse",
@@ -50,3 +55,17 @@ def test_unknown_preset_is_a_clear_error(capsys, one_thread):
                "--threads", str(one_thread)])
     assert rc == 2
     assert "no-such-preset" in capsys.readouterr().err
+
+
+def test_info_reports_the_versions_it_ran_with(capsys):
+    import diffusers
+    import torch
+    import transformers
+
+    assert main(["info", "--preset", "tiny", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["versions"]["transformers"] == transformers.__version__
+    assert info["versions"]["diffusers"] == diffusers.__version__
+    assert info["versions"]["torch"] == torch.__version__
+    assert main(["info", "--preset", "tiny"]) == 0
+    assert f"transformers {transformers.__version__}, diffusers {diffusers.__version__}" in capsys.readouterr().out

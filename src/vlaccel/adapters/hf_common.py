@@ -24,13 +24,14 @@ import torch
 from torch import nn
 
 from vlaccel.adapters.base import ModelAdapter
+from vlaccel.transformers_compat import forward_cache, output_cache, replace_forward_cache
 
 _FACTORY_ATTR = "_vlaccel_cache_factory"
 
 
 def starts_sequence(kwargs: dict[str, Any]) -> bool:
     """Whether a forward with these keyword arguments begins a new sequence (no cache, or an empty one)."""
-    cache = kwargs.get("past_key_values")
+    cache = forward_cache(kwargs)
     return cache is None or cache.get_seq_length() == 0
 
 
@@ -84,28 +85,55 @@ class TransformersAdapter(ModelAdapter):
     def set_cache_factory(self, model: Any, factory: Callable[[], Any] | None) -> Callable[[], Any] | None:
         previous = model.__dict__.pop(_FACTORY_ATTR, None)
         if previous is not None:
-            previous.hook.remove()
+            previous.remove()
         if factory is None:
             return None if previous is None else previous.factory
-        use_cache_default = bool(getattr(self.lm_config(model), "use_cache", True))
-
-        def before_forward(module, args, kwargs):
-            from vlaccel.techniques.kv_efficient.cache import ChunkedGatedCache
-
-            cache = kwargs.get("past_key_values")
-            use_cache = kwargs.get("use_cache")
-            if (use_cache is None and not use_cache_default) or use_cache is False:
-                return None
-            if isinstance(cache, ChunkedGatedCache) or not starts_sequence(kwargs):
-                return None
-            kwargs["past_key_values"] = factory()
-            return args, kwargs
-
-        model.__dict__[_FACTORY_ATTR] = _InstalledFactory(factory, model.register_forward_pre_hook(
-            before_forward, with_kwargs=True))
+        model.__dict__[_FACTORY_ATTR] = _InstalledFactory(model, factory, bool(getattr(
+            self.lm_config(model), "use_cache", True)))
         return None if previous is None else previous.factory
 
 
 class _InstalledFactory:
-    def __init__(self, factory: Callable[[], Any], hook: Any):
-        self.factory, self.hook = factory, hook
+    """The forward hooks that put the factory's cache into each new sequence, and check it was used.
+
+    Before the forward: a fresh cache from the factory replaces the empty one (under the keyword the model's
+    forward declares, the other name removed: see :mod:`vlaccel.transformers_compat`). After it: the cache
+    the model returns must be that object; anything else means transformers ran the sequence on a cache of
+    its own, and the forward raises instead of returning an unbounded cache the caller believes is ours.
+    """
+
+    def __init__(self, model: Any, factory: Callable[[], Any], use_cache_default: bool):
+        self.factory, self.use_cache_default = factory, use_cache_default
+        self.expected: Any = None  # the cache this forward must return (None: nothing to check)
+        self.hooks = [model.register_forward_pre_hook(self.before_forward, with_kwargs=True),
+                      model.register_forward_hook(self.after_forward)]
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+    def before_forward(self, module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        from vlaccel.techniques.kv_efficient.cache import ChunkedGatedCache
+
+        self.expected = None
+        use_cache = kwargs.get("use_cache")
+        if (use_cache is None and not self.use_cache_default) or use_cache is False:
+            return None
+        cache = forward_cache(kwargs)
+        if isinstance(cache, ChunkedGatedCache) or not starts_sequence(kwargs):
+            self.expected = cache
+            return None
+        self.expected = self.factory()
+        return args, replace_forward_cache(module, kwargs, self.expected)
+
+    def after_forward(self, module: Any, args: Any, output: Any) -> None:
+        expected, self.expected = self.expected, None
+        if expected is None:
+            return
+        got = output_cache(output)
+        if got is not expected:
+            raise RuntimeError(
+                f"{type(module).__name__} ran on a {type(got).__name__} instead of the {type(expected).__name__} "
+                "vlaccel installed: this transformers release passes the KV cache under a keyword "
+                "vlaccel.transformers_compat does not know, so the applied technique would be silently bypassed. "
+                "Install a transformers version in vlaccel's supported range (pyproject.toml)")

@@ -93,8 +93,9 @@ def resolve_policy(policy: str | None = None, preset_model: str | None = None) -
 
 
 def environment(device: str = "cpu") -> dict[str, Any]:
-    import transformers
+    from vlaccel.versions import versions
 
+    stack = versions(("torch", "transformers", "diffusers"))
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -102,8 +103,8 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     except OSError:
         pass
     env = {"machine": platform.machine(), "cpu": cpu, "cpu_count": os.cpu_count(),
-           "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "device": device}
+           "threads": torch.get_num_threads(), "python": stack["python"], "torch": torch.__version__,
+           "transformers": stack["transformers"], "diffusers": stack["diffusers"], "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env

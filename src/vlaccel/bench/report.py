@@ -85,7 +85,8 @@ def print_report(result: dict[str, Any], console: Any = None) -> None:
     env, pol = result["environment"], result["policy"]
     console.print(f"[bold]vlaccel bench[/bold]: {pol['source']}, {pol['parameters'] / 1e6:.2f} M parameters, "
                   f"{pol['gflops_per_predict_action']:.3f} GFLOPs / predict_action")
-    console.print(f"torch {env['torch']}, transformers {env['transformers']}, {env['device']}"
+    console.print(f"torch {env['torch']}, transformers {env['transformers']}, diffusers {env.get('diffusers', '?')}, "
+                  f"{env['device']}"
                   f"{' (' + env['gpu'] + ')' if 'gpu' in env else ''}, {env['cpu']}, "
                   f"torch threads = {env['threads']} of {env['cpu_count']} cores")
     console.print(f"fidelity observations: {result['observations']}")
@@ -236,7 +237,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     env, pol = result["environment"], result["policy"]
     lines = [(f"Policy: {pol['source']}, {pol['parameters'] / 1e6:.2f} M parameters, "
               f"{pol['gflops_per_predict_action']:.3f} GFLOPs per `predict_action`. "
-              f"torch {env['torch']}, transformers {env['transformers']}, {env['device']}, {env['cpu']}, "
+              f"torch {env['torch']}, transformers {env['transformers']}, diffusers {env.get('diffusers', '?')}, "
+              f"{env['device']}, {env['cpu']}, "
               f"{env['threads']} torch threads of {env['cpu_count']} cores."),
              "", (f"Fidelity observations: {result['observations']}. "
                   f"Layer-pruning calibration: {result['calibration']}."), ""]

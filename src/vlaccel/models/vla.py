@@ -31,6 +31,7 @@ from vlaccel.models.config import ReferenceVLAConfig
 from vlaccel.models.dit import DiffusionActionHead
 from vlaccel.models.tokenizer import BOS, COG, load_tokenizer
 from vlaccel.models.visual_readout import build_visual_readout
+from vlaccel.transformers_compat import cache_kwargs, output_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,10 +208,14 @@ class ReferenceVLA(nn.Module):
         try:
             out = self.language_model(
                 inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=cache, use_cache=cache is not None,
+                use_cache=cache is not None, **cache_kwargs(self.language_model, cache),
             )
         finally:
             self.current_layout = None
+        if cache is not None and output_cache(out) is not cache:  # transformers ran on a cache of its own
+            raise RuntimeError(f"the language model ran on a {type(output_cache(out)).__name__} instead of the "
+                               f"episode's {type(cache).__name__}: vlaccel.transformers_compat does not know how "
+                               "this transformers release takes the KV cache; install a release in vlaccel's range")
         return out.last_hidden_state
 
     # ------------------------------------------------------------------ history mode

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from vlaccel.config import TechniqueConfig, register_handler
+from vlaccel.transformers_compat import forward_cache
 
 __all__ = ["TokenPruneConfig", "select_visual_tokens", "instruction_relevance"]
 
@@ -215,7 +216,7 @@ class _TokenPruner:
     def _pre_k(self, layer, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]  # [B, T, D]
         layout = self.adapter.token_layout(self.model)
-        self.fwd = {"layout": layout, "mask": kwargs.get("attention_mask"), "cache": kwargs.get("past_key_values")}
+        self.fwd = {"layout": layout, "mask": kwargs.get("attention_mask"), "cache": forward_cache(kwargs)}
         if layout is None:
             return None
         cos, sin = kwargs["position_embeddings"]  # [B|1, T, d]
@@ -235,7 +236,7 @@ class _TokenPruner:
     # -- layer K, after: score, select, shorten
     def _post_k(self, layer, args, kwargs, output):
         hidden = output[0] if isinstance(output, tuple) else output  # [B, T, D]
-        fwd, cache = self.fwd, kwargs.get("past_key_values")
+        fwd, cache = self.fwd, forward_cache(kwargs)
         if fwd is None:
             return None
         b, t = hidden.shape[:2]

@@ -14,6 +14,7 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply
 import vlaccel
 from tests.techniques.kv_efficient.helpers import lm_history, obs_embeds, random_frames, tiny_gate
 from vlaccel.techniques.kv_efficient import ChunkedGatedCache, KVEfficientConfig, KVGate
+from vlaccel.transformers_compat import cache_kwargs
 
 ROPE_ATOL = 1e-5  # de-rotate -> average -> re-rotate in float32 vs the model's own rotary at that position
 INSTR = "push the puck to the goal"
@@ -59,7 +60,7 @@ def test_window_covering_history_is_bit_identical_generate(family, retention):
     gate = KVGate(16, 2, 1) if retention == "gated" else None  # head_dim 16, 2 KV heads (untrained is fine here)
     cache = ChunkedGatedCache.for_model(model, KVEfficientConfig(window=1024, chunk=4, retention=retention, **extra),
                                         gate=gate)
-    out = model.generate(ids, past_key_values=cache, **kwargs)
+    out = model.generate(ids, **cache_kwargs(model, cache), **kwargs)
     assert torch.equal(out, ref)
     assert cache.get_seq_length() == out.shape[1] - 1
 
@@ -70,7 +71,7 @@ def test_generate_with_eviction_keeps_cap_and_positions(family):
     ids = torch.randint(3, 128, (1, 10), generator=torch.Generator().manual_seed(2))
     cfg = KVEfficientConfig(window=8, chunk=4, retention="mean", budget=2)
     cache = ChunkedGatedCache.for_model(model, cfg)
-    out = model.generate(ids, past_key_values=cache, max_new_tokens=60, min_new_tokens=60, do_sample=False)
+    out = model.generate(ids, **cache_kwargs(model, cache), max_new_tokens=60, min_new_tokens=60, do_sample=False)
     assert out.shape[1] == 70
     assert cache.get_seq_length() == 69
     assert all(n <= 10 + 2 * 1 + 4 + 8 for n in cache.stored_tokens())

@@ -10,6 +10,7 @@ import vlaccel
 from tests.techniques.kv_efficient.helpers import lm_history, obs_embeds, tiny_gate
 from vlaccel.techniques.kv_efficient import ChunkedGatedCache, KVEfficientConfig
 from vlaccel.techniques.kv_efficient.retention import AttentionNotObservedError, GatedRetention
+from vlaccel.transformers_compat import cache_kwargs, forward_cache
 
 ATTN_MASS_ATOL = 1e-3  # float32 sums of ~10^3 attention probabilities
 
@@ -107,7 +108,7 @@ def test_h2o_accumulates_exactly_the_attention_received(tiny_policy):
     got = {"mass": 0.0}
 
     def hook(module, args, kwargs, output):
-        cache = kwargs["past_key_values"]
+        cache = forward_cache(kwargs)
         p = cache.layers[module.layer_idx].n_protected
         got["mass"] += float(output[1][..., p:].sum())
 
@@ -139,5 +140,5 @@ def test_h2o_without_attention_raises_clearly():
                                          num_attention_heads=2, num_key_value_heads=1)).eval()
     cache = ChunkedGatedCache.for_model(model, KVEfficientConfig(window=4, chunk=2, budget=1, retention="h2o"))
     with pytest.raises(AttentionNotObservedError, match="observe_attention"):
-        model.generate(torch.ones(1, 5, dtype=torch.long), past_key_values=cache, max_new_tokens=12,
+        model.generate(torch.ones(1, 5, dtype=torch.long), **cache_kwargs(model, cache), max_new_tokens=12,
                        min_new_tokens=12, do_sample=False)

@@ -1,6 +1,7 @@
 """``ChunkedGatedCache``: the KV-Efficient chunked cache as a transformers ``Cache`` (spec A, arXiv 2509.21354).
 
-Any transformers decoder accepts it as ``past_key_values`` (forward and ``generate()``); the reference policy's
+Any transformers decoder accepts it as its cache argument (forward and ``generate()``; the keyword is named by
+:func:`vlaccel.transformers_compat.cache_kwargs`); the reference policy's
 history mode uses it when a :class:`KVEfficientConfig` is applied. Per layer, oldest to newest::
 
     [protected prefix P][retained summaries, s slots each][raw tail (< C)][recent window W, raw]

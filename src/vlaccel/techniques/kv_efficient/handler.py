@@ -20,6 +20,7 @@ from vlaccel.techniques.kv_efficient.cache import ChunkedGatedCache
 from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
 from vlaccel.techniques.kv_efficient.gate import KVGate
 from vlaccel.techniques.kv_efficient.resolve import check_model, resolve_chunk, resolve_gate
+from vlaccel.transformers_compat import forward_cache
 
 __all__ = ["KVEfficientHandler"]
 
@@ -55,7 +56,7 @@ class _Applied:
 
 
 def _attention_hook(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
-    cache = kwargs.get("past_key_values")
+    cache = forward_cache(kwargs)
     if isinstance(cache, ChunkedGatedCache) and isinstance(output, tuple) and output[1] is not None:
         cache.observe_attention(module.layer_idx, output[1])  # [B, H, q, N] probabilities (eager)
 

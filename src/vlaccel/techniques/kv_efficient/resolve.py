@@ -78,7 +78,8 @@ def check_model(config: KVEfficientConfig, model: Any, adapter: Any) -> None:
     if type(adapter).set_cache_factory is ModelAdapter.set_cache_factory:
         raise TypeError(
             f"{type(model).__name__} has no history mode vlaccel can give a cache to; build "
-            "ChunkedGatedCache.for_model(model, config) and pass it as past_key_values to forward()/generate()"
+            "ChunkedGatedCache.for_model(model, config) and pass it to forward()/generate() as the cache argument "
+            "(vlaccel.transformers_compat.cache_kwargs(model, cache) names it for the installed transformers)"
         )
     lm_cfg = adapter.lm_config(model)
     types = set(getattr(lm_cfg, "layer_types", None) or ["full_attention"])

@@ -40,6 +40,7 @@ import torch
 from vlaccel.techniques.kv_efficient.cache import ChunkedGatedCache
 from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
 from vlaccel.techniques.kv_efficient.gate import KVGate, save_gate
+from vlaccel.transformers_compat import forward_cache
 
 __all__ = ["GateTrainConfig", "Episode", "train_gate", "episodes_from_demos", "synthetic_episodes",
            "soft_attention", "episode_loss", "action_distillation"]
@@ -105,7 +106,7 @@ def soft_attention(policy: Any) -> Iterator[None]:
     adapter = get_adapter(policy)
 
     def pre_hook(module: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        cache = kwargs.get("past_key_values")
+        cache = forward_cache(kwargs)
         if not isinstance(cache, ChunkedGatedCache) or not cache.soft:
             return args, kwargs
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]

@@ -1,0 +1,47 @@
+"""The lock (requirements/lock.txt) is the oldest stack pyproject.toml allows, so the lower bounds are tested."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pins(path: Path) -> dict[str, Version]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = Version(version)
+    return pins
+
+
+def _direct_requirements() -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    reqs += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    return [r for r in reqs if canonicalize_name(r.name) != "vlaccel"]
+
+
+def test_every_lower_bound_is_the_locked_version():
+    lock = _pins(ROOT / "requirements" / "lock.txt")
+    for req in _direct_requirements():
+        lower = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        assert len(lower) == 1, f"{req}: give exactly one '>=' lower bound (the oldest version tested)"
+        locked = lock[canonicalize_name(req.name)]
+        assert Version(locked.public) == lower[0], (
+            f"{req.name}: pyproject.toml's lower bound {lower[0]} is not the locked {locked}; run bash scripts/lock.sh")
+        assert locked in req.specifier or Version(locked.public) in req.specifier
+
+
+def test_the_lock_holds_the_cpu_torch_that_constraints_pin():
+    lock = _pins(ROOT / "requirements" / "lock.txt")
+    pinned = _pins(ROOT / "constraints.txt")["torch"]
+    assert lock["torch"] == Version(f"{pinned}+cpu")
+    assert not [name for name in lock if name.startswith("nvidia-")]  # no CUDA wheels
