@@ -17,8 +17,8 @@ directly); :func:`forward_cache` refuses a forward that carries two different ca
 
 from __future__ import annotations
 
-import inspect
 import functools
+import inspect
 from typing import Any
 
 #: the names a forward may receive the KV cache under, newest first
