@@ -23,10 +23,10 @@ class _ExplodingConfig(TechniqueConfig):
 
 @register_handler(_ExplodingConfig)
 class _ExplodingHandler:
-    def validate(self, model, config, adapter):
+    def validate(self, model, config, adapter, pending):
         pass
 
-    def apply(self, model, config, adapter):
+    def apply(self, model, config, adapter, prepared):
         raise RuntimeError("boom")
 
 
@@ -89,7 +89,7 @@ def test_config_dict_round_trip_and_errors():
 def test_presets_registry():
     assert vlaccel.presets.get("none") == []
     assert vlaccel.presets.get("ddim5") == [DenoiseStepsConfig(steps=5)]
-    with pytest.raises(KeyError, match="available"):
+    with pytest.raises(KeyError, match="unknown preset 'nonexistent'"):
         vlaccel.presets.get("nonexistent")
 
 

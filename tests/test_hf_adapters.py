@@ -197,7 +197,7 @@ def test_unsupported_model_lists_supported_and_how_to_add_one():
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_plain_lms_refuse_token_pruning_clearly(family):
     model = build(family)
-    with pytest.raises(NotImplementedError, match="no visual tokens"):
+    with pytest.raises(ValueError, match="TokenPruneConfig needs visual tokens in its LM input"):
         vlaccel.apply(model, TokenPruneConfig(keep_tokens=6, layer=1))
     assert vlaccel.applied_configs(model) == []
 

@@ -12,10 +12,10 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from vlaccel.adapters import get_adapter
+from vlaccel.adapters.base import CAPABILITY_NAMES, get_adapter
 from vlaccel.config import TechniqueConfig, handler_for
 
-__all__ = ["apply", "applied", "Handle", "applied_configs"]
+__all__ = ["apply", "applied", "Handle", "applied_configs", "resolve_configs"]
 
 _STATE_ATTR = "_vlaccel_applied"
 
@@ -46,6 +46,8 @@ class Handle:
         for cfg, state in reversed(self._entries):
             state.remove()
             registry.pop(type(cfg), None)
+        if not registry:  # nothing of vlaccel's is left on the model
+            del self.model.__dict__[_STATE_ATTR]
         self.removed = True
 
     def __repr__(self) -> str:
@@ -59,13 +61,20 @@ def applied_configs(model: Any) -> list[TechniqueConfig]:
 
 
 def apply(model: Any, *configs: TechniqueConfig) -> Handle:
-    """Apply technique configs to ``model`` in place and return a :class:`Handle` to undo them."""
+    """Apply technique configs to ``model`` in place and return a :class:`Handle` to undo them.
+
+    In order: each config is resolved against the model (sizes given as fractions or frames become absolute);
+    what each technique declares on its class is checked once (the adapter offers what it ``requires``, no
+    ``conflicts`` with what is applied or applied with it, ``apply_before`` respected); every handler
+    validates (nothing changes if any fails); then the handlers apply in ``order``, rolled back if one fails.
+    The handle and :func:`applied_configs` hold the resolved configs.
+    """
     if not configs:
         raise ValueError("apply() needs at least one config, e.g. vlaccel.apply(policy, HeadCacheConfig(interval=5))")
     for cfg in configs:
         if not isinstance(cfg, TechniqueConfig):
             raise TypeError(f"expected technique configs, got {type(cfg).__name__}: {cfg!r}")
-    registry: dict[type, tuple[TechniqueConfig, Any]] = model.__dict__.setdefault(_STATE_ATTR, {})
+    registry: dict[type, tuple[TechniqueConfig, Any]] = model.__dict__.get(_STATE_ATTR, {})
     seen: set[type] = set()
     for cfg in configs:
         if type(cfg) in registry or type(cfg) in seen:
@@ -75,24 +84,68 @@ def apply(model: Any, *configs: TechniqueConfig) -> Handle:
             )
         seen.add(type(cfg))
     adapter = get_adapter(model)
-    ordered = sorted(configs, key=lambda c: type(c).order)
+    already = [cfg for cfg, _ in registry.values()]
+    ordered = resolve_configs(model, *configs)
+    check_compatibility(ordered, already)
     handlers = [(cfg, handler_for(cfg)) for cfg in ordered]
-    # Validation that only depends on the unmodified model happens up front for every config.
-    for cfg, handler in handlers:
-        handler.validate(model, cfg, adapter)
+    prepared = [handler.validate(model, cfg, adapter, tuple(ordered[:i])) for i, (cfg, handler) in enumerate(handlers)]
+    registry = model.__dict__.setdefault(_STATE_ATTR, {})
     entries: list[tuple[TechniqueConfig, Any]] = []
     try:
-        for cfg, handler in handlers:
-            state = handler.apply(model, cfg, adapter)
+        for (cfg, handler), ready in zip(handlers, prepared):
+            state = handler.apply(model, cfg, adapter, ready)
             entries.append((cfg, state))
             registry[type(cfg)] = (cfg, state)
     except BaseException:
         for cfg, state in reversed(entries):
             state.remove()
             registry.pop(type(cfg), None)
+        if not registry:
+            del model.__dict__[_STATE_ATTR]
         raise
-    handle = Handle(model, entries)
-    return handle
+    return Handle(model, entries)
+
+
+def resolve_configs(model: Any, *configs: TechniqueConfig) -> list[TechniqueConfig]:
+    """``configs`` resolved against ``model`` as :func:`apply` would resolve them (in application order), without
+    applying anything."""
+    adapter = get_adapter(model)
+    ordered: list[TechniqueConfig] = []
+    for cfg in sorted(configs, key=lambda c: type(c).order):
+        check_requirements(cfg, model, adapter)
+        ordered.append(cfg.resolve(model, adapter, tuple(ordered)))
+    return ordered
+
+
+def check_requirements(cfg: TechniqueConfig, model: Any, adapter: Any) -> None:
+    """Raise ``ValueError`` if ``model``'s adapter lacks a capability ``cfg``'s technique requires."""
+    offered = adapter.capabilities(model)
+    missing = [c for c in cfg.required_capabilities() if c not in offered]
+    if missing:
+        raise ValueError(
+            f"{type(cfg).__name__} needs {' and '.join(CAPABILITY_NAMES.get(c, c) for c in missing)}, which "
+            f"{type(model).__name__} does not have (its adapter {type(adapter).__name__} offers: "
+            f"{', '.join(sorted(offered)) or 'nothing'}). Leave it out; vlaccel.presets.get(name, model) leaves out "
+            "what a model cannot take.")
+
+
+def check_compatibility(new: list[TechniqueConfig], already: list[TechniqueConfig]) -> None:
+    """Raise if two techniques declare a conflict, or one declared ``apply_before`` a technique already applied."""
+    names = {c.technique_name(): c for c in [*already, *new]}
+    for cfg in new:
+        for other, why in type(cfg).conflicts.items():
+            if other in names and names[other] is not cfg:
+                raise ValueError(f"{type(cfg).__name__} cannot be combined with {type(names[other]).__name__}: "
+                                 f"{why}. Remove one of them.")
+        for applied in already:
+            why = type(applied).conflicts.get(cfg.technique_name())
+            if why is not None:
+                raise ValueError(f"{type(cfg).__name__} cannot be added to a model with {type(applied).__name__} "
+                                 f"applied: {why}. Remove one of them.")
+            why = type(cfg).apply_before.get(applied.technique_name())
+            if why is not None:
+                raise RuntimeError(f"apply {type(cfg).__name__} before {type(applied).__name__} (or in the same "
+                                   f"vlaccel.apply call): {why}")
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 """``vlaccel`` command line. Each subsystem registers its own subcommands; heavy imports happen inside them.
 
-Commands build the same config objects as the Python API (``vlaccel.presets``), nothing CLI-only.
+Commands build the same config objects as the Python API (``vlaccel.presets``), nothing CLI-only. Bad input
+(``vlaccel.errors.UsageError``) is printed as one line with exit status 2; any other exception is a bug and
+propagates with its traceback.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import importlib
 import os
 import sys
 
+from vlaccel.errors import UsageError
+
 # Modules exposing ``register(subparsers)``. Optional ones are skipped only if their *extra* is missing.
 _COMMAND_MODULES = [
     "vlaccel.info",
+    "vlaccel.presets_cli",
     "vlaccel.sim.cli",
     "vlaccel.training.cli",
     "vlaccel.bench.cli",
@@ -46,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as err:
+    except UsageError as err:
         print(f"vlaccel {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,9 +1,14 @@
-"""Technique configs: a frozen-dataclass base with validation, (de)serialisation and a handler registry.
+"""Technique configs: a frozen-dataclass base with validation, (de)serialisation and the technique registry.
 
 Every technique is a frozen dataclass subclass of :class:`TechniqueConfig` (validated in ``__post_init__``,
-errors say how to fix the value) plus exactly one :class:`Handler` registered for that config type with
-:func:`register_handler`. :func:`vlaccel.apply` looks handlers up by config type, so there is no
-isinstance ladder anywhere and a new technique is one new module.
+errors say how to fix the value) whose ``handler`` class attribute names its :class:`Handler` as a
+``"module:Class"`` path. :func:`vlaccel.apply` looks the handler up from the config's type, so there is no
+isinstance ladder anywhere and a new technique is one new module, plus one line in :data:`TECHNIQUES` (or an
+entry point of the group ``vlaccel.techniques`` for a third-party package; :mod:`vlaccel.registry`).
+
+What ``apply`` checks once for every technique is declared on the config class: ``order``, ``requires``
+(capabilities the model's adapter must offer), ``conflicts`` and ``apply_before`` (other techniques, by
+name, with the reason).
 """
 
 from __future__ import annotations
@@ -11,29 +16,54 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Protocol
 
+from vlaccel.registry import Registry, load
+
 __all__ = [
     "TechniqueConfig",
     "Handler",
     "Removable",
+    "TECHNIQUES",
     "register_handler",
     "handler_for",
     "registered_configs",
     "config_from_dict",
 ]
 
+#: technique name -> its config class, for :func:`config_from_dict` and the CLI
+TECHNIQUES = Registry("technique", "vlaccel.techniques", {
+    "layer_prune": "vlaccel.techniques.layer_prune:LayerPruneConfig",
+    "token_prune": "vlaccel.techniques.token_prune:TokenPruneConfig",
+    "head_cache": "vlaccel.techniques.head_cache:HeadCacheConfig",
+    "denoise_steps": "vlaccel.techniques.denoise_steps:DenoiseStepsConfig",
+    "kv_efficient": "vlaccel.techniques.kv_efficient.config:KVEfficientConfig",
+})
+
 
 class TechniqueConfig:
     """Base of all technique configs. Subclasses are ``@dataclasses.dataclass(frozen=True)``.
 
-    Class attributes a subclass may set:
-      ``name``: stable identifier used in JSON and on the CLI (defaults to the class name).
+    Class attributes a subclass sets:
+      ``name``: stable identifier used in JSON, on the CLI and in other techniques' declarations (defaults to
+        the class name).
+      ``handler``: ``"module:HandlerClass"`` (or the class itself) implementing the technique.
       ``order``: application order when several configs are applied together; lower goes first.
         Structural surgery (layer/MLP pruning) runs before hooks that index layers (token pruning),
         caches go last.
+      ``requires``: capabilities the model's adapter must offer (``ModelAdapter.capabilities``), e.g.
+        ``("action_head",)``; a model without one gets a clear error, and a preset leaves the technique out.
+      ``conflicts``: ``{technique name: reason}``: never on one model together (checked both ways).
+      ``apply_before``: ``{technique name: reason}``: this technique must be applied before those (or in the same
+        ``apply`` call); applying it to a model that already has one of them is refused.
+      ``history_only``: acts only in history mode (``reset``/``step``), not on single ``predict_action`` calls.
     """
 
     name: ClassVar[str] = ""
+    handler: ClassVar[Any] = None
     order: ClassVar[int] = 50
+    requires: ClassVar[tuple[str, ...]] = ()
+    conflicts: ClassVar[dict[str, str]] = {}
+    apply_before: ClassVar[dict[str, str]] = {}
+    history_only: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"technique": self.technique_name(), **dataclasses.asdict(self)}
@@ -54,8 +84,25 @@ class TechniqueConfig:
             raise ValueError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(known)}")
         return cls(**data)
 
-    def is_neutral(self, model: Any) -> bool:  # noqa: ARG002 - part of the contract
-        """True when applying this config to ``model`` cannot change any output (used by tests and reports)."""
+    def resolve(self, model: Any, adapter: Any, pending: tuple[TechniqueConfig, ...] = ()) -> TechniqueConfig:
+        """This config with sizes stated relative to the model (fractions, frames) turned into absolute ones.
+
+        ``pending``: the configs (already resolved) that this ``apply`` call applies before this one; the model
+        does not reflect them yet. The default has nothing relative and returns ``self``.
+        """
+        return self
+
+    def required_capabilities(self) -> tuple[str, ...]:
+        """What this config needs from the model's adapter: the class's ``requires``, plus what its settings add."""
+        return type(self).requires
+
+    def layers_after(self, layers: int) -> int:
+        """Decoder layers the model has once this config is applied to a model with ``layers`` of them."""
+        return layers
+
+    def is_neutral(self, model: Any, adapter: Any) -> bool:  # noqa: ARG002 - part of the contract
+        """True when applying this (resolved) config to ``model`` cannot change any output (used by tests and
+        reports)."""
         return False
 
     def weight_files(self) -> list[str]:
@@ -74,27 +121,33 @@ class Removable(Protocol):
 
 
 class Handler(Protocol):
-    """A technique's implementation, registered for one config type.
+    """A technique's implementation, named by its config class's ``handler`` attribute.
 
-    ``validate`` must raise before anything is changed (bad config for this model, no adapter, ...);
-    ``apply`` then performs the change and returns an object whose ``remove()`` restores the model
-    exactly and whose optional ``reset()`` clears per-episode state.
+    ``validate`` must raise before anything is changed (bad config for this model, ...) and has no side
+    effects; what it prepared (e.g. a loaded gate) it returns, and ``apply`` receives it as ``prepared``.
+    ``pending`` are the configs this ``apply`` call applies before this one (the model does not reflect them
+    yet when ``validate`` runs; it does when ``apply`` runs). ``apply`` performs the change and returns an
+    object whose ``remove()`` restores the model exactly and whose optional ``reset()`` clears per-episode state.
     """
 
-    def validate(self, model: Any, config: Any, adapter: Any) -> None: ...
+    def validate(self, model: Any, config: Any, adapter: Any, pending: tuple[TechniqueConfig, ...]) -> Any: ...
 
-    def apply(self, model: Any, config: Any, adapter: Any) -> Removable: ...
+    def apply(self, model: Any, config: Any, adapter: Any, prepared: Any) -> Removable: ...
 
 
-_HANDLERS: dict[type, Handler] = {}
+_HANDLERS: dict[type, Handler] = {}  # one instance per config type, made on first use
 
 
 def register_handler(config_type: type[TechniqueConfig]):
-    """Class decorator: ``@register_handler(MyConfig) class MyHandler: ...`` registers an instance."""
+    """Class decorator for a technique defined at run time: ``@register_handler(MyConfig) class MyHandler``
+    registers ``MyConfig`` under its ``name`` and ``MyHandler`` as its implementation. (A packaged technique
+    sets ``handler = "module:Class"`` on its config and declares an entry point instead; :mod:`vlaccel.registry`.)
+    """
 
     def decorate(handler_cls):
         if config_type in _HANDLERS:
             raise RuntimeError(f"a handler for {config_type.__name__} is already registered")
+        TECHNIQUES.register(config_type.technique_name(), config_type)
         _HANDLERS[config_type] = handler_cls()
         return handler_cls
 
@@ -102,32 +155,24 @@ def register_handler(config_type: type[TechniqueConfig]):
 
 
 def handler_for(config: TechniqueConfig) -> Handler:
-    _import_builtin_techniques()
-    try:
-        return _HANDLERS[type(config)]
-    except KeyError:
-        known = ", ".join(sorted(c.__name__ for c in _HANDLERS))
-        raise TypeError(
-            f"no technique is registered for {type(config).__name__}; registered configs: {known}. "
-            "Register one with @vlaccel.config.register_handler(YourConfig)."
-        ) from None
+    config_type = type(config)
+    if config_type not in _HANDLERS:
+        spec = config_type.handler
+        if spec is None:
+            raise TypeError(
+                f"{config_type.__name__} names no handler; set its class attribute handler = 'module:HandlerClass' "
+                "or register one with @vlaccel.config.register_handler(YourConfig)")
+        _HANDLERS[config_type] = (load(spec) if isinstance(spec, str) else spec)()
+    return _HANDLERS[config_type]
 
 
 def registered_configs() -> dict[str, type[TechniqueConfig]]:
-    _import_builtin_techniques()
-    return {c.technique_name(): c for c in _HANDLERS}
+    return dict(TECHNIQUES.items())
 
 
 def config_from_dict(data: dict[str, Any]) -> TechniqueConfig:
     """Rebuild any registered config from its ``to_dict()`` output."""
-    configs = registered_configs()
     tag = data.get("technique")
-    if tag not in configs:
-        raise ValueError(f"unknown technique {tag!r}; known: {sorted(configs)}")
-    return configs[tag].from_dict(data)
-
-
-def _import_builtin_techniques() -> None:
-    # Registering is a side effect of importing the technique modules; done lazily, on first use,
-    # so `import vlaccel` stays cheap and changes nothing.
-    import vlaccel.techniques  # noqa: F401
+    if not isinstance(tag, str) or tag not in TECHNIQUES:
+        raise ValueError(f"unknown technique {tag!r}; known: {TECHNIQUES.names()}")
+    return TECHNIQUES.get(tag).from_dict(data)

@@ -1,56 +1,145 @@
-"""Named acceleration presets: ``vlaccel.presets.get("efficientvla") -> list[TechniqueConfig]``.
+"""Named acceleration presets, stated relative to the model and resolved against it.
 
-A preset is a function of nothing returning fresh configs; techniques add theirs with :func:`register`.
-"none" is the baseline (no technique).
+    vlaccel.presets.get("efficientvla")          # configs in fractions / frames: apply() resolves them
+    vlaccel.presets.get("efficientvla", model)   # resolved for this model; parts it cannot take left out
+    vlaccel.presets.resolve("efficientvla", model).description()   # what that is, in one line
+
+A preset states what the method keeps as shares of the model (the paper's 22 of 32 layers, 56 of 256 visual
+tokens; KV windows in observations), so it means the same on an 8-layer reference policy and on an 18-layer
+PaliGemma with 256 image tokens. Resolving it against a model (:func:`resolve`) turns the shares into sizes
+and leaves out a technique the model cannot take (the head cache on a VLM without a diffusion head), saying
+so in the resolution and once as a warning; ``vlaccel presets`` prints the table for a policy.
+
+Presets are data: :data:`PRESETS` maps names to ``"module:function"`` paths (plus entry points of the group
+``vlaccel.presets`` and :func:`register` at run time, :mod:`vlaccel.registry`); a preset function takes no
+arguments, returns fresh configs, and carries its one-line description (:func:`describe_as`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 from vlaccel.config import TechniqueConfig
+from vlaccel.registry import Registry
 
-_PRESETS: dict[str, tuple[Callable[[], list[TechniqueConfig]], str]] = {}
+__all__ = ["PRESETS", "Resolution", "get", "resolve", "names", "describe", "register", "describe_as", "short"]
+
+_EVLA = "vlaccel.techniques.efficientvla_presets"
+_KV = "vlaccel.techniques.kv_efficient.presets"
+PRESETS = Registry("preset", "vlaccel.presets", {
+    "none": "vlaccel.presets:baseline",
+    "ddim5": "vlaccel.presets:ddim5",
+    "efficientvla": f"{_EVLA}:efficientvla",
+    "efficientvla-keep-layers": f"{_EVLA}:efficientvla_keep_layers",
+    "efficientvla-tokens": f"{_EVLA}:efficientvla_tokens",
+    "efficientvla-layers": f"{_EVLA}:efficientvla_layers",
+    "head-cache": f"{_EVLA}:head_cache",
+    "fastv": f"{_EVLA}:fastv",
+    "random-tokens": f"{_EVLA}:random_tokens",
+    "kv-efficient": f"{_KV}:kv_efficient",
+    "kv-streaming": f"{_KV}:kv_streaming",
+})
+
+_WARNED: set[tuple[str, str, str]] = set()  # (preset, model class, technique) already warned about
 
 
-def register(name: str, description: str):
-    def decorate(fn: Callable[[], list[TechniqueConfig]]):
-        if name in _PRESETS:
-            raise RuntimeError(f"preset {name!r} already registered")
-        _PRESETS[name] = (fn, description)
+def describe_as(description: str) -> Callable[[Callable[[], list[TechniqueConfig]]], Callable[[], list[TechniqueConfig]]]:
+    """Decorator giving a preset function its one-line description."""
+
+    def decorate(fn):
+        fn.description = description
         return fn
 
     return decorate
 
 
-def get(name: str) -> list[TechniqueConfig]:
-    _load()
-    if name not in _PRESETS:
-        raise KeyError(f"unknown preset {name!r}; available: {', '.join(names())}")
-    return _PRESETS[name][0]()
+def register(name: str, description: str):
+    """Decorator adding a preset at run time: ``@register("mine", "what it does") def mine(): return [...]``."""
+
+    def decorate(fn: Callable[[], list[TechniqueConfig]]):
+        PRESETS.register(name, describe_as(description)(fn))
+        return fn
+
+    return decorate
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolution:
+    """A preset resolved against one model: the configs to apply, and what was left out and why."""
+
+    name: str
+    model: str
+    configs: list[TechniqueConfig]
+    left_out: list[tuple[TechniqueConfig, str]]
+
+    def description(self) -> str:
+        applied = ", ".join(short(c) for c in self.configs) or "nothing (the baseline)"
+        out = "".join(f"; left out {type(c).__name__}: {why}" for c, why in self.left_out)
+        return f"{self.name} on {self.model}: {applied}{out}"
+
+
+def get(name: str, model: Any = None) -> list[TechniqueConfig]:
+    """The preset's configs: as stated (shares, resolved by ``apply``) or, given ``model``, resolved for it."""
+    if model is not None:
+        return resolve(name, model).configs
+    return list(PRESETS.get(name)())
+
+
+def resolve(name: str, model: Any) -> Resolution:
+    """Resolve preset ``name`` against ``model``: sizes from its adapter, parts it cannot take left out (warned
+    once per preset, model class and technique)."""
+    from vlaccel.adapters.base import CAPABILITY_NAMES, get_adapter
+
+    adapter = get_adapter(model)
+    offered = adapter.capabilities(model)
+    configs: list[TechniqueConfig] = []
+    left_out: list[tuple[TechniqueConfig, str]] = []
+    for cfg in sorted(get(name), key=lambda c: type(c).order):
+        missing = [c for c in cfg.required_capabilities() if c not in offered]
+        if missing:
+            left_out.append((cfg, f"{type(model).__name__} lacks {' and '.join(CAPABILITY_NAMES[c] for c in missing)}"))
+            continue
+        configs.append(cfg.resolve(model, adapter, tuple(configs)))
+    resolution = Resolution(name, type(model).__name__, configs, left_out)
+    for cfg, why in left_out:
+        key = (name, type(model).__name__, type(cfg).__name__)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            warnings.warn(f"preset {name!r} leaves out {type(cfg).__name__}: {why}", UserWarning, stacklevel=2)
+    return resolution
 
 
 def names() -> list[str]:
-    _load()
-    return list(_PRESETS)
+    return PRESETS.names()
 
 
 def describe() -> dict[str, str]:
-    _load()
-    return {name: desc for name, (_, desc) in _PRESETS.items()}
+    out = {}
+    for name, fn in PRESETS.items():
+        if not isinstance(getattr(fn, "description", None), str):
+            raise TypeError(f"preset {name!r} ({fn!r}) has no description; decorate it with "
+                            "@vlaccel.presets.describe_as('...') or add it with vlaccel.presets.register(name, description)")
+        out[name] = fn.description
+    return out
 
 
-@register("none", "baseline: no transformation")
-def _none() -> list[TechniqueConfig]:
+def short(cfg: TechniqueConfig) -> str:
+    """``Name(field=value, ...)`` with only the fields that differ from the defaults."""
+    fields = [f for f in dataclasses.fields(cfg) if f.default is dataclasses.MISSING
+              or getattr(cfg, f.name) != f.default]
+    return f"{type(cfg).__name__}({', '.join(f'{f.name}={getattr(cfg, f.name)!r}' for f in fields)})"
+
+
+@describe_as("baseline: no transformation")
+def baseline() -> list[TechniqueConfig]:
     return []
 
 
-@register("ddim5", "action head with 5 instead of 10 DDIM steps (simple baseline for head caching)")
-def _ddim5() -> list[TechniqueConfig]:
-    from vlaccel.techniques import DenoiseStepsConfig
+@describe_as("action head with 5 instead of 10 DDIM steps (simple baseline for head caching)")
+def ddim5() -> list[TechniqueConfig]:
+    from vlaccel.techniques.denoise_steps import DenoiseStepsConfig
 
     return [DenoiseStepsConfig(steps=5)]
-
-
-def _load() -> None:
-    import vlaccel.techniques  # noqa: F401  (techniques register their presets on import)

@@ -228,3 +228,25 @@ def test_window_positions_match_full_history_positions(tiny_policy, frames):
     torch.testing.assert_close(window[0, L:], full[0, L + 2 * n : L + 4 * n], atol=0, rtol=0)
     torch.testing.assert_close(anchored[0, :L + n], full[0, :L + n], atol=0, rtol=0)
     torch.testing.assert_close(anchored[0, L + n:], full[0, L + 3 * n : L + 4 * n], atol=0, rtol=0)
+
+
+def test_building_or_loading_a_policy_leaves_the_callers_rng_alone(tmp_path):
+    """The weights come from their own init_seed stream: the caller's global torch RNG goes on as if nothing ran."""
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    policy = ReferenceVLA(ReferenceVLAConfig.tiny())
+    assert torch.equal(torch.rand(3), expected), "building a policy moved the caller's RNG"
+    save_policy(policy, tmp_path / "p")
+    torch.manual_seed(11)
+    vlaccel.load_policy(tmp_path / "p")
+    assert torch.equal(torch.rand(3), expected), "loading a policy moved the caller's RNG"
+    torch.manual_seed(11)
+    policy.add_visual_readout(2)
+    assert torch.equal(torch.rand(3), expected), "adding a visual readout moved the caller's RNG"
+    # the initial weights still depend on init_seed only, not on the caller's RNG
+    torch.manual_seed(12)
+    again = ReferenceVLA(ReferenceVLAConfig.tiny())
+    again.add_visual_readout(2)
+    for (name, value), (_, other) in zip(policy.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(value, other), name

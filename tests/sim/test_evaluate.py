@@ -128,9 +128,9 @@ def test_policy_fingerprint_covers_decoding_settings(tmp_path, tiny_policy):
 
 
 def test_condition_identity_follows_weights_configs_and_gate_file(tmp_path, monkeypatch):
-    from vlaccel.techniques.kv_efficient import resolve
+    from vlaccel.techniques.kv_efficient import gate
 
-    monkeypatch.setattr(resolve, "shipped_gate_dir", lambda: tmp_path)
+    monkeypatch.setattr(gate, "shipped_gate_dir", lambda: tmp_path)  # where weight_files() looks it up
     (tmp_path / "gate.safetensors").write_bytes(b"gate one")
     base, streaming = condition_identity("fp1", "kv-efficient"), condition_identity("fp1", "kv-streaming")
     assert base == condition_identity("fp1", "kv-efficient")
@@ -208,3 +208,22 @@ def test_ray_path_records_results_and_errors(tmp_path):
     )
     assert summary["tasks"]["reach-v3"]["none"]["errors"] == 0
     assert summary["tasks"]["push-v3"]["none"]["errors"] == 1
+
+
+def test_evaluate_re_exports_what_its_parts_define():
+    """evaluate.py plans a run; its parts live in small modules, and the names callers import stay put."""
+    import vlaccel.sim
+    from vlaccel.sim import episode, episode_store, evaluate, identity, policies, protocol, results, workers
+
+    assert evaluate.rollout is episode.rollout and evaluate.run_episode is episode.run_episode
+    assert evaluate.as_action_chunk is episode.as_action_chunk
+    assert evaluate.load_records is episode_store.load_records and evaluate.record_key is episode_store.record_key
+    assert evaluate.condition_identity is identity.condition_identity
+    assert evaluate.policy_fingerprint is identity.policy_fingerprint
+    assert evaluate.get_policy is policies.get_policy and evaluate.load_policy is policies.load_policy
+    assert (evaluate.BASELINE, evaluate.ACTION_REPEAT, evaluate.DEFAULT_SEED0) == ("none", 4, 1000)
+    assert evaluate.BASELINE is protocol.BASELINE
+    assert evaluate.summarize is results.summarize and evaluate.render_table is results.render_table
+    assert callable(workers.run_pool) and callable(workers.run_ray)
+    assert all(hasattr(evaluate, name) for name in evaluate.__all__)
+    assert vlaccel.sim.rollout is episode.rollout  # the package's lazy name is still the function

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import vlaccel
+from vlaccel.adapters import get_adapter
 from tests.conftest import random_frames
 from vlaccel.adapters import UnsupportedModelError
 from vlaccel.techniques import LayerPruneConfig, TokenPruneConfig
@@ -186,7 +187,7 @@ def test_hf_decoder_pruned_generate_matches_no_cache_greedy(family):
         base_logits = model(input_ids=ids).logits
     base_gen = model.generate(ids, max_new_tokens=8, do_sample=False)
     with vlaccel.applied(model, LayerPruneConfig(keep_layers=4)):  # neutral: bit-identical
-        assert LayerPruneConfig(keep_layers=4).is_neutral(model)
+        assert LayerPruneConfig(keep_layers=4).is_neutral(model, get_adapter(model))
         with torch.no_grad():
             assert torch.equal(model(input_ids=ids).logits, base_logits)
         assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False), base_gen)

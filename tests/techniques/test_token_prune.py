@@ -251,5 +251,5 @@ def test_out_of_range_for_the_model_leaves_it_untouched(tiny_policy, frames):
 def test_models_without_visual_tokens_are_refused():
     with pytest.raises(UnsupportedModelError, match="Supported:"):
         vlaccel.apply(torch.nn.Linear(2, 2), TokenPruneConfig(keep_tokens=8))
-    with pytest.raises(NotImplementedError, match="no visual tokens"):
+    with pytest.raises(ValueError, match="TokenPruneConfig needs visual tokens in its LM input"):
         vlaccel.apply(tiny_lm("llama"), TokenPruneConfig(keep_tokens=8))

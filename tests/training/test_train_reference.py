@@ -292,3 +292,93 @@ def test_layout_scene_target_trains_and_bad_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match="scene_target must be one of"):
         train(TrainConfig(**base, scene_target="absolute", run_dir=str(tmp_path / "r2")), **quiet)
     assert not (tmp_path / "r2").exists()
+
+
+def _replay(command):
+    """The TrainConfig that the real ``vlaccel`` parser makes of a recorded ``vlaccel train-reference ...`` line."""
+    import dataclasses
+    import shlex
+
+    from vlaccel.cli import build_parser
+
+    argv = shlex.split(command)
+    assert argv[:2] == ["vlaccel", "train-reference"], command
+    args = build_parser().parse_args(argv[1:])
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    if values["task_weights"] is not None:
+        values["task_weights"] = dict(values["task_weights"])
+    return TrainConfig(**values)
+
+
+def test_default_output_is_in_the_run_dir_not_the_bundled_assets(tmp_path):
+    from pathlib import Path
+
+    from vlaccel.models.io import bundled_dir
+
+    make_demos(tmp_path / "demos", n=1, frames=3)
+    cfg = TrainConfig(data=str(tmp_path / "demos"), run_dir=str(tmp_path / "run"), preset="tiny", steps=1,
+                      batch_size=2, shift_pad=0, bf16=False, warmup=1)
+    bundled = bundled_dir("reference").resolve()
+    assert cfg.out is None or bundled not in [Path(cfg.out).resolve(), *Path(cfg.out).resolve().parents], cfg.out
+    shipped = (bundled / "model.safetensors").stat().st_mtime_ns
+    train(cfg, log=lambda *_: None)
+    assert vlaccel.load_policy(tmp_path / "run" / "policy").config.image_size == 32
+    assert (bundled / "model.safetensors").stat().st_mtime_ns == shipped
+    assert _replay("vlaccel train-reference").out is None  # the CLI default is the same
+
+
+def test_the_recorded_command_replays_to_the_same_config(tmp_path):
+    """The card's command uses only real flags, in the form argparse takes (e.g. --no-bf16, not --bf16 False)."""
+    make_demos(tmp_path / "demos", n=1, frames=3)
+    make_demos(tmp_path / "demos", n=1, frames=3, task="reach-v3")
+    cfg = TrainConfig(data=str(tmp_path / "demos"), run_dir=str(tmp_path / "my run"), out=str(tmp_path / "p 1"),
+                      preset="tiny", steps=2, batch_size=2, shift_pad=0, bf16=False, warmup=1, weight_decay=0.0,
+                      lr=1e-3, minutes=5.5, tasks=["push-v3", "reach-v3"], task_weights={"push-v3": 0.1 + 0.2},
+                      seed=3, window_prob=0.5, aux_object_weight=0.5, scene_target="layout")
+    card = train(cfg, log=lambda *_: None)
+    assert _replay(card["command"]) == cfg, card["command"]
+
+
+def test_command_line_states_every_kind_of_field():
+    from vlaccel.training.cli import command_line
+
+    cfg = TrainConfig(init="runs/a b/policy", freeze_backbone=True, freeze_head=True, visual_readout_heads=4,
+                      visual_readout_source="lm_input", visual_readout_pool="flatten", readout_norm_weight=0.25,
+                      distill_weight=2.0, distill_tasks=["reach-v3"], distill_from="reference", distill_frames=8,
+                      tasks=[], max_frames=6, threads=1, bf16=False, warmup=0, weight_decay=1e-5)
+    assert _replay(command_line(cfg)) == cfg
+    assert _replay(command_line(TrainConfig())) == TrainConfig()
+    assert command_line(TrainConfig()) == "vlaccel train-reference"
+
+
+def test_every_train_config_field_is_a_flag_with_its_default():
+    import dataclasses
+
+    from vlaccel.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["train-reference"]
+    dests = {a.dest for a in sub._actions}
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= dests
+    assert _replay("vlaccel train-reference") == TrainConfig()
+
+
+def test_the_bundled_cards_command_replays_to_its_recorded_config():
+    """The bundled card's own command (recorded before command_line existed) parses to the config it records."""
+    import dataclasses
+
+    from vlaccel.models.io import CARD, bundled_dir
+
+    card = json.loads((bundled_dir("reference") / CARD).read_text())
+    recorded = {f.name: card["training"][f.name] for f in dataclasses.fields(TrainConfig)}
+    assert _replay(card["command"]) == TrainConfig(**recorded)
+
+
+def test_contradictory_flags_are_refused_when_the_config_is_built():
+    from vlaccel.errors import UsageError
+
+    with pytest.raises(UsageError, match="pass --freeze-backbone too"):
+        TrainConfig(freeze_head=True)
+    with pytest.raises(UsageError, match="scene_target must be one of"):
+        TrainConfig(scene_target="absolute")
+    with pytest.raises(UsageError, match="auxiliary loss weights must be >= 0"):
+        TrainConfig(aux_visual_weight=-0.1)

@@ -2,8 +2,10 @@
 
 An adapter answers, for one model family: the decoder layers (and how to replace them), the LM config,
 the token layout of the block being processed (instruction / visual / cognition spans), the action-head
-blocks, and how to plug a KV cache factory or a per-episode reset hook in. New family = one adapter file
-registered with :func:`register_adapter`.
+blocks, and how to plug a KV cache factory or a per-episode reset hook in; :meth:`ModelAdapter.capabilities`
+says which of these the model has. New family = one adapter file, found through :data:`ADAPTERS` (a table of
+dotted paths, entry points of the group ``vlaccel.adapters``, or :func:`register_adapter` at run time).
+Adapters never name a technique: what a technique plugs in (a cache factory, a reset hook) it passes in.
 """
 
 from __future__ import annotations
@@ -13,7 +15,26 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["ModelAdapter", "register_adapter", "get_adapter", "supported_models", "UnsupportedModelError"]
+from vlaccel.registry import Registry
+
+__all__ = ["ModelAdapter", "register_adapter", "get_adapter", "supported_models", "UnsupportedModelError",
+           "ADAPTERS", "CAPABILITY_NAMES"]
+
+#: capability -> what it means, as errors say it (``ModelAdapter.capabilities``; techniques' ``requires``)
+CAPABILITY_NAMES = {
+    "decoder_layers": "a decoder stack vlaccel can reach",
+    "visual_tokens": "visual tokens in its LM input",
+    "action_head": "a diffusion action head",
+    "history": "a KV cache vlaccel can give a cache factory to",
+    "frames": "observations of a fixed number of tokens (frames)",
+}
+
+#: built-in adapters, tried in this order after run-time registrations and entry points
+ADAPTERS = Registry("adapter", "vlaccel.adapters", {
+    "reference": "vlaccel.adapters.reference:ReferenceVLAAdapter",
+    "hf_vlm": "vlaccel.adapters.hf_vlm:HFVLMAdapter",
+    "hf_decoder": "vlaccel.adapters.hf_decoder:HFDecoderAdapter",
+})
 
 
 class UnsupportedModelError(TypeError):
@@ -25,6 +46,12 @@ class ModelAdapter:
 
     #: human-readable names of the model classes this adapter serves (shown in errors)
     model_names: tuple[str, ...] = ()
+    #: what models of this family have (keys of CAPABILITY_NAMES); see :meth:`capabilities`
+    CAPABILITIES: frozenset[str] = frozenset()
+
+    def capabilities(self, model: Any) -> frozenset[str]:  # noqa: ARG002 - a subclass may look at the model
+        """The parts of ``model`` techniques can act on; a technique ``requires`` some of them."""
+        return self.CAPABILITIES
 
     @classmethod
     def matches(cls, model: Any) -> bool:
@@ -79,7 +106,7 @@ class ModelAdapter:
 
     def attention_queries(self, model: Any, layer: nn.Module, hidden_states: Any, position_embeddings: Any) -> Any:
         """Post-RoPE queries [B, H, T, d_h] the layer would compute from its input ``hidden_states`` [B, T, D]."""
-        from vlaccel.adapters.hf_decoder import decoder_layer_queries
+        from vlaccel.adapters.layer_conventions import decoder_layer_queries
 
         return decoder_layer_queries(layer, hidden_states, position_embeddings)
 
@@ -98,7 +125,8 @@ class ModelAdapter:
 
     # --- episode / cache plumbing -------------------------------------------------------------
     def set_cache_factory(self, model: Any, factory: Callable[[], Any] | None) -> Callable[[], Any] | None:
-        """Install ``factory`` as the model's KV-cache maker; return the previous one (for ``remove``)."""
+        """Install ``factory`` as the model's KV-cache maker; return the previous one (for ``remove``).
+        ``factory.cache_class`` is the type of cache it makes (a caller's own cache of that type is kept)."""
         raise NotImplementedError(f"{type(self).__name__}: pass the cache to generate()/forward yourself")
 
     def register_reset_hook(self, model: Any, fn: Callable[[], None]) -> Any:
@@ -111,34 +139,24 @@ class _NoHandle:
         pass
 
 
-_ADAPTERS: list[type[ModelAdapter]] = []
-
-
 def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
-    _ADAPTERS.append(cls)
+    """Class decorator: try ``cls`` (before the built-in adapters) for every model ``get_adapter`` sees."""
+    ADAPTERS.register(f"{cls.__module__}:{cls.__qualname__}", cls)
     return cls
 
 
 def supported_models() -> list[str]:
-    _import_builtin_adapters()
-    return [name for cls in _ADAPTERS for name in cls.model_names]
+    return [name for _, cls in ADAPTERS.items() for name in cls.model_names]
 
 
 def get_adapter(model: Any) -> ModelAdapter:
     """The adapter for ``model``; a clear error listing the supported models otherwise."""
-    _import_builtin_adapters()
-    for cls in _ADAPTERS:
+    for _, cls in ADAPTERS.items():
         if cls.matches(model):
             return cls()
     raise UnsupportedModelError(
         f"vlaccel has no adapter for {type(model).__name__}. Supported: {', '.join(supported_models())}. "
         "To support another model, subclass vlaccel.adapters.ModelAdapter and decorate it with "
-        "@vlaccel.adapters.register_adapter (see docs/adapters.md)."
+        "@vlaccel.adapters.register_adapter, or declare it as an entry point of the group 'vlaccel.adapters' "
+        "(see docs/adapters.md)."
     )
-
-
-def _import_builtin_adapters() -> None:
-    # the reference adapter first when nothing imported an adapter module before (registration = matching order)
-    import vlaccel.adapters.reference  # noqa: F401, I001
-    import vlaccel.adapters.hf_vlm  # noqa: F401
-    import vlaccel.adapters.hf_decoder  # noqa: F401

@@ -7,9 +7,9 @@ so:
 * :meth:`TransformersAdapter.register_reset_hook` runs the callback (a technique's per-episode reset) before
   such a forward, from a forward pre-hook on the top-level model;
 * :meth:`TransformersAdapter.set_cache_factory` makes such a forward use a fresh cache from the factory
-  (KV-Efficient's :class:`ChunkedGatedCache`) instead of the ``DynamicCache`` transformers would create or
-  ``generate()`` passed in. ``generate()`` keeps using the cache the forward returns, so every decode step
-  runs on it. A non-empty cache, or a ``ChunkedGatedCache`` the caller passes, is left alone.
+  (KV-Efficient's) instead of the ``DynamicCache`` transformers would create or ``generate()`` passed in.
+  ``generate()`` keeps using the cache the forward returns, so every decode step runs on it. A non-empty
+  cache, or one of the factory's ``cache_class`` the caller passes, is left alone.
 
 Knowledge is data: each subclass has a table from the model class name to the attribute path of the
 module holding ``.layers`` (the decoder).
@@ -113,14 +113,12 @@ class _InstalledFactory:
             h.remove()
 
     def before_forward(self, module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-        from vlaccel.techniques.kv_efficient.cache import ChunkedGatedCache
-
         self.expected = None
         use_cache = kwargs.get("use_cache")
         if (use_cache is None and not self.use_cache_default) or use_cache is False:
             return None
         cache = forward_cache(kwargs)
-        if isinstance(cache, ChunkedGatedCache) or not starts_sequence(kwargs):
+        if isinstance(cache, self.factory.cache_class) or not starts_sequence(kwargs):
             self.expected = cache
             return None
         self.expected = self.factory()

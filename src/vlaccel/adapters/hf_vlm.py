@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from vlaccel.adapters.base import register_adapter
 from vlaccel.adapters.hf_common import TransformersAdapter, starts_sequence
 
 _LAYOUT_ATTR = "_vlaccel_token_layout"
@@ -57,8 +56,8 @@ VLMS: dict[str, tuple[str, Any]] = {
 }
 
 
-@register_adapter
 class HFVLMAdapter(TransformersAdapter):
+    CAPABILITIES = frozenset({"decoder_layers", "visual_tokens", "history"})
     DECODER_PATH = {name: path for name, (path, _) in VLMS.items()}
     model_names = tuple(f"transformers {name}" for name in VLMS)
 

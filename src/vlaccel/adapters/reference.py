@@ -7,12 +7,12 @@ from typing import Any
 
 from torch import nn
 
-from vlaccel.adapters.base import ModelAdapter, register_adapter
+from vlaccel.adapters.base import ModelAdapter
 
 
-@register_adapter
 class ReferenceVLAAdapter(ModelAdapter):
     model_names = ("vlaccel ReferenceVLA",)
+    CAPABILITIES = frozenset({"decoder_layers", "visual_tokens", "action_head", "history", "frames"})
 
     @classmethod
     def matches(cls, model: Any) -> bool:

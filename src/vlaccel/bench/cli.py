@@ -50,12 +50,14 @@ def run(args: argparse.Namespace) -> int:
 
     from vlaccel.bench import harness
     from vlaccel.bench.history import DEFAULT_LENGTHS, summarize
+    from vlaccel.errors import MissingInputError, UsageError
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but torch.cuda.is_available() is False (CPU-only torch?)")
+        raise UsageError("--device cuda requested but torch.cuda.is_available() is False (CPU-only torch?); "
+                         "pass --device cpu or install a CUDA build of torch")
     threads = args.threads or os.cpu_count() or 1
     if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
+        raise UsageError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
     options = harness.BenchOptions(
         repeats=args.repeats, warmup=args.warmup, device=args.device, fidelity_samples=args.samples,
@@ -68,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console.width = max(console.width, 150)  # logs and docs: keep the wide tables unwrapped
     if args.from_json:
+        if not os.path.isfile(args.from_json):
+            raise MissingInputError(f"--from-json {args.from_json}: no such file; pass the JSON a `vlaccel bench --json "
+                                    "PATH` run wrote")
         with open(args.from_json) as f:
             result = json.load(f)
         if "history" in result:  # derived numbers are recomputed from the measured series

@@ -32,6 +32,7 @@ from vlaccel.bench.latency import (
     time_alternating,
 )
 from vlaccel.bench.memory import count_parameters
+from vlaccel.errors import UsageError, check_names
 
 __all__ = [
     "BenchOptions",
@@ -62,10 +63,10 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         if min(self.repeats, self.fidelity_samples, self.calibration_samples) < 1 or self.warmup < 0:
-            raise ValueError("repeats, fidelity_samples and calibration_samples must be >= 1 and warmup >= 0 (got "
+            raise UsageError("repeats, fidelity_samples and calibration_samples must be >= 1 and warmup >= 0 (got "
                              f"{self.repeats}, {self.fidelity_samples}, {self.calibration_samples}, {self.warmup})")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+            raise UsageError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
 
 
 class Progress:
@@ -82,7 +83,7 @@ def resolve_policy(policy: str | None = None, preset_model: str | None = None) -
     from vlaccel.models.io import WEIGHTS, bundled_dir
 
     if policy and preset_model:
-        raise ValueError("pass either --policy or --preset-model, not both")
+        raise UsageError("pass either --policy or --preset-model, not both")
     if policy:
         return load_policy(policy), f"policy {policy!r}"
     if preset_model is None and (bundled_dir("reference") / WEIGHTS).exists():
@@ -110,11 +111,6 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     return env
 
 
-def _is_kv_config(cfg: Any) -> bool:
-    return type(cfg).__name__ == "KVEfficientConfig" or type(cfg).__module__.startswith(
-        "vlaccel.techniques.kv_efficient")
-
-
 def default_presets() -> list[str]:
     """Every registered preset except the baseline ("none") and cache-only ones (which only act in history
     mode; they are measured by ``--history``)."""
@@ -125,7 +121,7 @@ def default_presets() -> list[str]:
         if name == "none":
             continue
         configs = vlaccel.presets.get(name)
-        if configs and all(_is_kv_config(c) for c in configs):
+        if configs and all(type(c).history_only for c in configs):
             continue
         out.append(name)
     return out
@@ -152,7 +148,7 @@ def kv_settings(policy: Any = None) -> tuple[dict[str, list[Any]], str | None]:
     settings = {}
     for name in vlaccel.presets.names():
         configs = vlaccel.presets.get(name)
-        if configs and all(_is_kv_config(c) for c in configs):
+        if configs and all(type(c).history_only for c in configs):
             settings[name] = configs
     if not settings:
         return {}, "vlaccel.techniques.kv_efficient has no benchmark_settings() and no KV preset"
@@ -248,7 +244,8 @@ def run_benchmark(policy: Any, presets: Sequence[str] | None = None, options: Be
     options = options or BenchOptions()
     progress = progress or Progress()
     presets = list(presets) if presets else default_presets()
-    resolved = {name: vlaccel.presets.get(name) for name in presets}  # unknown names fail before any work
+    check_names("preset", presets, vlaccel.presets.names())  # unknown names fail before any work
+    resolved = {name: vlaccel.presets.get(name) for name in presets}
     policy = policy.to(options.device).eval()
     # disjoint frames of the same pool: layer-pruning calibration on the even ones, fidelity on the odd ones
     observations, obs_source = load_observations(policy.config, options.fidelity_samples, options.demos_dir,

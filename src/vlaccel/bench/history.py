@@ -178,6 +178,7 @@ def predicted_kv_bytes(policy: Any, configs: Sequence[Any], prefix: int,
     """KV bytes the analytic cost model (``bench.cost_model``) predicts, for the full cache and for settings
     made of one KV-Efficient config with a fixed budget; ``None`` where the model does not apply (other
     techniques change the layers or tokens, threshold mode keeps a data-dependent number of chunks)."""
+    from vlaccel.api import resolve_configs
     from vlaccel.bench import cost_model
 
     shape = cost_model.LMShape.from_config(policy.language_model.config,
@@ -185,9 +186,9 @@ def predicted_kv_bytes(policy: Any, configs: Sequence[Any], prefix: int,
     q = policy.config.tokens_per_frame
     if not configs:
         return [cost_model.kv_bytes(shape, prefix + n * q) for n in lengths]
-    if len(configs) != 1 or type(configs[0]).__name__ != "KVEfficientConfig":
+    if len(configs) != 1 or not type(configs[0]).history_only:
         return None
-    cfg = configs[0]
+    (cfg,) = resolve_configs(policy, *configs)  # window and sinks in tokens
     if not cfg.protect_prefix or getattr(cfg, "threshold", None) is not None:
         return None
     chunk = cfg.chunk or q

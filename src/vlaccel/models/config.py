@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any
 
+from vlaccel.errors import UsageError
+
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 VISUAL_READOUT_SOURCES = ("lm_output", "lm_input")
 VISUAL_READOUT_POOLS = ("attention", "flatten")
@@ -65,29 +67,29 @@ class ReferenceVLAConfig:
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+            raise UsageError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         if self.lm_heads % self.lm_kv_heads:
-            raise ValueError(f"lm_heads {self.lm_heads} must be a multiple of lm_kv_heads {self.lm_kv_heads}")
+            raise UsageError(f"lm_heads {self.lm_heads} must be a multiple of lm_kv_heads {self.lm_kv_heads}")
         if not self.init_noise_scale >= 0:
-            raise ValueError(f"init_noise_scale must be >= 0 (1 = standard DDIM, 0 = start from the zero action), "
+            raise UsageError(f"init_noise_scale must be >= 0 (1 = standard DDIM, 0 = start from the zero action), "
                              f"got {self.init_noise_scale!r}")
         if self.timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS} (diffusers DDIMScheduler), "
+            raise UsageError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS} (diffusers DDIMScheduler), "
                              f"got {self.timestep_spacing!r}")
         if self.visual_readout_source not in VISUAL_READOUT_SOURCES:
-            raise ValueError(f"visual_readout_source must be one of {VISUAL_READOUT_SOURCES}, "
+            raise UsageError(f"visual_readout_source must be one of {VISUAL_READOUT_SOURCES}, "
                              f"got {self.visual_readout_source!r}")
         if self.visual_readout_pool not in VISUAL_READOUT_POOLS:
-            raise ValueError(f"visual_readout_pool must be one of {VISUAL_READOUT_POOLS}, got {self.visual_readout_pool!r}")
+            raise UsageError(f"visual_readout_pool must be one of {VISUAL_READOUT_POOLS}, got {self.visual_readout_pool!r}")
         heads, attention = self.visual_readout_heads, self.visual_readout_pool == "attention"
         if heads < 0 or (attention and heads and self.lm_hidden % heads):
             want = f"a divisor of lm_hidden={self.lm_hidden}" if attention else "positive (channels per token)"
-            raise ValueError(f"visual_readout_heads must be 0 (off) or {want}, got {heads}")
+            raise UsageError(f"visual_readout_heads must be 0 (off) or {want}, got {heads}")
         if not attention and self.visual_readout_source != "lm_input":
-            raise ValueError("visual_readout_pool='flatten' needs a fixed number of tokens: use "
+            raise UsageError("visual_readout_pool='flatten' needs a fixed number of tokens: use "
                              "visual_readout_source='lm_input' (token pruning drops LM outputs, never LM inputs)")
         if self.lm_hidden % self.lm_heads:
-            raise ValueError(f"lm_hidden {self.lm_hidden} must be a multiple of lm_heads {self.lm_heads}")
+            raise UsageError(f"lm_hidden {self.lm_hidden} must be a multiple of lm_heads {self.lm_heads}")
 
     # --- derived sizes -------------------------------------------------------------------------
     @property
@@ -130,7 +132,7 @@ class ReferenceVLAConfig:
     def preset(cls, name: str) -> ReferenceVLAConfig:
         presets = {"tiny": cls.tiny, "default": cls.default}
         if name not in presets:
-            raise ValueError(f"unknown reference preset {name!r}; choose one of {sorted(presets)}")
+            raise UsageError(f"unknown reference preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()
 
     # --- serialisation ---------------------------------------------------------------------------
@@ -142,7 +144,7 @@ class ReferenceVLAConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown ReferenceVLAConfig field(s) {unknown}")
+            raise UsageError(f"unknown ReferenceVLAConfig field(s) {unknown}")
         return cls(**data)
 
     def to_json(self) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from vlaccel.errors import MissingInputError, UsageError
 from vlaccel.models.config import ReferenceVLAConfig
 from vlaccel.models.vla import ReferenceVLA
 
@@ -47,12 +48,12 @@ def load_reference(path: str | Path) -> ReferenceVLA:
     path = Path(path)
     for name in (WEIGHTS, CONFIG):
         if not (path / name).exists():
-            raise FileNotFoundError(f"{path} is not a saved policy: {name} is missing (save one with vlaccel.save_policy)")
+            raise MissingInputError(f"{path} is not a saved policy: {name} is missing (save one with vlaccel.save_policy)")
     config = ReferenceVLAConfig.from_dict(json.loads((path / CONFIG).read_text()))
     policy = ReferenceVLA(config)
     missing, unexpected = policy.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path / WEIGHTS} does not match its config: missing={missing[:5]} unexpected={unexpected[:5]}")
+        raise UsageError(f"{path / WEIGHTS} does not match its config: missing={missing[:5]} unexpected={unexpected[:5]}")
     return policy.eval()
 
 
@@ -62,14 +63,14 @@ def load_policy(name_or_path: str | Path) -> ReferenceVLA:
     if key in BUNDLED:
         folder = bundled_dir(key)
         if not (folder / WEIGHTS).exists():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"the bundled {key!r} checkpoint is not in this install ({folder}); train one with "
                 "`vlaccel collect && vlaccel train-reference` or pass the path of a saved policy"
             )
         return load_reference(folder)
     path = Path(key)
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"unknown policy {key!r}: not a bundled name ({', '.join(sorted(BUNDLED))}) and no such folder"
         )
     return load_reference(path)

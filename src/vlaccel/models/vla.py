@@ -17,9 +17,10 @@ instruction and every earlier frame. ``predict_action`` is exactly ``reset`` + o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,15 +55,33 @@ class ReferenceVLA(nn.Module):
 
     def __init__(self, config: ReferenceVLAConfig):
         super().__init__()
-        from transformers import LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
-
         self.config = config
-        torch.manual_seed(config.init_seed)
         self.tokenizer = load_tokenizer()
         if len(self.tokenizer) != config.vocab_size:
             raise ValueError(f"config.vocab_size={config.vocab_size} but the shipped tokenizer has {len(self.tokenizer)}")
         self.bos_id = self.tokenizer.convert_tokens_to_ids(BOS)
         self.cog_id = self.tokenizer.convert_tokens_to_ids(COG)
+        # The initial weights come from their own stream seeded with init_seed (the same weights as a global
+        # torch.manual_seed(init_seed) gave); the caller's RNG is left exactly as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(config.init_seed)
+            self._build_modules(config)
+            self._init_rng_state = torch.get_rng_state()  # where that stream stopped (see init_rng)
+        self.noise_seed: int | None = config.sampling_seed  # fixed initial noise per call -> deterministic policy; None = global RNG
+        # Transformations set these through the adapter, never by editing this class.
+        self.cache_factory: Callable[[], Any] | None = None
+        self.current_layout: TokenLayout | None = None
+        self._reset_hooks: OrderedDict[int, Callable[[], None]] = OrderedDict()  # weak-referenceable for RemovableHandle
+        # History-mode state.
+        self.cache: Any = None
+        self.instruction: str | None = None
+        self.last_cognition: torch.Tensor | None = None
+        self.eval()
+
+    def _build_modules(self, config: ReferenceVLAConfig) -> None:
+        """The policy's modules, in the order that fixes which random draws each one's initial weights get."""
+        from transformers import LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
+
         self.vision = SiglipVisionModel(SiglipVisionConfig(
             hidden_size=config.vision_hidden, intermediate_size=config.vision_intermediate,
             num_hidden_layers=config.vision_layers, num_attention_heads=config.vision_heads,
@@ -85,16 +104,6 @@ class ReferenceVLA(nn.Module):
             config.init_noise_scale, config.timestep_spacing,
         )
         self.visual_readout = build_visual_readout(config)
-        self.noise_seed: int | None = config.sampling_seed  # fixed initial noise per call -> deterministic policy; None = global RNG
-        # Transformations set these through the adapter, never by editing this class.
-        self.cache_factory: Callable[[], Any] | None = None
-        self.current_layout: TokenLayout | None = None
-        self._reset_hooks: OrderedDict[int, Callable[[], None]] = OrderedDict()  # weak-referenceable for RemovableHandle
-        # History-mode state.
-        self.cache: Any = None
-        self.instruction: str | None = None
-        self.last_cognition: torch.Tensor | None = None
-        self.eval()
 
     def add_visual_readout(self, heads: int, source: str = "lm_output", pool: str = "attention") -> None:
         """Give a policy without one a visual readout (``heads``, ``source``, ``pool``: see ``ReferenceVLAConfig``);
@@ -104,8 +113,21 @@ class ReferenceVLA(nn.Module):
             raise ValueError(f"this policy already has a visual readout ({self.config.visual_readout_heads} heads)")
         config = dataclasses.replace(self.config, visual_readout_heads=heads, visual_readout_source=source,
                                      visual_readout_pool=pool)  # validates all three
-        self.visual_readout = build_visual_readout(config).to(self.device, self.dtype)
+        with self.init_rng():
+            readout = build_visual_readout(config)
+        self.visual_readout = readout.to(self.device, self.dtype)
         self.config = config
+
+    @contextlib.contextmanager
+    def init_rng(self) -> Iterator[None]:
+        """Inside, the global torch RNG continues this policy's weight-initialisation stream where it stopped
+        (after building the policy, or the last module built under ``init_rng``); outside, the caller's RNG is
+        untouched. Modules built inside get the weights they got when the policy's construction still reseeded the
+        global RNG and they were built right after it (``add_visual_readout``; ``train-reference``'s probes)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._init_rng_state)
+            yield
+            self._init_rng_state = torch.get_rng_state()
 
     # ------------------------------------------------------------------ hooks for transformations
     def register_reset_hook(self, fn: Callable[[], None]) -> RemovableHandle:

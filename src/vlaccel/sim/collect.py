@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlaccel.errors import UsageError
 from vlaccel.sim.data import demo_path, save_demo
 from vlaccel.sim.tasks import get_task, resolve_tasks
 
@@ -62,7 +63,8 @@ class CollectReport:
 
 def _check_noise(action_noise: float, noise_hold: int) -> None:
     if not action_noise >= 0 or noise_hold < 1:
-        raise ValueError(f"action_noise must be >= 0 and noise_hold >= 1, got {action_noise}, {noise_hold}")
+        raise UsageError(f"action_noise (--action-noise) must be >= 0 and noise_hold (--noise-hold) >= 1, got "
+                         f"{action_noise}, {noise_hold}")
 
 
 class DartNoise:
@@ -149,7 +151,8 @@ def _collect_one(job: tuple) -> tuple[str, int, bool, int, str | None]:
     try:
         driver = None
         if roll_in is not None:
-            from vlaccel.sim.evaluate import BASELINE, get_policy
+            from vlaccel.sim.policies import get_policy
+            from vlaccel.sim.protocol import BASELINE
             from vlaccel.sim.roll_in import PolicyRollIn, handoff_frame
 
             policy, _ = get_policy(roll_in, BASELINE, image_size)  # loaded once per process
@@ -198,14 +201,17 @@ def collect(
     """
     tasks = resolve_tasks(task_names)
     if episodes_per_task <= 0 or frame_every <= 0:
-        raise ValueError("episodes_per_task and frame_every must be positive")
+        raise UsageError(f"episodes_per_task (--episodes) and frame_every (--frame-every) must be positive, got "
+                         f"{episodes_per_task}, {frame_every}")
     _check_noise(action_noise, noise_hold)
     if roll_in is not None and action_noise > 0:
-        raise ValueError("choose one way to leave the expert's path: a roll-in policy or action noise, not both")
+        raise UsageError("choose one way to leave the expert's path: a roll-in policy or action noise, not both")
     if handoff_max is not None and (roll_in is None or handoff_max < 1):
-        raise ValueError(f"handoff_max (got {handoff_max}) needs a roll-in policy and must be >= 1")
+        raise UsageError(f"handoff_max (--handoff-max, got {handoff_max}) needs a roll-in policy (--roll-in) and must "
+                         "be >= 1")
     if roll_in is not None:
-        from vlaccel.sim.evaluate import BASELINE, get_policy
+        from vlaccel.sim.policies import get_policy
+        from vlaccel.sim.protocol import BASELINE
 
         get_policy(roll_in, BASELINE, image_size)  # a wrong path fails here, once; in-process runs reuse it
     out_dir = str(out_dir)

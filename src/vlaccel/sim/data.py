@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vlaccel.errors import MissingInputError
+
 CHUNK = 16
 
 
@@ -128,7 +130,7 @@ def load_demos(
     """All demos under `root` (sorted by task, then seed), optionally only those of `tasks`."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"no demo directory {root}; create demos with `vlaccel collect --out {root}`")
+        raise MissingInputError(f"no demo directory {root}; create demos with `vlaccel collect --out {root}`")
     wanted = set(tasks) if tasks else None
     demos = []
     for path in sorted(root.glob("*/*.npz")):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vlaccel.sim.evaluate import as_action_chunk
+from vlaccel.sim.episode import as_action_chunk
 from vlaccel.sim.tasks import get_task
 
 ROLL_IN_SEED = 0xDA66

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vlaccel.errors import UnknownNameError
+
 Vec3 = tuple[float, float, float]
 
 _REACH_GOAL: tuple[Vec3, Vec3] = ((-0.25, 0.7, 0.15), (0.25, 0.9, 0.15))
@@ -109,7 +111,7 @@ def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name]
     except KeyError:
-        raise KeyError(f"unknown task {name!r}; choose from: {', '.join(TASKS)}") from None
+        raise UnknownNameError(f"unknown task {name!r}; choose from: {', '.join(TASKS)}") from None
 
 
 def resolve_tasks(names: list[str] | tuple[str, ...] | None) -> list[str]:

@@ -1,6 +1,7 @@
-"""Techniques: each module defines one frozen config and registers its handler on import.
+"""Techniques: each module defines one frozen config and the handler its ``handler`` attribute names.
 
-Importing this package registers all built-in techniques (done lazily by vlaccel.config on first use).
+Nothing registers on import: ``vlaccel.config.TECHNIQUES`` and ``vlaccel.presets.PRESETS`` list them as data.
+This package only re-exports the configs.
 """
 
 from vlaccel.techniques.denoise_steps import DenoiseStepsConfig
@@ -8,6 +9,5 @@ from vlaccel.techniques.layer_prune import LayerPruneConfig
 from vlaccel.techniques.token_prune import TokenPruneConfig
 from vlaccel.techniques.head_cache import HeadCacheConfig
 from vlaccel.techniques.kv_efficient import KVEfficientConfig
-from vlaccel.techniques import efficientvla_presets  # noqa: F401  (registers the EfficientVLA presets)
 
 __all__ = ["DenoiseStepsConfig", "LayerPruneConfig", "TokenPruneConfig", "HeadCacheConfig", "KVEfficientConfig"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from vlaccel.config import TechniqueConfig, register_handler
+from vlaccel.config import TechniqueConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,16 +18,16 @@ class DenoiseStepsConfig(TechniqueConfig):
     steps: int = 10
 
     name = "denoise_steps"
+    handler = "vlaccel.techniques.denoise_steps:DenoiseStepsHandler"
     order = 80
+    requires = ("action_head",)
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"DenoiseStepsConfig.steps must be an integer >= 1, got {self.steps!r}")
 
-    def is_neutral(self, model: Any) -> bool:
-        from vlaccel.adapters import get_adapter
-
-        return get_adapter(model).inference_steps(model) == self.steps
+    def is_neutral(self, model: Any, adapter: Any) -> bool:
+        return adapter.inference_steps(model) == self.steps
 
 
 class _Applied:
@@ -38,12 +38,11 @@ class _Applied:
         self.adapter.set_inference_steps(self.model, self.previous)
 
 
-@register_handler(DenoiseStepsConfig)
 class DenoiseStepsHandler:
-    def validate(self, model: Any, config: DenoiseStepsConfig, adapter: Any) -> None:
+    def validate(self, model: Any, config: DenoiseStepsConfig, adapter: Any, pending: tuple = ()) -> None:
         adapter.inference_steps(model)  # raises if the model has no diffusion head
 
-    def apply(self, model: Any, config: DenoiseStepsConfig, adapter: Any) -> _Applied:
+    def apply(self, model: Any, config: DenoiseStepsConfig, adapter: Any, prepared: None = None) -> _Applied:
         previous = adapter.inference_steps(model)
         adapter.set_inference_steps(model, config.steps)
         return _Applied(model, adapter, previous)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlaccel.config import TechniqueConfig, register_handler
+from vlaccel.config import TechniqueConfig
 
 __all__ = ["HeadCacheConfig", "CachedBranch"]
 
@@ -36,14 +36,16 @@ class HeadCacheConfig(TechniqueConfig):
     interval: int = 5
 
     name = "head_cache"
+    handler = "vlaccel.techniques.head_cache:HeadCacheHandler"
     order = 70
+    requires = ("action_head",)
 
     def __post_init__(self) -> None:
         if not isinstance(self.interval, int) or isinstance(self.interval, bool) or self.interval < 1:
             raise ValueError(f"HeadCacheConfig.interval must be an integer >= 1 (1 = recompute every step), "
                              f"got {self.interval!r}")
 
-    def is_neutral(self, model: Any) -> bool:  # noqa: ARG002
+    def is_neutral(self, model: Any, adapter: Any) -> bool:  # noqa: ARG002
         return self.interval == 1
 
 
@@ -85,9 +87,8 @@ class _Applied:
             setattr(block, name, wrapper.inner)
 
 
-@register_handler(HeadCacheConfig)
 class HeadCacheHandler:
-    def validate(self, model: Any, config: HeadCacheConfig, adapter: Any) -> None:
+    def validate(self, model: Any, config: HeadCacheConfig, adapter: Any, pending: tuple = ()) -> None:
         blocks = adapter.action_head_blocks(model)  # raises for models without a diffusion head
         adapter.denoise_step(model)
         for i, block in enumerate(blocks):
@@ -96,7 +97,7 @@ class HeadCacheHandler:
                 raise NotImplementedError(f"action-head block {i} ({type(block).__name__}) has no {missing}: "
                                           "head caching needs pre-LN blocks exposing attn_branch / mlp_branch")
 
-    def apply(self, model: Any, config: HeadCacheConfig, adapter: Any) -> _Applied:
+    def apply(self, model: Any, config: HeadCacheConfig, adapter: Any, prepared: None = None) -> _Applied:
         blocks = list(adapter.action_head_blocks(model))
         step = lambda: adapter.denoise_step(model)  # noqa: E731
         wrappers = []

@@ -27,14 +27,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlaccel.config import TechniqueConfig, register_handler
+from vlaccel.config import TechniqueConfig
 from vlaccel.techniques import mlp_prune
 
 __all__ = [
@@ -54,22 +54,33 @@ class LayerPruneConfig(TechniqueConfig):
     ``method="efficientvla"`` drops the lowest-importance layers (Eq. 1, calibrated); ``"last"`` drops the last
     ones (a baseline needing no calibration). ``mlp_prune_ratio``: fraction of FFN channels removed per kept
     layer (a stand-in for PruneNet, see :mod:`vlaccel.techniques.mlp_prune`). Neutral when every layer is kept
-    and the ratio is 0.
+    and the ratio is 0. ``keep_fraction`` states the kept share instead (the paper keeps 22 of 32 layers):
+    resolved against the model at apply time to ``keep_layers = max(1, round_half_up(L * keep_fraction))``.
     """
 
     keep_layers: int | None = None
     drop_layers: int | None = None
+    keep_fraction: float | None = None
     calibration: int = 64
     mlp_prune_ratio: float = 0.0
     method: str = "efficientvla"
     calibration_data: str | None = None
 
     name = "layer_prune"
+    handler = "vlaccel.techniques.layer_prune:LayerPruneHandler"
     order = 10
+    requires = ("decoder_layers",)
+    apply_before: ClassVar[dict[str, str]] = {"token_prune": "token pruning hooks index the decoder layers"}
 
     def __post_init__(self) -> None:
-        if (self.keep_layers is None) == (self.drop_layers is None):
-            raise ValueError("LayerPruneConfig needs exactly one of keep_layers=N or drop_layers=N")
+        given = [n for n in ("keep_layers", "drop_layers", "keep_fraction") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("LayerPruneConfig needs exactly one of keep_layers=N, drop_layers=N or keep_fraction=F, "
+                             f"got {given or 'none'}")
+        if self.keep_fraction is not None and (isinstance(self.keep_fraction, bool) or not isinstance(
+                self.keep_fraction, (int, float)) or not 0 < self.keep_fraction <= 1):
+            raise ValueError(f"keep_fraction must be in (0, 1] (the share of decoder layers kept), got "
+                             f"{self.keep_fraction!r}")
         if self.keep_layers is not None and (not isinstance(self.keep_layers, int) or self.keep_layers < 1):
             raise ValueError(f"keep_layers must be an integer >= 1, got {self.keep_layers!r}")
         if self.drop_layers is not None and (not isinstance(self.drop_layers, int) or self.drop_layers < 0):
@@ -82,16 +93,33 @@ class LayerPruneConfig(TechniqueConfig):
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
     def kept_count(self, total: int) -> int:
+        if self.keep_fraction is not None:
+            return max(1, int(total * self.keep_fraction + 0.5))
         return self.keep_layers if self.keep_layers is not None else total - self.drop_layers
+
+    def resolve(self, model: Any, adapter: Any, pending: tuple = ()) -> LayerPruneConfig:
+        if self.keep_fraction is None:
+            return self
+        total = planned_layers(model, adapter, pending)
+        return dataclasses.replace(self, keep_layers=self.kept_count(total), keep_fraction=None)
+
+    def layers_after(self, layers: int) -> int:
+        return self.kept_count(layers)
 
     def needs_calibration(self, total: int) -> bool:
         return (self.method == "efficientvla" and self.kept_count(total) < total) or self.mlp_prune_ratio > 0
 
-    def is_neutral(self, model: Any) -> bool:
-        from vlaccel.adapters import get_adapter
-
-        total = len(get_adapter(model).decoder_layers(model))
+    def is_neutral(self, model: Any, adapter: Any) -> bool:
+        total = len(adapter.decoder_layers(model))
         return self.kept_count(total) == total and self.mlp_prune_ratio == 0
+
+
+def planned_layers(model: Any, adapter: Any, pending: Sequence[TechniqueConfig]) -> int:
+    """Decoder layers ``model`` will have once the ``pending`` configs (earlier in one apply call) are applied."""
+    total = len(adapter.decoder_layers(model))
+    for cfg in pending:
+        total = cfg.layers_after(total)
+    return total
 
 
 # ---------------------------------------------------------------------------------------------- importance
@@ -315,27 +343,21 @@ class _Applied:
             attn.layer_idx = idx
 
 
-@register_handler(LayerPruneConfig)
 class LayerPruneHandler:
-    def validate(self, model: Any, config: LayerPruneConfig, adapter: Any) -> None:
-        from vlaccel.api import applied_configs
-
+    def validate(self, model: Any, config: LayerPruneConfig, adapter: Any, pending: tuple = ()) -> None:
         total = len(adapter.decoder_layers(model))
         if config.keep_layers is not None and not 1 <= config.keep_layers <= total:
             raise ValueError(f"keep_layers={config.keep_layers} is outside [1, {total}] for this {total}-layer decoder "
                              f"({total} keeps every layer)")
         if config.drop_layers is not None and not 0 <= config.drop_layers <= total - 1:
             raise ValueError(f"drop_layers={config.drop_layers} is outside [0, {total - 1}] for this {total}-layer decoder")
-        if any(c.technique_name() == "token_prune" for c in applied_configs(model)):
-            raise RuntimeError("apply LayerPruneConfig before TokenPruneConfig (or in the same vlaccel.apply call): "
-                               "token pruning hooks index the decoder layers")
         if config.mlp_prune_ratio > 0:
             for layer in adapter.decoder_layers(model):
                 mlp_prune.mlp_parts(adapter.mlp_module(model, layer))
         if config.needs_calibration(total):
             _check_calibration_source(model, config)
 
-    def apply(self, model: Any, config: LayerPruneConfig, adapter: Any) -> _Applied:
+    def apply(self, model: Any, config: LayerPruneConfig, adapter: Any, prepared: None = None) -> _Applied:
         total = len(adapter.decoder_layers(model))
         keep_n = config.kept_count(total)
         calib = None

@@ -46,12 +46,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlaccel.config import TechniqueConfig, register_handler
+from vlaccel.config import TechniqueConfig
 from vlaccel.transformers_compat import forward_cache
 
 __all__ = ["TokenPruneConfig", "select_visual_tokens", "instruction_relevance"]
 
 METHODS = ("efficientvla", "fastv", "random", "diversity")
+PAPER_LAYER = 2  # the decoder layer whose attention scores the tokens in EfficientVLA
 _USES_KEY = ("efficientvla", "diversity")
 
 
@@ -61,42 +62,65 @@ class TokenPruneConfig(TechniqueConfig):
 
     Valid ``keep_tokens``: (k_key, N] for efficientvla / diversity, [1, N] for fastv / random, where N is the
     policy's visual tokens per observation; ``keep_tokens == N`` is neutral. ``seed`` is used by "random" only.
+    ``keep_fraction`` states the kept share instead (the paper keeps 56 of 256), resolved at apply time to
+    ``max(min_keep, round_half_up(N * keep_fraction))``. ``layer=None`` is the paper's layer 2, or on a decoder
+    too shallow for it (counting layer pruning applied with it) the last layer that still has a later one.
+    Never combined with KV-Efficient's chunked cache (declared there).
     """
 
-    keep_tokens: int
-    layer: int = 2
+    keep_tokens: int | None = None
+    layer: int | None = 2
     k_key: int = 4
     alpha: float = 0.5
     method: str = "efficientvla"
     seed: int = 0
 
+    keep_fraction: float | None = None
+
     name = "token_prune"
+    handler = "vlaccel.techniques.token_prune:TokenPruneHandler"
     order = 30
+    requires = ("decoder_layers", "visual_tokens")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if (self.keep_tokens is None) == (self.keep_fraction is None):
+            raise ValueError("TokenPruneConfig needs exactly one of keep_tokens=N or keep_fraction=F")
+        if self.keep_fraction is not None and (isinstance(self.keep_fraction, bool) or not isinstance(
+                self.keep_fraction, (int, float)) or not 0 < self.keep_fraction <= 1):
+            raise ValueError(f"keep_fraction must be in (0, 1] (the share of visual tokens kept), got "
+                             f"{self.keep_fraction!r}")
         for field in ("keep_tokens", "layer", "k_key", "seed"):
-            if not isinstance(getattr(self, field), int):
-                raise ValueError(f"TokenPruneConfig.{field} must be an integer, got {getattr(self, field)!r}")
-        if self.layer < 0:
+            value = getattr(self, field)
+            if not isinstance(value, int) and not (value is None and field in ("keep_tokens", "layer")):
+                raise ValueError(f"TokenPruneConfig.{field} must be an integer, got {value!r}")
+        if self.layer is not None and self.layer < 0:
             raise ValueError(f"layer must be >= 0 (the decoder layer whose attention scores the tokens), got {self.layer}")
         if self.k_key < 1:
             raise ValueError(f"k_key must be >= 1, got {self.k_key}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] (share of the budget after the key tokens chosen by relevance), "
                              f"got {self.alpha!r}")
-        if self.keep_tokens < self.min_keep():
+        if self.keep_tokens is not None and self.keep_tokens < self.min_keep():
             raise ValueError(f"keep_tokens={self.keep_tokens} is too small: method {self.method!r} needs "
                              f"keep_tokens >= {self.min_keep()}" + (" (> k_key)" if self.method in _USES_KEY else ""))
 
     def min_keep(self) -> int:
         return self.k_key + 1 if self.method in _USES_KEY else 1
 
-    def is_neutral(self, model: Any) -> bool:
-        from vlaccel.adapters import get_adapter
+    def resolve(self, model: Any, adapter: Any, pending: tuple = ()) -> TokenPruneConfig:
+        from vlaccel.techniques.layer_prune import planned_layers
 
-        return self.keep_tokens >= get_adapter(model).visual_tokens(model)
+        keep, layer = self.keep_tokens, self.layer
+        if keep is None:
+            keep = max(self.min_keep(), int(adapter.visual_tokens(model) * self.keep_fraction + 0.5))
+        if layer is None:
+            layer = max(0, min(PAPER_LAYER, planned_layers(model, adapter, pending) - 2))
+        return dataclasses.replace(self, keep_tokens=keep, layer=layer, keep_fraction=None)
+
+    def is_neutral(self, model: Any, adapter: Any) -> bool:
+        return self.keep_tokens >= adapter.visual_tokens(model)
 
 
 # ---------------------------------------------------------------------------------------------- selection (pure)
@@ -336,17 +360,12 @@ class _TokenPruner:
         return args, kwargs
 
 
-@register_handler(TokenPruneConfig)
 class TokenPruneHandler:
-    def validate(self, model: Any, config: TokenPruneConfig, adapter: Any) -> None:
-        from vlaccel.api import applied_configs
+    def validate(self, model: Any, config: TokenPruneConfig, adapter: Any, pending: tuple = ()) -> None:
+        from vlaccel.techniques.layer_prune import planned_layers
 
-        if any(type(c).__name__ == "KVEfficientConfig" for c in applied_configs(model)):
-            raise ValueError("TokenPruneConfig cannot be added to a model with KVEfficientConfig applied: token pruning "
-                             "stores fewer tokens per frame in later layers, but the chunked cache needs every layer "
-                             "to store the same tokens. Remove one of them.")
         n = adapter.visual_tokens(model)  # raises for models without visual tokens
-        self._check_layer(model, config, adapter)
+        self._check_layer(config, planned_layers(model, adapter, pending))
         lo = config.min_keep()
         if not lo <= config.keep_tokens <= n:
             raise ValueError(f"keep_tokens={config.keep_tokens} is outside [{lo}, {n}] for method {config.method!r}: "
@@ -358,15 +377,12 @@ class TokenPruneHandler:
                                       f"{impl!r} is not supported (use 'sdpa' or 'eager')")
 
     @staticmethod
-    def _check_layer(model: Any, config: TokenPruneConfig, adapter: Any) -> None:
-        total = len(adapter.decoder_layers(model))
+    def _check_layer(config: TokenPruneConfig, total: int) -> None:
         if not 0 <= config.layer < total - 1:
             raise ValueError(f"layer={config.layer} is outside [0, {total - 2}]: the decoder has {total} layers "
                              "and pruning needs at least one layer after the scoring layer")
 
-    def apply(self, model: Any, config: TokenPruneConfig, adapter: Any) -> Any:
-        self._check_layer(model, config, adapter)  # again: layer pruning in the same apply may have run first
+    def apply(self, model: Any, config: TokenPruneConfig, adapter: Any, prepared: None = None) -> Any:
         pruner = _TokenPruner(model, config, adapter)
-        if not config.is_neutral(model):
-            pruner.install()
+        pruner.install()  # also when neutral: keeping every token goes through the same hooks
         return pruner

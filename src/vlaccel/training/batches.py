@@ -13,6 +13,8 @@ import dataclasses
 import numpy as np
 import torch
 
+from vlaccel.errors import UsageError
+
 
 @dataclasses.dataclass
 class HistoryBatch:
@@ -140,13 +142,13 @@ def demo_probabilities(demos: list, task_weights: dict[str, float] | None) -> np
     tasks = sorted({d.task for d in demos})
     unknown = sorted(set(task_weights) - set(tasks))
     if unknown:
-        raise ValueError(f"task weights name tasks with no demos: {unknown}; the demos hold {tasks}")
+        raise UsageError(f"task weights name tasks with no demos: {unknown}; the demos hold {tasks}")
     bad = {t: w for t, w in task_weights.items() if not (w >= 0 and np.isfinite(w))}
     if bad:
-        raise ValueError(f"task weights must be finite and >= 0, got {bad}")
+        raise UsageError(f"task weights must be finite and >= 0, got {bad}")
     w = np.array([task_weights.get(d.task, 1.0) for d in demos], dtype=np.float64)
     if w.sum() == 0:
-        raise ValueError("task weights leave nothing to sample (every task has weight 0)")
+        raise UsageError("task weights leave nothing to sample (every task has weight 0)")
     return w / w.sum()
 
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vlaccel.errors import UsageError
+
 HEAD_PREFIXES = ("action_head.", "visual_readout.")  # everything else is the backbone both must share
 
 
@@ -40,22 +42,22 @@ class ActionDistillation:
 
     def __init__(self, teacher: nn.Module, student: nn.Module, tasks: set[str], frames: int = 16):
         if frames < 1:
-            raise ValueError(f"distillation needs at least one frame per batch, got frames={frames}")
+            raise UsageError(f"distillation needs at least one frame per batch, got frames={frames}")
         if not tasks:
-            raise ValueError("distillation needs at least one task to keep (e.g. --distill-tasks window-open-v3)")
+            raise UsageError("distillation needs at least one task to keep (e.g. --distill-tasks window-open-v3)")
         student_state, teacher_state = student.state_dict(), teacher.state_dict()
         backbone = [k for k in student_state if not k.startswith(HEAD_PREFIXES)]
         differ = [k for k in backbone if k not in teacher_state or not torch.equal(student_state[k], teacher_state[k])]
         if differ or len(backbone) != sum(not k.startswith(HEAD_PREFIXES) for k in teacher_state):
-            raise ValueError(f"the distillation teacher must have the student's backbone (the student reuses its LM "
+            raise UsageError(f"the distillation teacher must have the student's backbone (the student reuses its LM "
                              f"features); {len(differ)} backbone tensors differ, e.g. {differ[:3]}. Distill from the "
                              f"policy the student was initialized from, with --freeze-backbone")
         if teacher.visual_readout is not None and student.visual_readout is None:
-            raise ValueError("the distillation teacher has a visual readout and the student none: the teacher's "
+            raise UsageError("the distillation teacher has a visual readout and the student none: the teacher's "
                              "condition needs the tokens a student readout reads; add one (--visual-readout-heads N)")
         if teacher.visual_readout is not None and (
                 teacher.config.visual_readout_source != student.config.visual_readout_source):
-            raise ValueError(f"teacher and student readouts read different tokens ("
+            raise UsageError(f"teacher and student readouts read different tokens ("
                              f"{teacher.config.visual_readout_source} vs {student.config.visual_readout_source})")
         teacher.eval().requires_grad_(False)
         self.head, self.readout = teacher.action_head, teacher.visual_readout

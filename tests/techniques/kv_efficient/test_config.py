@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import vlaccel
+from vlaccel.adapters import get_adapter
 from tests.techniques.kv_efficient.helpers import lm_history, obs_embeds, tiny_gate
 from vlaccel.techniques.kv_efficient import ChunkedGatedCache, KVEfficientConfig
 
@@ -40,9 +41,9 @@ def test_config_round_trips_and_neutrality(tiny_policy):
     cfg = KVEfficientConfig(window=32, budget=4, gate="some/gate")
     assert vlaccel.config_from_dict(cfg.to_dict()) == cfg
     limit = tiny_policy.language_model.config.max_position_embeddings
-    assert KVEfficientConfig(window=limit, budget=1, retention="mean").is_neutral(tiny_policy)
-    assert KVEfficientConfig(window=1, retention="full").is_neutral(tiny_policy)
-    assert not KVEfficientConfig(window=limit - 1, budget=1, retention="mean").is_neutral(tiny_policy)
+    assert KVEfficientConfig(window=limit, budget=1, retention="mean").is_neutral(tiny_policy, get_adapter(tiny_policy))
+    assert KVEfficientConfig(window=1, retention="full").is_neutral(tiny_policy, get_adapter(tiny_policy))
+    assert not KVEfficientConfig(window=limit - 1, budget=1, retention="mean").is_neutral(tiny_policy, get_adapter(tiny_policy))
 
 
 def _nothing_applied(policy):
@@ -144,13 +145,13 @@ def test_presets_keep_the_first_frames_the_bundled_policy_was_trained_with(prese
     import json
     from importlib import resources
 
-    from vlaccel.models import ReferenceVLAConfig
+    from vlaccel.models import ReferenceVLA, ReferenceVLAConfig
     from vlaccel.techniques.kv_efficient.resolve import shipped_gate_dir
 
     folder = resources.files("vlaccel") / "assets" / "reference"
     card = json.loads((folder / "model_card.json").read_text())
     config = ReferenceVLAConfig(**json.loads((folder / "config.json").read_text()))
-    (kv,) = vlaccel.presets.get(preset)
+    (kv,) = vlaccel.presets.get(preset, ReferenceVLA(config))  # window and sinks in this policy's frames
     assert kv.sinks == card["training"]["window_anchor"] * config.tokens_per_frame
     if kv.retention == "gated":
         trained = json.loads((shipped_gate_dir() / "gate.json").read_text())["kv"]

@@ -27,6 +27,9 @@ from vlaccel.config import TechniqueConfig
 __all__ = ["KVEfficientConfig", "RETENTIONS"]
 
 RETENTIONS = ("gated", "full", "streaming", "mean", "random", "h2o")
+#: why token pruning and the chunked cache are never on one model (declared on both configs)
+TOKEN_PRUNE_CONFLICT = ("token pruning stores fewer tokens per frame in later layers, but the chunked cache needs every "
+                        "layer to store the same tokens")
 #: retention policies that store chunk summaries (and so re-rotate keys: they need a RoPE model)
 SUMMARISING = ("gated", "mean", "random", "h2o")
 
@@ -49,9 +52,12 @@ class KVEfficientConfig(TechniqueConfig):
                    matches the model (otherwise a clear error says how to train one or pick a baseline).
     retention:     one of ``RETENTIONS`` (see the module docstring).
     seed:          seed of the ``"random"`` policy's generator (reseeded at every episode).
+    window_frames, sinks_frames: ``window`` / ``sinks`` in observations of the model instead of tokens
+                   (exactly one of ``window`` and ``window_frames``); resolved at apply time from the adapter's
+                   tokens per frame, so a preset fits every policy's observation size.
     """
 
-    window: int
+    window: int | None = None
     chunk: int | None = None
     summary_slots: int = 1
     budget: int | None = None
@@ -61,16 +67,31 @@ class KVEfficientConfig(TechniqueConfig):
     gate: str | None = None
     retention: str = "gated"
     seed: int = 0
+    window_frames: int | None = None
+    sinks_frames: int | None = None
 
     name: ClassVar[str] = "kv_efficient"
+    handler: ClassVar[str] = "vlaccel.techniques.kv_efficient.handler:KVEfficientHandler"
     order: ClassVar[int] = 90  # caches go last (after layer surgery and token hooks)
+    requires: ClassVar[tuple[str, ...]] = ("decoder_layers", "history")
+    conflicts: ClassVar[dict[str, str]] = {"token_prune": TOKEN_PRUNE_CONFLICT}
+    history_only: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         def is_int(x: Any) -> bool:
             return isinstance(x, int) and not isinstance(x, bool)
 
-        if not is_int(self.window) or self.window < 1:
-            raise ValueError(f"KVEfficientConfig.window must be an integer >= 1 (recent tokens kept raw), got {self.window!r}")
+        if (self.window is None) == (self.window_frames is None):
+            raise ValueError("KVEfficientConfig needs exactly one of window=N (recent tokens kept raw) or "
+                             "window_frames=N (recent observations kept raw)")
+        for name in ("window", "window_frames"):
+            value = getattr(self, name)
+            if value is not None and (not is_int(value) or value < 1):
+                raise ValueError(f"KVEfficientConfig.{name} must be an integer >= 1 (kept raw), got {value!r}")
+        if self.sinks_frames is not None and (not is_int(self.sinks_frames) or self.sinks_frames < 0
+                                              or self.sinks != 0):
+            raise ValueError(f"KVEfficientConfig.sinks_frames must be an integer >= 0 and replaces sinks (leave "
+                             f"sinks=0), got sinks_frames={self.sinks_frames!r}, sinks={self.sinks!r}")
         if self.chunk is not None and (not is_int(self.chunk) or self.chunk < 1):
             raise ValueError(
                 f"KVEfficientConfig.chunk must be an integer >= 1 or None (= tokens of one observation), got {self.chunk!r}"
@@ -119,6 +140,19 @@ class KVEfficientConfig(TechniqueConfig):
         if r != "gated" and self.gate is not None:
             raise ValueError(f"gate=... is only used by retention='gated', not {r!r}")
 
+    def required_capabilities(self) -> tuple[str, ...]:
+        frames = self.window_frames is not None or self.sinks_frames is not None
+        return (*type(self).requires, "frames") if frames else type(self).requires
+
+    def resolve(self, model: Any, adapter: Any, pending: tuple = ()) -> KVEfficientConfig:
+        """``window_frames`` / ``sinks_frames`` in the model's tokens per observation."""
+        if self.window_frames is None and self.sinks_frames is None:
+            return self
+        q = int(adapter.tokens_per_frame(model))  # the "frames" capability (required_capabilities) guarantees it
+        window = self.window if self.window_frames is None else self.window_frames * q
+        sinks = self.sinks if self.sinks_frames is None else self.sinks_frames * q
+        return dataclasses.replace(self, window=window, sinks=sinks, window_frames=None, sinks_frames=None)
+
     # ------------------------------------------------------------------ derived
     @property
     def summarises(self) -> bool:
@@ -129,8 +163,7 @@ class KVEfficientConfig(TechniqueConfig):
         """The gate's weights file for ``retention="gated"`` (``gate=None``: the shipped one)."""
         if self.retention != "gated":
             return []
-        from vlaccel.techniques.kv_efficient.gate import gate_files
-        from vlaccel.techniques.kv_efficient.resolve import shipped_gate_dir
+        from vlaccel.techniques.kv_efficient.gate import gate_files, shipped_gate_dir
 
         return [str(gate_files(shipped_gate_dir() if self.gate is None else self.gate)[0])]
 
@@ -144,12 +177,10 @@ class KVEfficientConfig(TechniqueConfig):
             return None
         return prefix + self.sinks + self.budget * self.summary_slots + chunk + self.window
 
-    def is_neutral(self, model: Any) -> bool:
+    def is_neutral(self, model: Any, adapter: Any) -> bool:
         """Neutral when nothing can ever be evicted: ``retention="full"`` or a window covering every position
         the LM can address (``window >= max_position_embeddings``)."""
         if self.retention == "full":
             return True
-        from vlaccel.adapters import get_adapter
-
-        limit = getattr(get_adapter(model).lm_config(model), "max_position_embeddings", None)
+        limit = getattr(adapter.lm_config(model), "max_position_embeddings", None)
         return limit is not None and self.window >= int(limit)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,11 @@ PRIOR_OUTSIDE = -30.0  # logit prior for tokens outside a slot's segment: exp(-3
 class GateMismatchError(ValueError):
     """A gate file does not fit the policy (trained for another policy, or other head sizes)."""
 
+
+
+def shipped_gate_dir() -> Path:
+    """Where the gate trained for the bundled reference policy lives (``vlaccel/assets/kv_gate``)."""
+    return Path(str(resources.files("vlaccel") / "assets" / "kv_gate"))
 
 def segment_prior(slots: int, chunk: int, device: torch.device) -> torch.Tensor:
     """[s, C] log-prior: 0 where token c belongs to slot j's contiguous segment, ``PRIOR_OUTSIDE`` elsewhere."""

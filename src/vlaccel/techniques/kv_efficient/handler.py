@@ -8,14 +8,14 @@ probabilities to the cache; both are undone on ``remove``.
 
 Token pruning (another technique that drops tokens inside the LM) makes layers store different tokens per
 frame; the cache needs them equal (chunks and the one shared attention mask), so the combination is refused:
-here when ``TokenPruneConfig`` is already applied (or applied in the same call), and at run time by the cache.
+declared in ``KVEfficientConfig.conflicts`` (checked by ``vlaccel.apply``), and at run time by the cache.
+The factory carries ``cache_class``, so adapters recognise a caller's own cache without naming this class.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from vlaccel.config import register_handler
 from vlaccel.techniques.kv_efficient.cache import ChunkedGatedCache
 from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
 from vlaccel.techniques.kv_efficient.gate import KVGate
@@ -23,20 +23,6 @@ from vlaccel.techniques.kv_efficient.resolve import check_model, resolve_chunk, 
 from vlaccel.transformers_compat import forward_cache
 
 __all__ = ["KVEfficientHandler"]
-
-_CONFLICTS = ("TokenPruneConfig",)
-
-
-def _check_conflicts(model: Any) -> None:
-    from vlaccel.api import applied_configs
-
-    names = [type(c).__name__ for c in applied_configs(model)]
-    clash = [n for n in names if n in _CONFLICTS]
-    if clash:
-        raise ValueError(
-            f"KVEfficientConfig cannot be combined with {clash[0]}: token pruning stores fewer tokens per frame in "
-            "later layers, but the chunked cache needs every layer to store the same tokens. Remove one of them."
-        )
 
 
 class _Applied:
@@ -61,34 +47,35 @@ def _attention_hook(module: Any, args: Any, kwargs: dict[str, Any], output: Any)
         cache.observe_attention(module.layer_idx, output[1])  # [B, H, q, N] probabilities (eager)
 
 
-@register_handler(KVEfficientConfig)
-class KVEfficientHandler:
-    def __init__(self) -> None:
-        self._gates: dict[tuple[int, KVEfficientConfig], KVGate] = {}
+class _CacheFactory:
+    """Makes a fresh :class:`ChunkedGatedCache` per episode or sequence (what the adapter's hooks call).
+    ``cache_class`` tells the adapter which caches a caller passed in are already this technique's."""
 
-    def validate(self, model: Any, config: KVEfficientConfig, adapter: Any) -> None:
+    cache_class = ChunkedGatedCache
+
+    def __init__(self, model: Any, config: KVEfficientConfig, gate: KVGate | None):
+        self.model, self.config, self.gate = model, config, gate
+
+    def __call__(self) -> ChunkedGatedCache:
+        return ChunkedGatedCache.for_model(self.model, self.config, gate=self.gate)
+
+
+class KVEfficientHandler:
+    def validate(self, model: Any, config: KVEfficientConfig, adapter: Any, pending: tuple = ()) -> KVGate | None:
+        """Checks the model and the settings; returns the gate (loaded, its fingerprint checked on the model as
+        it is now) for ``retention="gated"``, else ``None``."""
         check_model(config, model, adapter)
         resolve_chunk(config, model, adapter)
-        _check_conflicts(model)
-        if config.retention == "gated":
-            # Loaded (and its fingerprint checked) on the model as validate sees it, kept for apply.
-            self._gates[(id(model), config)] = resolve_gate(config, model, adapter)
         if config.retention == "h2o" and not hasattr(adapter.decoder_owner(model), "set_attn_implementation"):
             raise ValueError("retention='h2o' needs a transformers LM whose attention can be switched to 'eager'")
+        return resolve_gate(config, model, adapter) if config.retention == "gated" else None
 
-    def apply(self, model: Any, config: KVEfficientConfig, adapter: Any) -> _Applied:
-        gate = self._gates.pop((id(model), config), None)
-        _check_conflicts(model)  # a TokenPruneConfig applied in the same call went first (lower order)
-        if config.retention == "gated" and gate is None:
-            gate = resolve_gate(config, model, adapter)
-
-        def factory() -> ChunkedGatedCache:
-            return ChunkedGatedCache.for_model(model, config, gate=gate)
-
+    def apply(self, model: Any, config: KVEfficientConfig, adapter: Any, prepared: KVGate | None) -> _Applied:
+        factory = _CacheFactory(model, config, prepared)
         factory()  # fail now, not at the next reset, if the current model cannot hold this cache
         hooks: list[Any] = []
         attn_restore = None
-        if config.retention == "h2o" and not config.is_neutral(model):  # neutral: nothing is ever evicted
+        if config.retention == "h2o":
             lm = adapter.decoder_owner(model)
             previous_impl = lm.config._attn_implementation
             lm.set_attn_implementation("eager")
@@ -97,7 +84,7 @@ class KVEfficientHandler:
                 lm.set_attn_implementation(previous_impl)
 
             for layer in adapter.decoder_layers(model):
-                attn = adapter.attention_module(model, layer) if hasattr(adapter, "attention_module") else layer.self_attn
-                hooks.append(attn.register_forward_hook(_attention_hook, with_kwargs=True))
+                hooks.append(adapter.attention_module(model, layer).register_forward_hook(_attention_hook,
+                                                                                          with_kwargs=True))
         previous = adapter.set_cache_factory(model, factory)
         return _Applied(model, adapter, previous, hooks, attn_restore)

@@ -5,20 +5,13 @@ Every check raises before anything is changed, with an error that says how to fi
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
-from vlaccel.techniques.kv_efficient.gate import GATE_WEIGHTS, KVGate, load_gate
+from vlaccel.techniques.kv_efficient.gate import GATE_WEIGHTS, KVGate, load_gate, shipped_gate_dir
 from vlaccel.techniques.kv_efficient.rope import find_rotary
 
 __all__ = ["shipped_gate_dir", "resolve_chunk", "resolve_gate", "check_model"]
-
-
-def shipped_gate_dir() -> Path:
-    """Where the gate trained for the bundled reference policy lives (``vlaccel/assets/kv_gate``)."""
-    return Path(str(resources.files("vlaccel") / "assets" / "kv_gate"))
 
 
 def resolve_chunk(config: KVEfficientConfig, model: Any, adapter: Any) -> int:

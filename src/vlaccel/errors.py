@@ -1,0 +1,37 @@
+"""Errors that mean "the input is wrong", as opposed to a bug in vlaccel.
+
+The ``vlaccel`` command prints a ``UsageError`` as one line (``vlaccel CMD: error: ...``) and exits with status 2;
+every other exception is a bug and propagates with its traceback. Raise one where a command checks what the
+user gave it: an unknown preset, task or policy, a bad combination of flags, a file or folder they named that
+is missing or unusable. The message says what is wrong and how to fix it.
+
+Each type also subclasses the built-in exception such code raised before (``ValueError``, ``FileNotFoundError``,
+``KeyError``), so ``except ValueError`` and ``pytest.raises(FileNotFoundError)`` keep catching them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class UsageError(ValueError):
+    """Bad input from the user (a value, a flag combination, a file's contents); the message says how to fix it."""
+
+    def __str__(self) -> str:  # one plain line, also for the KeyError subclass (KeyError quotes its message)
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class MissingInputError(UsageError, FileNotFoundError):
+    """A file or folder the user named (or the command's default for it) does not exist or holds nothing usable."""
+
+
+class UnknownNameError(UsageError, KeyError):
+    """A name the user gave (preset, task, policy) is not one of the known ones."""
+
+
+def check_names(kind: str, names: Iterable[str], known: Iterable[str]) -> None:
+    """Raise ``UnknownNameError`` naming every entry of ``names`` that is not in ``known`` and listing ``known``."""
+    known = list(known)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UnknownNameError(f"unknown {kind} {', '.join(map(repr, unknown))}; available: {', '.join(known)}")

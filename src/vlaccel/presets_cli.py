@@ -1,0 +1,96 @@
+"""``vlaccel presets``: every preset, and what it resolves to for a given policy or transformers model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="list the presets and what each resolves to for a policy")
+    p.add_argument("--policy", default="reference",
+                   help="'reference' (the bundled policy), 'tiny' or 'default' (a random reference VLA of that size), "
+                        "the folder of a saved policy, or a folder / config.json of a transformers model (built "
+                        "from its config on the meta device: sizes only, no weights)")
+    p.add_argument("--preset", nargs="*", default=None, help="only these presets (default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=run)
+
+
+def build_target(spec: str) -> tuple[Any, str]:
+    """The model ``--policy`` names, and how to say it."""
+    from vlaccel.errors import MissingInputError
+    from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, load_policy
+
+    if spec in ("tiny", "default"):
+        return ReferenceVLA(getattr(ReferenceVLAConfig, spec)()), f"random '{spec}' ReferenceVLA"
+    path = Path(spec)
+    config_file = path if path.suffix == ".json" else path / "config.json"
+    if config_file.is_file():
+        data = json.loads(config_file.read_text())
+        if "model_type" in data:  # a transformers config, not a vlaccel policy
+            return transformers_model(data), f"{data.get('architectures', ['?'])[0]} from {config_file}"
+    if spec != "reference" and not path.exists():
+        raise MissingInputError(f"--policy {spec!r} is not 'reference', 'tiny', 'default', a saved policy folder or a "
+                                "transformers config.json")
+    return load_policy(spec), ("bundled reference policy" if spec == "reference" else spec)
+
+
+def transformers_model(config: dict[str, Any]) -> Any:
+    """A transformers model built from a config dict on the meta device (its class: ``architectures[0]``)."""
+    import torch
+    import transformers
+
+    from vlaccel.errors import UsageError
+
+    architectures = config.get("architectures") or []
+    cls = getattr(transformers, architectures[0], None) if architectures else None
+    if cls is None:
+        raise UsageError(f"the config names no transformers model class in 'architectures' (got {architectures}); "
+                         "add e.g. \"architectures\": [\"PaliGemmaForConditionalGeneration\"]")
+    cfg = transformers.AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        return cls(cfg)
+
+
+def resolutions(model: Any, names: list[str] | None = None) -> list[dict[str, Any]]:
+    import warnings
+
+    import vlaccel
+    from vlaccel.errors import UnknownNameError
+
+    known = vlaccel.presets.names()
+    unknown = [n for n in names or [] if n not in known]
+    if unknown:
+        raise UnknownNameError(f"unknown preset(s) {unknown}; known: {', '.join(known)}")
+    descriptions = vlaccel.presets.describe()
+    rows = []
+    with warnings.catch_warnings():  # the table says what is left out; no warning on top
+        warnings.simplefilter("ignore", UserWarning)
+        for name in names or known:
+            r = vlaccel.presets.resolve(name, model)
+            rows.append({"preset": name, "description": descriptions[name],
+                         "resolves_to": [vlaccel.presets.short(c) for c in r.configs],
+                         "left_out": {type(c).__name__: why for c, why in r.left_out}})
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    model, source = build_target(args.policy)
+    rows = resolutions(model, args.preset)
+    if args.json:
+        print(json.dumps({"model": source, "presets": rows}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"vlaccel presets, resolved for {source}")
+    for col in ("preset", "description", "resolves to", "left out"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(row["preset"], row["description"], "\n".join(row["resolves_to"]) or "-",
+                      "\n".join(f"{k}: {v}" for k, v in row["left_out"].items()) or "-")
+    Console(width=200).print(table)
+    return 0

@@ -1,0 +1,137 @@
+"""Results of an evaluation: per task and condition, success rates with confidence intervals, latency, and
+each preset's paired difference from the baseline (``summarize``); the same as a rich table (``render_table``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlaccel.sim.episode_store import load_records
+from vlaccel.sim.protocol import BASELINE
+from vlaccel.sim.stats import paired_difference, wilson
+
+
+def condition_label(preset: str, history: bool) -> str:
+    """A condition's name in a summary: the preset, with "+hist" in history mode."""
+    return f"{preset}+hist" if history else preset
+
+
+def _cell(recs: list[dict]) -> dict:
+    n = len(recs)
+    k = sum(bool(r.get("success")) for r in recs)
+    errors = sum(bool(r.get("error")) for r in recs)
+    ok = [r for r in recs if not r.get("error")]
+    calls = sum(r.get("policy_calls", 0) for r in ok)
+    lat = sum(r["latency_ms_mean"] * r["policy_calls"] for r in ok) / calls if calls else None
+    lo, hi = wilson(k, n)
+    return {
+        "n": n,
+        "successes": k,
+        "errors": errors,
+        "success_rate": k / n if n else None,
+        "ci95": [lo, hi],
+        "latency_ms": lat,
+        "policy_calls": calls,
+        "mean_steps": float(np.mean([r["steps"] for r in ok])) if ok else None,
+    }
+
+
+def summarize(jsonl_path: str | Path) -> dict:
+    """Per task and condition: success rate with Wilson 95 % CI, errors, mean latency per policy call;
+    the pooled average over tasks; and each preset's paired success difference vs. the baseline
+    (same task, seed and history mode) with Newcombe's paired 95 % CI."""
+    records = load_records(jsonl_path)
+    by_cond: dict[str, dict[str, list[dict]]] = {}
+    cond_key: dict[str, tuple[str, bool]] = {}
+    tasks: list[str] = []
+    for r in records:
+        c = condition_label(r["preset"], bool(r["history"]))
+        cond_key[c] = (r["preset"], bool(r["history"]))
+        by_cond.setdefault(c, {}).setdefault(r["task"], []).append(r)
+        if r["task"] not in tasks:
+            tasks.append(r["task"])
+    # baseline conditions first, then presets in first-seen order
+    conds = sorted(by_cond, key=lambda c: (cond_key[c][1], cond_key[c][0] != BASELINE))
+    summary: dict[str, Any] = {
+        "file": str(jsonl_path),
+        "policies": sorted({r.get("policy", "?") for r in records}),
+        "conditions": conds,
+        "tasks": {},
+        "average": {},
+        "paired": {},
+        "errors": sum(bool(r.get("error")) for r in records),
+    }
+    for t in tasks:
+        summary["tasks"][t] = {c: _cell(by_cond[c].get(t, [])) for c in conds if by_cond[c].get(t)}
+    for c in conds:
+        summary["average"][c] = _cell([r for recs in by_cond[c].values() for r in recs])
+    for c in conds:
+        preset, hist = cond_key[c]
+        base = condition_label(BASELINE, hist)
+        if preset == BASELINE or base not in by_cond:
+            continue
+        per_task, all_pairs = {}, []
+        for t in tasks:
+            base_by_seed = {r["seed"]: bool(r.get("success")) for r in by_cond[base].get(t, [])}
+            pairs = [
+                (bool(r.get("success")), base_by_seed[r["seed"]])
+                for r in by_cond[c].get(t, [])
+                if r["seed"] in base_by_seed
+            ]
+            if pairs:
+                per_task[t] = paired_difference(pairs)
+                all_pairs += pairs
+        summary["paired"][c] = {"baseline": base, "per_task": per_task, "all": paired_difference(all_pairs)}
+    return summary
+
+
+def render_table(summary: dict):
+    """A rich Table: one row per (task, condition), plus the pooled average."""
+    from rich.table import Table
+
+    table = Table(title=f"closed-loop success ({', '.join(summary['policies']) or 'no results'})")
+    for col, kw in [
+        ("task", {"no_wrap": True}),
+        ("preset", {"no_wrap": True}),
+        ("success", {"justify": "right"}),
+        ("95% CI", {"justify": "right"}),
+        ("Δ vs base [95% CI]", {"justify": "right"}),
+        ("ms/call", {"justify": "right"}),
+        ("n", {"justify": "right"}),
+        ("errors", {"justify": "right"}),
+    ]:
+        table.add_column(col, **kw)
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.0f}%"
+
+    rows = [(t, cells) for t, cells in summary["tasks"].items()] + [("average", summary["average"])]
+    for t, cells in rows:
+        for j, (c, cell) in enumerate(cells.items()):
+            paired = summary["paired"].get(c)
+            if paired is None:
+                delta = ""
+            else:
+                p = paired["all"] if t == "average" else paired["per_task"].get(t)
+                delta = (
+                    ""
+                    if p is None
+                    else (
+                        f"{100 * p['delta']:+.0f} pp [{100 * p['ci95'][0]:+.0f}, {100 * p['ci95'][1]:+.0f}]"
+                    )
+                )
+            lat = "-" if cell["latency_ms"] is None else f"{cell['latency_ms']:.3g}"
+            table.add_row(
+                t if j == 0 else "",
+                c,
+                pct(cell["success_rate"]),
+                f"{pct(cell['ci95'][0])}-{pct(cell['ci95'][1])}",
+                delta,
+                lat,
+                str(cell["n"]),
+                str(cell["errors"]) if cell["errors"] else "",
+                end_section=(j == len(cells) - 1),
+            )
+    return table
