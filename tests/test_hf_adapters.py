@@ -214,3 +214,14 @@ def test_layer_pruning_and_kv_efficient_compose_in_one_apply(family):
         with pytest.raises(ValueError, match="TokenPruneConfig"):  # layers would store different tokens
             vlaccel.apply(model, TokenPruneConfig(keep_tokens=6, layer=0))
     assert vlaccel.applied_configs(model) == [] and model.config.text_config.num_hidden_layers == 4
+
+
+def test_token_pruning_refuses_a_forward_with_only_inputs_embeds():
+    """Without input_ids the image tokens cannot be found: an error, not a forward that silently prunes nothing."""
+    model = build("paligemma")
+    inputs = hf_inputs(model)
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    with vlaccel.applied(model, TokenPruneConfig(keep_tokens=6, layer=1)):
+        with pytest.raises(ValueError, match="got only inputs_embeds"):
+            model(inputs_embeds=embeds)
+    model(inputs_embeds=embeds)  # fine once removed

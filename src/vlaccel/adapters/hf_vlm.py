@@ -82,6 +82,10 @@ class HFVLMAdapter(TransformersAdapter):
 
         def before_forward(module, args, kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is None and kwargs.get("inputs_embeds") is not None:
+                raise ValueError(f"token pruning finds the image tokens of {type(module).__name__}'s input by "
+                                 "input_ids, and this forward got only inputs_embeds: pass input_ids (with "
+                                 "pixel_values), or remove the TokenPruneConfig")
             if ids is None:
                 layout = None
             elif kwargs.get("pixel_values") is None and not starts_sequence(kwargs):

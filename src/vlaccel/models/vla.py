@@ -268,7 +268,12 @@ class ReferenceVLA(nn.Module):
     @torch.no_grad()
     def predict_action(self, image: np.ndarray | Sequence[np.ndarray], instruction: str,
                        proprio: Any = None) -> np.ndarray:
-        """One observation, no history: ``reset(instruction)`` + ``step(image)`` on a fresh cache."""
+        """One observation, no history: ``reset(instruction)`` + ``step(image)`` on a fresh cache.
+
+        ``proprio``: the robot state (``config.proprio_dim`` values). ``None`` feeds an all-zero state, on
+        purpose and documented: it is what the quick start and the speed benchmarks pass; a policy controlling a
+        robot should pass the state it was trained with (the simulator's, ``vlaccel.sim``).
+        """
         self._check_instruction(instruction)
         self.pixels_from_images(image)  # validate before touching any state
         self.reset(instruction)
