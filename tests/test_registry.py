@@ -9,6 +9,7 @@ import torch
 
 import vlaccel
 from vlaccel.adapters import get_adapter
+from vlaccel.adapters.base import ADAPTERS
 from vlaccel.config import TECHNIQUES, config_from_dict
 from vlaccel.registry import Registry, load
 
@@ -76,7 +77,11 @@ def plugin(tmp_path, monkeypatch):
         double = vlaccel_plug:DoubleConfig
         """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    return load("vlaccel_plug:PlugModel")
+    for registry in (ADAPTERS, TECHNIQUES):  # installed into the running process: read the entry points again
+        registry.refresh()
+    yield load("vlaccel_plug:PlugModel")
+    for registry in (ADAPTERS, TECHNIQUES):
+        registry.refresh()
 
 
 def test_a_package_adds_an_adapter_and_a_technique_by_entry_points(plugin):

@@ -9,7 +9,7 @@ reverse order and leaves the model bit-identical to before.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from vlaccel.adapters.base import CAPABILITY_NAMES, get_adapter
@@ -85,7 +85,7 @@ def apply(model: Any, *configs: TechniqueConfig) -> Handle:
         seen.add(type(cfg))
     adapter = get_adapter(model)
     already = [cfg for cfg, _ in registry.values()]
-    ordered = resolve_configs(model, *configs)
+    ordered = _resolve(model, adapter, configs)
     check_compatibility(ordered, already)
     handlers = [(cfg, handler_for(cfg)) for cfg in ordered]
     prepared = [handler.validate(model, cfg, adapter, tuple(ordered[:i])) for i, (cfg, handler) in enumerate(handlers)]
@@ -109,7 +109,10 @@ def apply(model: Any, *configs: TechniqueConfig) -> Handle:
 def resolve_configs(model: Any, *configs: TechniqueConfig) -> list[TechniqueConfig]:
     """``configs`` resolved against ``model`` as :func:`apply` would resolve them (in application order), without
     applying anything."""
-    adapter = get_adapter(model)
+    return _resolve(model, get_adapter(model), configs)
+
+
+def _resolve(model: Any, adapter: Any, configs: Sequence[TechniqueConfig]) -> list[TechniqueConfig]:
     ordered: list[TechniqueConfig] = []
     for cfg in sorted(configs, key=lambda c: type(c).order):
         check_requirements(cfg, model, adapter)
@@ -117,16 +120,21 @@ def resolve_configs(model: Any, *configs: TechniqueConfig) -> list[TechniqueConf
     return ordered
 
 
+def missing_capabilities(cfg: TechniqueConfig, model: Any, adapter: Any) -> list[str]:
+    """What ``cfg`` requires that ``model``'s adapter does not offer, each as errors say it."""
+    offered = adapter.capabilities(model)
+    return [CAPABILITY_NAMES.get(c, c) for c in cfg.required_capabilities() if c not in offered]
+
+
 def check_requirements(cfg: TechniqueConfig, model: Any, adapter: Any) -> None:
     """Raise ``ValueError`` if ``model``'s adapter lacks a capability ``cfg``'s technique requires."""
-    offered = adapter.capabilities(model)
-    missing = [c for c in cfg.required_capabilities() if c not in offered]
+    missing = missing_capabilities(cfg, model, adapter)
     if missing:
         raise ValueError(
-            f"{type(cfg).__name__} needs {' and '.join(CAPABILITY_NAMES.get(c, c) for c in missing)}, which "
+            f"{type(cfg).__name__} needs {' and '.join(missing)}, which "
             f"{type(model).__name__} does not have (its adapter {type(adapter).__name__} offers: "
-            f"{', '.join(sorted(offered)) or 'nothing'}). Leave it out; vlaccel.presets.get(name, model) leaves out "
-            "what a model cannot take.")
+            f"{', '.join(sorted(adapter.capabilities(model))) or 'nothing'}). Leave it out; "
+            "vlaccel.presets.get(name, model) leaves out what a model cannot take.")
 
 
 def check_compatibility(new: list[TechniqueConfig], already: list[TechniqueConfig]) -> None:

@@ -88,23 +88,23 @@ def get(name: str, model: Any = None) -> list[TechniqueConfig]:
     return list(PRESETS.get(name)())
 
 
-def resolve(name: str, model: Any) -> Resolution:
+def resolve(name: str, model: Any, warn: bool = True) -> Resolution:
     """Resolve preset ``name`` against ``model``: sizes from its adapter, parts it cannot take left out (warned
-    once per preset, model class and technique)."""
-    from vlaccel.adapters.base import CAPABILITY_NAMES, get_adapter
+    once per preset, model class and technique; ``warn=False`` for callers that show ``left_out`` themselves)."""
+    from vlaccel.adapters.base import get_adapter
+    from vlaccel.api import missing_capabilities
 
     adapter = get_adapter(model)
-    offered = adapter.capabilities(model)
     configs: list[TechniqueConfig] = []
     left_out: list[tuple[TechniqueConfig, str]] = []
     for cfg in sorted(get(name), key=lambda c: type(c).order):
-        missing = [c for c in cfg.required_capabilities() if c not in offered]
+        missing = missing_capabilities(cfg, model, adapter)
         if missing:
-            left_out.append((cfg, f"{type(model).__name__} lacks {' and '.join(CAPABILITY_NAMES[c] for c in missing)}"))
+            left_out.append((cfg, f"{type(model).__name__} lacks {' and '.join(missing)}"))
             continue
         configs.append(cfg.resolve(model, adapter, tuple(configs)))
     resolution = Resolution(name, type(model).__name__, configs, left_out)
-    for cfg, why in left_out:
+    for cfg, why in left_out if warn else ():
         key = (name, type(model).__name__, type(cfg).__name__)
         if key not in _WARNED:
             _WARNED.add(key)

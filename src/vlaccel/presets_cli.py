@@ -56,8 +56,6 @@ def transformers_model(config: dict[str, Any]) -> Any:
 
 
 def resolutions(model: Any, names: list[str] | None = None) -> list[dict[str, Any]]:
-    import warnings
-
     import vlaccel
     from vlaccel.errors import UnknownNameError
 
@@ -67,13 +65,11 @@ def resolutions(model: Any, names: list[str] | None = None) -> list[dict[str, An
         raise UnknownNameError(f"unknown preset(s) {unknown}; known: {', '.join(known)}")
     descriptions = vlaccel.presets.describe()
     rows = []
-    with warnings.catch_warnings():  # the table says what is left out; no warning on top
-        warnings.simplefilter("ignore", UserWarning)
-        for name in names or known:
-            r = vlaccel.presets.resolve(name, model)
-            rows.append({"preset": name, "description": descriptions[name],
-                         "resolves_to": [vlaccel.presets.short(c) for c in r.configs],
-                         "left_out": {type(c).__name__: why for c, why in r.left_out}})
+    for name in names or known:
+        r = vlaccel.presets.resolve(name, model, warn=False)  # the table says what is left out
+        rows.append({"preset": name, "description": descriptions[name],
+                     "resolves_to": [vlaccel.presets.short(c) for c in r.configs],
+                     "left_out": {type(c).__name__: why for c, why in r.left_out}})
     return rows
 
 

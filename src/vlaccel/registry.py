@@ -46,6 +46,7 @@ class Registry:
         self._builtin = dict(builtin)
         self._runtime: dict[str, Any] = {}
         self._loaded: dict[str, Any] = {}
+        self._discovered: dict[str, str] | None = None  # entry points, read once (refresh() reads them again)
 
     def register(self, name: str, obj: Any) -> None:
         """Add ``obj`` under ``name`` at run time; a name already registered at run time is an error."""
@@ -57,8 +58,16 @@ class Registry:
         """Take a run-time registration back (tests; a plugin being unloaded)."""
         self._runtime.pop(name)
 
+    def refresh(self) -> None:
+        """Read the entry points again (after installing a plugin package into the running process)."""
+        self._discovered = None
+        self._loaded.clear()
+
     def _entry_points(self) -> dict[str, str]:
-        return {ep.name: ep.value for ep in metadata.entry_points(group=self.group)}
+        # scanning the installed distributions takes milliseconds, and adapters are looked up per episode
+        if self._discovered is None:
+            self._discovered = {ep.name: ep.value for ep in metadata.entry_points(group=self.group)}
+        return self._discovered
 
     def names(self) -> list[str]:
         """Every name, in lookup order (run time, entry points, built in), each once."""

@@ -55,8 +55,8 @@ def efficientvla() -> list[TechniqueConfig]:
     return efficientvla_configs()
 
 
-@describe_as("EfficientVLA without layer pruning: 44% of visual tokens, DiT cache every 5 steps (no success loss "
-             "on the session-8 bundled policy, where any layer pruning costs window-open)")
+@describe_as("EfficientVLA without layer pruning: 44% of visual tokens, DiT cache every 5 steps (chosen on an "
+             "earlier release of the bundled policy, where any layer pruning cost window-open)")
 def efficientvla_keep_layers() -> list[TechniqueConfig]:
     return efficientvla_configs(layers=False, token_fraction=KEEP_LAYERS_TOKEN_FRACTION)
 
