@@ -9,7 +9,7 @@ Importing vlaccel changes nothing (no patching, no logging setup); techniques re
 """
 
 from vlaccel import presets
-from vlaccel.api import Handle, applied, applied_configs, apply
+from vlaccel.api import Handle, applied, applied_configs, apply, handle_for
 from vlaccel.config import TechniqueConfig, config_from_dict, register_handler
 from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, fingerprint, load_policy, save_policy
 
@@ -34,7 +34,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "apply", "applied", "applied_configs", "Handle", "TechniqueConfig", "config_from_dict", "register_handler",
+    "apply", "applied", "applied_configs", "handle_for", "Handle", "TechniqueConfig", "config_from_dict", "register_handler",
     "load_policy", "save_policy", "fingerprint", "ReferenceVLA", "ReferenceVLAConfig", "presets",
     *_LAZY_CONFIGS,
 ]

@@ -15,7 +15,7 @@ from typing import Any
 from vlaccel.adapters.base import CAPABILITY_NAMES, get_adapter
 from vlaccel.config import TechniqueConfig, handler_for
 
-__all__ = ["apply", "applied", "Handle", "applied_configs", "resolve_configs"]
+__all__ = ["apply", "applied", "Handle", "applied_configs", "handle_for", "resolve_configs"]
 
 _STATE_ATTR = "_vlaccel_applied"
 
@@ -42,7 +42,11 @@ class Handle:
     def remove(self) -> None:
         if self.removed:
             raise RuntimeError("this handle was already removed")
-        registry = getattr(self.model, _STATE_ATTR)
+        registry = self.model.__dict__.get(_STATE_ATTR, {})
+        stale = [type(c).__name__ for c, s in self._entries if registry.get(type(c), (None, None))[1] is not s]
+        if stale:
+            raise RuntimeError(f"{', '.join(stale)} of this handle were already removed through another handle "
+                               "(vlaccel.handle_for)")
         for cfg, state in reversed(self._entries):
             state.remove()
             registry.pop(type(cfg), None)
@@ -58,6 +62,15 @@ class Handle:
 def applied_configs(model: Any) -> list[TechniqueConfig]:
     """Configs currently applied to ``model`` (in application order)."""
     return [cfg for cfg, _ in getattr(model, _STATE_ATTR, {}).values()]
+
+
+def handle_for(model: Any) -> Handle:
+    """A :class:`Handle` over every technique applied to ``model``, e.g. a ``copy.deepcopy`` of a transformed
+    policy, which carries its own copy of the applied state (hooks, caches and wrappers follow the copy)."""
+    registry = model.__dict__.get(_STATE_ATTR)
+    if not registry:
+        raise RuntimeError(f"no vlaccel technique is applied to this {type(model).__name__}")
+    return Handle(model, list(registry.values()))
 
 
 def apply(model: Any, *configs: TechniqueConfig) -> Handle:

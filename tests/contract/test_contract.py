@@ -205,3 +205,26 @@ def test_config_round_trips(pair):
     subject, case = pair
     cfg = case.lossy(subject.build())
     assert vlaccel.config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_deep_copy_is_independent(pair):
+    """A deep copy of a transformed model gives the same outputs, owns its state (removing the original's
+    techniques leaves the copy transformed) and carries a working handle (``vlaccel.handle_for``)."""
+    subject, case = pair
+    model = subject.build()
+    if case.prepare:
+        case.prepare(model)
+    run = (lambda m: subject.run_history(m, 0)) if case.history else subject.run_single
+    base = run(model)
+    clean = leftovers(model)
+    handle = vlaccel.apply(model, case.lossy(model))
+    twin = copy.deepcopy(model)
+    accelerated = run(model)
+    np.testing.assert_array_equal(run(twin), accelerated)
+    handle.remove()
+    np.testing.assert_array_equal(run(model), base)
+    np.testing.assert_array_equal(run(twin), accelerated)  # the copy's techniques are its own
+    assert vlaccel.applied_configs(twin) == handle.configs
+    vlaccel.handle_for(twin).remove()
+    np.testing.assert_array_equal(run(twin), base)
+    assert leftovers(twin).keys() == clean.keys()

@@ -156,6 +156,25 @@ def test_fingerprint_changes_with_weights(tiny_policy):
     assert vlaccel.fingerprint(tiny_policy) != fp
 
 
+def test_fingerprint_is_hashed_once_per_state_of_the_weights(tiny_policy, frames, monkeypatch):
+    import hashlib
+
+    fp = vlaccel.fingerprint(tiny_policy)
+    hashed = []
+    real = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
+    tiny_policy.predict_action(frames[0], INSTR)  # running the policy does not change its weights
+    assert vlaccel.fingerprint(tiny_policy) == fp and not hashed
+    tiny_policy.load_state_dict({k: v + 1 for k, v in tiny_policy.state_dict().items() if k.endswith("bias")},
+                                strict=False)
+    changed = vlaccel.fingerprint(tiny_policy)
+    assert changed != fp and len(hashed) == 1
+    with torch.no_grad():
+        tiny_policy.projector[0].bias.data[0] += 1.0  # through .data: invisible to the version counter
+    assert vlaccel.fingerprint(tiny_policy) == changed
+    assert vlaccel.fingerprint(tiny_policy, refresh=True) != changed
+
+
 @pytest.mark.parametrize(
     "image, match",
     [

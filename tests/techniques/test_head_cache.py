@@ -11,7 +11,7 @@ from tests.techniques.test_layer_prune import tiny_lm
 from vlaccel.adapters import UnsupportedModelError
 from vlaccel.bench.flops import count_flops
 from vlaccel.techniques import HeadCacheConfig
-from vlaccel.techniques.head_cache import CachedBranch
+from vlaccel.techniques.head_cache import BranchCache
 
 
 def _z(policy, seed: int = 0) -> torch.Tensor:
@@ -59,15 +59,15 @@ def test_matches_hand_written_cached_sampler_exactly(tiny_policy, interval):
 @pytest.mark.parametrize("interval, calls", [(1, 10), (3, 4), (5, 2), (20, 1)])
 def test_branches_run_only_at_refresh_steps(tiny_policy, interval, calls):
     seen = []
+    branches = [b for block in tiny_policy.action_head.dit.blocks for b in (block.attn_branch, block.mlp_branch)]
+    # a hook on each branch's first submodule fires only when the branch is computed, not when its output is reused
+    hooks = [next(b.children()).register_forward_hook(lambda m, a, o: seen.append(tiny_policy.action_head.dit.denoise_step))
+             for b in branches]
     with vlaccel.applied(tiny_policy, HeadCacheConfig(interval=interval)):
-        for block in tiny_policy.action_head.dit.blocks:
-            assert isinstance(block.attn_branch, CachedBranch) and isinstance(block.mlp_branch, CachedBranch)
-            for wrapper in (block.attn_branch, block.mlp_branch):
-                wrapper.inner.register_forward_hook(lambda m, a, o: seen.append(tiny_policy.action_head.dit.denoise_step))
+        assert all(isinstance(b.forward.__self__, BranchCache) for b in branches)
         _sample(tiny_policy, _z(tiny_policy))
-        for block in tiny_policy.action_head.dit.blocks:
-            block.attn_branch.inner._forward_hooks.clear()
-            block.mlp_branch.inner._forward_hooks.clear()
+    for h in hooks:
+        h.remove()
     n_branches = 2 * len(tiny_policy.action_head.dit.blocks)
     assert len(seen) == calls * n_branches
     assert sorted(set(seen)) == [s for s in range(10) if s % interval == 0]
@@ -89,7 +89,7 @@ def test_cache_is_cleared_per_episode_and_on_remove(tiny_policy, frames):
     originals = [(b.attn_branch, b.mlp_branch) for b in blocks]
     handle = vlaccel.apply(tiny_policy, HeadCacheConfig(interval=5))
     tiny_policy.predict_action(frames[0], "open the drawer")
-    wrappers = [w for b in blocks for w in (b.attn_branch, b.mlp_branch)]
+    wrappers = [b.forward.__self__ for blk in blocks for b in (blk.attn_branch, blk.mlp_branch)]
     assert all(w.cached is not None for w in wrappers)
     tiny_policy.reset("open the drawer")  # new episode
     assert all(w.cached is None for w in wrappers)
@@ -97,6 +97,32 @@ def test_cache_is_cleared_per_episode_and_on_remove(tiny_policy, frames):
     handle.remove()
     assert all(w.cached is None for w in wrappers)
     assert [(b.attn_branch, b.mlp_branch) for b in blocks] == originals
+    assert all("forward" not in b.__dict__ for blk in blocks for b in (blk.attn_branch, blk.mlp_branch))
+
+
+def test_state_dict_keys_and_values_unchanged_while_applied(tiny_policy, frames, tmp_path):
+    """Saving an accelerated policy writes the plain policy's file: it loads, and gives the plain actions."""
+    before = {k: v.clone() for k, v in tiny_policy.state_dict().items()}
+    base = tiny_policy.predict_action(frames[0], "open the drawer")
+    with vlaccel.applied(tiny_policy, HeadCacheConfig(interval=5)):
+        during = tiny_policy.state_dict()
+        assert during.keys() == before.keys()
+        assert all(torch.equal(during[k], before[k]) for k in before)
+        vlaccel.save_policy(tiny_policy, tmp_path / "saved")
+    loaded = vlaccel.load_policy(tmp_path / "saved")
+    assert (loaded.predict_action(frames[0], "open the drawer") == base).all()
+
+
+def test_a_stale_cache_never_reaches_the_output(tiny_policy, frames):
+    """Step 0 recomputes every branch, so a stale cache from an earlier call never reaches the output: the cache
+    is cleared at reset for memory, not for correctness. Shown by leaving the stale features in place."""
+    with vlaccel.applied(tiny_policy, HeadCacheConfig(interval=5)) as handle:
+        fresh = tiny_policy.predict_action(frames[1], "open the drawer")
+        tiny_policy.predict_action(frames[0], "close the drawer")  # leaves features of another observation
+        state = handle._entries[0][1]
+        state.reset_handle.remove()  # no reset at the next episode
+        state.reset_handle = None
+        assert tiny_policy.predict_action(frames[1], "open the drawer").tolist() == fresh.tolist()
 
 
 def test_training_mode_always_recomputes(tiny_policy):

@@ -135,16 +135,24 @@ def test_method_last_needs_no_calibration(tiny_policy):
 
 # ---------------------------------------------------------------------------------------------- calibration sources
 def test_missing_calibration_raises_before_changing_anything(tiny_policy, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no data/demos here
+    from vlaccel.sim.data import save_demo
+
+    # demos in the working directory are not a calibration source (no source found relative to the cwd)
+    save_demo(tmp_path / "data" / "demos" / "reach-v3" / "seed_00000.npz",
+              images=np.stack([o["image"] for o in _observations(tiny_policy, 2)]), states=np.zeros((2, 4), np.float32),
+              actions=np.zeros((5, 4), np.float32), task="reach-v3", instruction=INSTRUCTION, seed=0, success=True,
+              frame_every=1, success_step=4)
+    monkeypatch.chdir(tmp_path)
     layers = list(tiny_policy.language_model.layers)
-    with pytest.raises(RuntimeError, match="calibration_data=.*set_calibration_observations.*data/demos"):
+    with pytest.raises(vlaccel.errors.MissingInputError,
+                       match="calibration_data=.*set_calibration_observations.*calibration.npz"):
         vlaccel.apply(tiny_policy, LayerPruneConfig(keep_layers=2))
     assert list(tiny_policy.language_model.layers) == layers and vlaccel.applied_configs(tiny_policy) == []
     with pytest.raises(FileNotFoundError, match="does not exist"):
         vlaccel.apply(tiny_policy, LayerPruneConfig(keep_layers=2, calibration_data=str(tmp_path / "nope.npz")))
 
 
-def test_calibration_from_field_npz_demo_folder_and_default_demos(tiny_policy, tmp_path, monkeypatch):
+def test_calibration_from_field_npz_demo_folder_and_policy_folder(tiny_policy, tmp_path):
     from vlaccel.sim.data import save_demo
 
     obs = _observations(tiny_policy, 3)
@@ -159,10 +167,14 @@ def test_calibration_from_field_npz_demo_folder_and_default_demos(tiny_policy, t
               instruction=INSTRUCTION, seed=0, success=True, frame_every=1, success_step=4)
     from_folder = lp.load_calibration_observations(demos)
     assert len(from_folder) == 3 and from_folder[2]["proprio"].shape == (4,)
-    monkeypatch.chdir(tmp_path)  # data/demos is now the default source
-    with vlaccel.applied(tiny_policy, LayerPruneConfig(keep_layers=2, calibration=2)) as handle:
+    with vlaccel.applied(tiny_policy, LayerPruneConfig(keep_layers=2, calibration=2, calibration_data=str(demos))):
         assert len(tiny_policy.language_model.layers) == 2
-    assert handle.removed
+    # a policy folder's calibration.npz is recorded on the policy when it is loaded
+    vlaccel.save_policy(tiny_policy, tmp_path / "policy")
+    (tmp_path / "policy" / lp.CALIBRATION_FILE).write_bytes((tmp_path / "calib.npz").read_bytes())
+    loaded_policy = vlaccel.load_policy(tmp_path / "policy")
+    with vlaccel.applied(loaded_policy, LayerPruneConfig(keep_layers=2)) as handle:
+        torch.testing.assert_close(handle._entries[0][1].importance, want, rtol=0, atol=0)
 
 
 def test_calibration_takes_evenly_spaced_samples():

@@ -76,11 +76,7 @@ class TransformersAdapter(ModelAdapter):
 
     # --- sequence plumbing ------------------------------------------------------------------------
     def register_reset_hook(self, model: Any, fn: Callable[[], None]) -> Any:
-        def before_forward(module, args, kwargs):
-            if starts_sequence(kwargs):
-                fn()
-
-        return model.register_forward_pre_hook(before_forward, with_kwargs=True)
+        return model.register_forward_pre_hook(_ResetOnNewSequence(fn), with_kwargs=True)
 
     def set_cache_factory(self, model: Any, factory: Callable[[], Any] | None) -> Callable[[], Any] | None:
         previous = model.__dict__.pop(_FACTORY_ATTR, None)
@@ -91,6 +87,18 @@ class TransformersAdapter(ModelAdapter):
         model.__dict__[_FACTORY_ATTR] = _InstalledFactory(model, factory, bool(getattr(
             self.lm_config(model), "use_cache", True)))
         return None if previous is None else previous.factory
+
+
+class _ResetOnNewSequence:
+    """Forward pre-hook calling ``fn`` when a forward starts a new sequence. An object, not a closure, so a deep
+    copy of the model gets a hook calling its own copy of ``fn`` (a bound method of the technique's state)."""
+
+    def __init__(self, fn: Callable[[], None]):
+        self.fn = fn
+
+    def __call__(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        if starts_sequence(kwargs):
+            self.fn()
 
 
 class _InstalledFactory:

@@ -94,7 +94,7 @@ class HFVLMAdapter(TransformersAdapter):
                 layout = TokenLayout("text", length=ids.shape[-1])
             else:
                 layout = layout_from_ids(ids, image_token, per_image)
-            model.__dict__[_LAYOUT_ATTR] = layout
+            module.__dict__[_LAYOUT_ATTR] = layout  # the module called (a deep copy's own), not a closure's
 
         return _LayoutTracker(model, model.register_forward_pre_hook(before_forward, with_kwargs=True))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from importlib import resources
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from vlaccel.errors import MissingInputError, UsageError
 from vlaccel.models.config import ReferenceVLAConfig
 from vlaccel.models.vla import ReferenceVLA
+from vlaccel.techniques.layer_prune import CALIBRATION_FILE, load_calibration_observations, set_calibration_observations
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "model_card.json"
 BUNDLED = {"reference": "reference"}  # name -> folder under vlaccel/assets
@@ -54,6 +56,8 @@ def load_reference(path: str | Path) -> ReferenceVLA:
     missing, unexpected = policy.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
     if missing or unexpected:
         raise UsageError(f"{path / WEIGHTS} does not match its config: missing={missing[:5]} unexpected={unexpected[:5]}")
+    if (path / CALIBRATION_FILE).exists():  # the folder's layer-pruning calibration set
+        set_calibration_observations(policy, load_calibration_observations(path / CALIBRATION_FILE))
     return policy.eval()
 
 
@@ -76,11 +80,27 @@ def load_policy(name_or_path: str | Path) -> ReferenceVLA:
     return load_reference(path)
 
 
-def fingerprint(policy: torch.nn.Module) -> str:
-    """sha256 over parameter names, shapes, dtypes and bytes: identifies the exact weights a gate was trained for."""
+_FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
+
+
+def fingerprint(policy: torch.nn.Module, refresh: bool = False) -> str:
+    """sha256 over parameter names, shapes, dtypes and bytes: identifies the exact weights a gate was trained for.
+
+    Hashed once per state of the weights: the result is kept (outside the model) with each tensor's storage
+    address and in-place version counter, and recomputed when any of them changes (an optimizer step,
+    ``load_state_dict``, a replaced or pruned parameter). Edits through ``tensor.data`` bypass the version
+    counter: pass ``refresh=True`` after such an edit.
+    """
+    state = policy.state_dict(keep_vars=True)
+    key = tuple((name, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for name, t in sorted(state.items()))
+    known = _FINGERPRINTS.get(policy)
+    if known is not None and known[0] == key and not refresh:
+        return known[1]
     h = hashlib.sha256()
-    for name, tensor in sorted(policy.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    digest = h.hexdigest()[:16]
+    _FINGERPRINTS[policy] = (key, digest)
+    return digest

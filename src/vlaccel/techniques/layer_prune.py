@@ -8,9 +8,11 @@ Calibration (spec B1: real observations of the target tasks). Sources, in this o
   1. ``LayerPruneConfig(calibration_data=PATH)``: a demo folder (``vlaccel collect`` output), one demo ``.npz``,
      or an ``.npz`` of per-sample arrays named like the sample fields (``image`` [N, H, W, 3], ``instruction``
      [N] or one string, optional ``proprio`` [N, P]; ``input_ids`` [N, T] for plain LMs);
-  2. observations recorded on the model with :func:`set_calibration_observations`;
-  3. the simulator demos under ``data/demos`` (:data:`DEFAULT_DEMOS`, via ``vlaccel.sim.data.load_demos``).
-Otherwise apply raises and says how to provide them: there is no silent fallback to random inputs.
+  2. observations recorded on the model with :func:`set_calibration_observations`; a policy loaded from a folder
+     holding ``calibration.npz`` (the bundled reference policy ships 32 frames of its tasks' scripted demos) has
+     that file's observations recorded at load time.
+Otherwise apply raises and says how to provide them: there is no fallback to random inputs or to files found
+relative to the working directory.
 ``calibration`` samples are taken, evenly spaced, from the source. One calibration pass (LM forwards only, via
 the adapter) collects both the layer importances and, when ``mlp_prune_ratio > 0``, the MLP channel statistics
 of :mod:`vlaccel.techniques.mlp_prune`; both are measured on the unpruned model.
@@ -35,15 +37,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlaccel.config import TechniqueConfig
+from vlaccel.errors import MissingInputError
 from vlaccel.techniques import mlp_prune
 
 __all__ = [
     "LayerPruneConfig", "layer_importance", "calibrate", "Calibration", "set_calibration_observations",
-    "load_calibration_observations", "DEFAULT_DEMOS",
+    "load_calibration_observations", "CALIBRATION_FILE",
 ]
 
 METHODS = ("efficientvla", "last")
-DEFAULT_DEMOS = "data/demos"  # relative to the working directory, where `vlaccel collect` writes by default
+CALIBRATION_FILE = "calibration.npz"  # in a policy folder: its calibration observations, recorded at load time
 _OBS_ATTR = "_vlaccel_calibration_observations"
 
 
@@ -270,20 +273,17 @@ def _evenly_spaced(items: Sequence[Any], k: int) -> list[Any]:
     return [items[i] for i in idx]
 
 
-def _demos_available() -> bool:
-    return Path(DEFAULT_DEMOS).is_dir() and any(Path(DEFAULT_DEMOS).glob("*/*.npz"))
-
-
 def _check_calibration_source(model: Any, config: LayerPruneConfig) -> None:
     if config.calibration_data is not None:
         if not Path(config.calibration_data).exists():
             raise FileNotFoundError(f"LayerPruneConfig.calibration_data {config.calibration_data!r} does not exist")
-    elif _OBS_ATTR not in model.__dict__ and not _demos_available():
-        raise RuntimeError(
-            "LayerPruneConfig needs calibration observations and found none. Provide them with "
-            "LayerPruneConfig(..., calibration_data='path/to/demos_or_file.npz'), or "
+    elif _OBS_ATTR not in model.__dict__:
+        raise MissingInputError(
+            "LayerPruneConfig needs calibration observations and found none on this model. Provide them with "
+            "LayerPruneConfig(..., calibration_data='path/to/demos_or_file.npz') (a `vlaccel collect` folder or an "
+            "npz of per-sample arrays), or "
             "vlaccel.techniques.layer_prune.set_calibration_observations(policy, [{'image': ..., 'instruction': ...}, ...]), "
-            f"or collect simulator demos into {DEFAULT_DEMOS!r} (`vlaccel collect`). "
+            f"or save them as {CALIBRATION_FILE} in the policy's folder. "
             "method='last' needs no calibration (unless mlp_prune_ratio > 0)."
         )
 
@@ -296,10 +296,8 @@ def calibration_observations(model: Any, config: LayerPruneConfig) -> list[dict[
         pool = _demo_folder_observations(Path(source), config.calibration)
     elif source is not None:
         pool = load_calibration_observations(source)
-    elif _OBS_ATTR in model.__dict__:
-        pool = model.__dict__[_OBS_ATTR]
     else:
-        pool = _demo_folder_observations(Path(DEFAULT_DEMOS), config.calibration)
+        pool = model.__dict__[_OBS_ATTR]
     return _evenly_spaced(pool, config.calibration)
 
 

@@ -26,9 +26,11 @@ __all__ = ["KVEfficientHandler"]
 
 
 class _Applied:
-    def __init__(self, model: Any, adapter: Any, previous: Any, hooks: list[Any], attn_restore: Any):
+    """What ``remove`` undoes. Plain attributes, no closures: a deep copy of the model carries its own copy."""
+
+    def __init__(self, model: Any, adapter: Any, previous: Any, hooks: list[Any], eager_lm: Any, previous_impl: Any):
         self.model, self.adapter, self.previous = model, adapter, previous
-        self.hooks, self.attn_restore = hooks, attn_restore
+        self.hooks, self.eager_lm, self.previous_impl = hooks, eager_lm, previous_impl
 
     def reset(self) -> None:
         """Nothing to clear here: every episode builds a fresh cache (storage, utilities and LSTM state)."""
@@ -36,8 +38,8 @@ class _Applied:
     def remove(self) -> None:
         for h in self.hooks:
             h.remove()
-        if self.attn_restore is not None:
-            self.attn_restore()
+        if self.eager_lm is not None:
+            self.eager_lm.set_attn_implementation(self.previous_impl)
         self.adapter.set_cache_factory(self.model, self.previous)
 
 
@@ -74,17 +76,13 @@ class KVEfficientHandler:
         factory = _CacheFactory(model, config, prepared)
         factory()  # fail now, not at the next reset, if the current model cannot hold this cache
         hooks: list[Any] = []
-        attn_restore = None
+        lm = previous_impl = None
         if config.retention == "h2o":
             lm = adapter.decoder_owner(model)
             previous_impl = lm.config._attn_implementation
             lm.set_attn_implementation("eager")
-
-            def attn_restore() -> None:
-                lm.set_attn_implementation(previous_impl)
-
             for layer in adapter.decoder_layers(model):
                 hooks.append(adapter.attention_module(model, layer).register_forward_hook(_attention_hook,
                                                                                           with_kwargs=True))
         previous = adapter.set_cache_factory(model, factory)
-        return _Applied(model, adapter, previous, hooks, attn_restore)
+        return _Applied(model, adapter, previous, hooks, lm, previous_impl)
