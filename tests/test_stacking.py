@@ -60,9 +60,11 @@ def test_deep_copy_of_an_accelerated_bundled_policy(policy):
     accelerated = policy.predict_action(frames[0], INSTRUCTION)
     np.testing.assert_array_equal(twin.predict_action(frames[0], INSTRUCTION), accelerated)
     episode = _episode(policy, frames)
+    policy.end_episode()
     handle.remove()
     with vlaccel.applied(policy, LayerPruneConfig(keep_layers=4)):  # the original changes shape under the copy
         np.testing.assert_array_equal(_episode(twin, frames), episode)
+        twin.end_episode()
         np.testing.assert_array_equal(twin.predict_action(frames[0], INSTRUCTION), accelerated)
     vlaccel.handle_for(twin).remove()
     np.testing.assert_array_equal(twin.predict_action(frames[0], INSTRUCTION), base)

@@ -3,7 +3,9 @@
 ``apply(policy, *configs)`` validates every config against the model first (nothing is changed if any
 is invalid), then applies them in each technique's ``order``. If an apply step itself fails, the steps
 already done are undone, so a model is never left half-transformed. ``Handle.remove()`` undoes in
-reverse order and leaves the model bit-identical to before.
+reverse order and leaves the model bit-identical to before; handles are removed in the reverse order of their
+``apply`` calls (a later one first), else ``remove`` refuses. Applying or removing ends a running history
+episode (the next ``step`` asks for a ``reset``): its cache was built by the techniques of before.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ class Handle:
         if stale:
             raise RuntimeError(f"{', '.join(stale)} of this handle were already removed through another handle "
                                "(vlaccel.handle_for)")
+        mine = {type(c) for c, _ in self._entries}
+        order = list(registry)
+        later = [t.__name__ for t in order[min(order.index(t) for t in mine):] if t not in mine]
+        if later:
+            raise RuntimeError(f"{', '.join(later)} was applied after this handle's techniques and is still applied: "
+                               "remove handles in the reverse order of apply (that handle first), or undo "
+                               "everything with vlaccel.handle_for(model).remove()")
+        get_adapter(self.model).end_episode(self.model, "the episode ended when vlaccel techniques were removed")
         for cfg, state in reversed(self._entries):
             state.remove()
             registry.pop(type(cfg), None)
@@ -116,6 +126,7 @@ def apply(model: Any, *configs: TechniqueConfig) -> Handle:
         if not registry:
             del model.__dict__[_STATE_ATTR]
         raise
+    adapter.end_episode(model, "the episode ended when vlaccel techniques were applied")
     return Handle(model, entries)
 
 

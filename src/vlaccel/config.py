@@ -64,6 +64,9 @@ class TechniqueConfig:
     conflicts: ClassVar[dict[str, str]] = {}
     apply_before: ClassVar[dict[str, str]] = {}
     history_only: ClassVar[bool] = False
+    # True when applying changes the model's state dict (removes or reshapes parameters): saving the policy is
+    # then refused until the technique is removed
+    changes_state_dict: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"technique": self.technique_name(), **dataclasses.asdict(self)}

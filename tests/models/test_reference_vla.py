@@ -47,6 +47,7 @@ def test_history_mode_matches_full_recompute(tiny_policy, frames):
         recomputed = policy.sample_actions(full_z[t : t + 1])[0].numpy()
         np.testing.assert_allclose(step_actions[t], recomputed, atol=HISTORY_ATOL, rtol=0)
     # and history matters: the last frame's cognition differs from a no-history prediction of that frame
+    policy.end_episode()  # predict_action refuses to run inside an episode
     policy.predict_action(frames[-1], INSTR, proprio[-1])
     assert not torch.allclose(policy.last_cognition, step_z[-1], atol=1e-3)
 
@@ -198,7 +199,7 @@ def test_empty_instruction_gives_clear_error(tiny_policy, frames, instruction):
 def test_step_before_reset_and_bad_proprio(tiny_policy, frames):
     with pytest.raises(RuntimeError, match="reset"):
         tiny_policy.step(frames[0])
-    with pytest.raises(ValueError, match="proprio must have 4 values"):
+    with pytest.raises(ValueError, match=r"proprio must have shape \(4,\)"):
         tiny_policy.predict_action(frames[0], INSTR, [1.0, 2.0])
 
 

@@ -93,7 +93,8 @@ def test_cache_is_cleared_per_episode_and_on_remove(tiny_policy, frames):
     assert all(w.cached is not None for w in wrappers)
     tiny_policy.reset("open the drawer")  # new episode
     assert all(w.cached is None for w in wrappers)
-    tiny_policy.predict_action(frames[0], "open the drawer")
+    tiny_policy.step(frames[0])
+    assert all(w.cached is not None for w in wrappers)
     handle.remove()
     assert all(w.cached is None for w in wrappers)
     assert [(b.attn_branch, b.mlp_branch) for b in blocks] == originals

@@ -120,6 +120,10 @@ class ModelAdapter:
     def inference_steps(self, model: Any) -> int:
         raise NotImplementedError(f"{type(self).__name__}: this model has no diffusion action head")
 
+    def max_inference_steps(self, model: Any) -> int:
+        """The most sampler steps the head takes (its training timesteps)."""
+        raise NotImplementedError(f"{type(self).__name__}: this model has no diffusion action head")
+
     def set_inference_steps(self, model: Any, steps: int) -> None:
         raise NotImplementedError(f"{type(self).__name__}: this model has no diffusion action head")
 
@@ -128,6 +132,11 @@ class ModelAdapter:
         """Install ``factory`` as the model's KV-cache maker; return the previous one (for ``remove``).
         ``factory.cache_class`` is the type of cache it makes (a caller's own cache of that type is kept)."""
         raise NotImplementedError(f"{type(self).__name__}: pass the cache to generate()/forward yourself")
+
+    def end_episode(self, model: Any, reason: str) -> None:
+        """End a running history episode (``apply`` and ``remove`` call this: an episode's cache and a technique's
+        per-episode state must come from one set of techniques). Models whose history is one forward or one
+        ``generate()`` call have no episode between calls: nothing to do."""
 
     def register_reset_hook(self, model: Any, fn: Callable[[], None]) -> Any:
         """Run ``fn`` at every new episode; returns a handle with ``remove()``."""

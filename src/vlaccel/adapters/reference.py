@@ -37,7 +37,7 @@ class ReferenceVLAAdapter(ModelAdapter):
         """
         import torch
 
-        saved = model.cache, model.instruction, model.last_cognition
+        saved = model.cache, model.instruction, model.last_cognition, model.episode_active
         try:
             with torch.no_grad():
                 model.reset(sample["instruction"])
@@ -45,7 +45,11 @@ class ReferenceVLAAdapter(ModelAdapter):
                 embeds = model.embed_observation(pixels, model.proprio_tensor(sample.get("proprio")))
                 model.run_language_model(embeds, model.observation_layout(), model.cache)
         finally:
-            model.cache, model.instruction, model.last_cognition = saved
+            model.cache, model.instruction, model.last_cognition, model.episode_active = saved
+
+    def end_episode(self, model: Any, reason: str) -> None:
+        if model.episode_active:
+            model.end_episode(reason)
 
     def action_head_blocks(self, model: Any) -> nn.ModuleList:
         return model.action_head.dit.blocks  # DiTBlock: .attn_branch, .mlp_branch
@@ -55,6 +59,9 @@ class ReferenceVLAAdapter(ModelAdapter):
 
     def inference_steps(self, model: Any) -> int:
         return model.action_head.inference_steps
+
+    def max_inference_steps(self, model: Any) -> int:
+        return int(model.action_head.scheduler.config.num_train_timesteps)
 
     def set_inference_steps(self, model: Any, steps: int) -> None:
         model.action_head.inference_steps = steps

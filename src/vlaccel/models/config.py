@@ -141,10 +141,16 @@ class ReferenceVLAConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReferenceVLAConfig:
+        """A config from a saved ``config.json``: every field must be there. A missing one is an error, not the
+        dataclass default: a default that differs from what the file was trained with changes the actions."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise UsageError(f"unknown ReferenceVLAConfig field(s) {unknown}")
+        missing = sorted(known - set(data))
+        if missing:
+            raise UsageError(f"the policy config has no {', '.join(missing)}: every ReferenceVLAConfig field must be "
+                             "given (a saved config.json lists them all; add the value the policy was trained with)")
         return cls(**data)
 
     def to_json(self) -> str:

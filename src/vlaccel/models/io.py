@@ -25,13 +25,22 @@ def bundled_dir(name: str) -> Path:
 
 def save_policy(policy: ReferenceVLA, path: str | Path, card: dict | None = None,
                 storage_dtype: torch.dtype | None = None) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` (+ ``model_card.json``) into the folder ``path``.
+    """Write ``model.safetensors`` + ``config.json`` (+ ``model_card.json``) into the folder ``path``: the plain
+    policy's weights (applied techniques are not saved; one that changed the parameters is refused).
 
     ``storage_dtype=torch.bfloat16`` halves the file (the bundled checkpoint uses it); loading casts the
     weights back to the model's float32 parameters, so a reloaded policy computes in float32.
     """
     from safetensors.torch import save_file
 
+    from vlaccel.api import applied_configs
+
+    reshaped = [type(c).__name__ for c in applied_configs(policy) if type(c).changes_state_dict]
+    if reshaped:
+        raise UsageError(f"{', '.join(reshaped)} is applied and changed this policy's parameters, so the file would "
+                         "not match its config.json; save before applying, or remove it first (handle.remove()). "
+                         "Techniques that keep the weights (head cache, token pruning, KV-Efficient) may stay "
+                         "applied: the plain policy is saved, without them")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
@@ -48,12 +57,23 @@ def load_reference(path: str | Path) -> ReferenceVLA:
     from safetensors.torch import load_file
 
     path = Path(path)
+    if path.is_file():
+        raise MissingInputError(f"{path} is a file; pass the policy's folder (the one holding {WEIGHTS} and {CONFIG})")
     for name in (WEIGHTS, CONFIG):
         if not (path / name).exists():
             raise MissingInputError(f"{path} is not a saved policy: {name} is missing (save one with vlaccel.save_policy)")
-    config = ReferenceVLAConfig.from_dict(json.loads((path / CONFIG).read_text()))
+    try:
+        data = json.loads((path / CONFIG).read_text())
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path / CONFIG} is not valid JSON: {err}") from None
+    config = ReferenceVLAConfig.from_dict(data)
     policy = ReferenceVLA(config)
-    missing, unexpected = policy.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
+    try:
+        weights = load_file(str(path / WEIGHTS))
+    except Exception as err:  # safetensors raises its own error type (truncated file, bad header)
+        raise UsageError(f"{path / WEIGHTS} is not a readable safetensors file ({type(err).__name__}: {err}); "
+                         "it may be truncated: save or copy it again") from err
+    missing, unexpected = policy.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise UsageError(f"{path / WEIGHTS} does not match its config: missing={missing[:5]} unexpected={unexpected[:5]}")
     if (path / CALIBRATION_FILE).exists():  # the folder's layer-pruning calibration set
@@ -64,6 +84,8 @@ def load_reference(path: str | Path) -> ReferenceVLA:
 def load_policy(name_or_path: str | Path) -> ReferenceVLA:
     """``load_policy("reference")`` loads the bundled trained policy; ``load_policy(path)`` any saved one."""
     key = str(name_or_path)
+    if not key.strip():
+        raise MissingInputError(f"no policy given: pass a bundled name ({', '.join(sorted(BUNDLED))}) or a folder")
     if key in BUNDLED:
         folder = bundled_dir(key)
         if not (folder / WEIGHTS).exists():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -75,6 +76,9 @@ class ReferenceVLA(nn.Module):
         # History-mode state.
         self.cache: Any = None
         self.instruction: str | None = None
+        self.episode_active = False  # a reset(...) episode is running (predict_action's own never counts)
+        self._warned_positions = False
+        self._ended_because: str | None = None
         self.last_cognition: torch.Tensor | None = None
         self.eval()
 
@@ -164,12 +168,15 @@ class ReferenceVLA(nn.Module):
             raise ValueError(f"expected {cfg.num_cameras} camera image(s), got {len(images)}")
         want = (cfg.image_size, cfg.image_size, 3)
         for i, img in enumerate(images):
-            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != want:
-                got = f"{type(img).__name__} {getattr(img, 'dtype', '')} {getattr(img, 'shape', '')}".strip()
-                raise ValueError(
-                    f"camera {i}: expected a uint8 numpy array of shape {want} (H, W, RGB), got {got}; "
-                    f"resize the image to {cfg.image_size}x{cfg.image_size}"
-                )
+            if not isinstance(img, np.ndarray):
+                raise ValueError(f"camera {i}: expected a uint8 numpy array of shape {want} (H, W, RGB), got "
+                                 f"{type(img).__name__}")
+            if img.shape != want:
+                raise ValueError(f"camera {i}: expected shape {want} (H, W, RGB), got {img.shape}; resize the image "
+                                 f"to {cfg.image_size}x{cfg.image_size}")
+            if img.dtype != np.uint8:
+                raise ValueError(f"camera {i}: expected dtype uint8 (0-255), got {img.dtype}; convert it, e.g. "
+                                 "(image * 255).round().astype(np.uint8) for floats in [0, 1]")
         arr = torch.from_numpy(np.stack(images)).to(self.device)  # [cams, H, W, 3] uint8
         return self.normalize_pixels(arr.unsqueeze(0))
 
@@ -186,14 +193,27 @@ class ReferenceVLA(nn.Module):
             return None
         if proprio is None:
             return torch.zeros(batch, p, device=self.device, dtype=self.dtype)
-        t = torch.as_tensor(np.asarray(proprio, dtype=np.float32), device=self.device).to(self.dtype)
-        if t.shape[-1] != p:
-            raise ValueError(f"proprio must have {p} values, got shape {tuple(t.shape)}")
-        return t.reshape(batch, p)
+        try:
+            values = np.asarray(proprio, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"proprio must be {p} numbers, got {type(proprio).__name__}: {err}") from None
+        want = (p,) if batch == 1 else (batch, p)
+        if values.shape != want and not (batch == 1 and values.shape == (1, p)):
+            raise ValueError(f"proprio must have shape {want} ({p} values per observation), got {values.shape}")
+        if not np.isfinite(values).all():
+            raise ValueError(f"proprio has non-finite values (NaN or inf): {values.tolist()}; a NaN state gives NaN "
+                             "actions and, in an episode, poisons the KV cache for every later step")
+        return torch.as_tensor(values, device=self.device).to(self.dtype).reshape(batch, p)
 
     def instruction_ids(self, instruction: str) -> torch.Tensor:
-        """[1, L]: <s> + BPE ids of the instruction."""
+        """[1, L]: <s> + BPE ids of the instruction. Refused if it leaves no room for an observation within
+        ``config.max_positions``."""
         ids = [self.bos_id] + self.tokenizer(self._check_instruction(instruction)).input_ids
+        room = self.config.max_positions - self.config.tokens_per_frame
+        if len(ids) > room:
+            raise ValueError(f"the instruction is {len(ids)} tokens; this policy takes at most {room} (max_positions "
+                             f"{self.config.max_positions} less one observation of {self.config.tokens_per_frame} "
+                             "tokens). Shorten it.")
         return torch.tensor([ids], device=self.device)
 
     # ------------------------------------------------------------------ embeddings
@@ -244,40 +264,81 @@ class ReferenceVLA(nn.Module):
     @torch.no_grad()
     def reset(self, instruction: str, cache: Any = None) -> None:
         """Start an episode: new KV cache (``cache`` if given), run reset hooks, prefill the instruction."""
+        self._begin(instruction, cache)
+        self.episode_active, self._ended_because = True, None
+
+    def end_episode(self, reason: str | None = None) -> None:
+        """End the running episode and free its KV cache (``step`` then needs a new ``reset``). ``reason`` is
+        what a later ``step`` says (vlaccel ends the episode when techniques are applied or removed)."""
+        self.cache, self.instruction, self.episode_active = None, None, False
+        self._warned_positions = False
+        self._ended_because = reason
+
+    @torch.no_grad()
+    def step(self, image: np.ndarray | Sequence[np.ndarray], proprio: Any = None) -> np.ndarray:
+        """Append one observation to the episode's KV cache and return its action chunk [chunk, action_dim]."""
+        if self.cache is None or not self.episode_active:
+            why = f" ({self._ended_because})" if self._ended_because else ""
+            raise RuntimeError(f"call policy.reset(instruction) before policy.step(image){why}")
+        return self._observe(image, proprio)
+
+    @torch.no_grad()
+    def predict_action(self, image: np.ndarray | Sequence[np.ndarray], instruction: str,
+                       proprio: Any = None) -> np.ndarray:
+        """One observation, no history, on a cache of its own that is freed afterwards.
+
+        Refused while a history episode is running (``reset`` ... ``step``): a technique's per-episode state
+        belongs to that episode. Every input is checked before any state changes.
+        ``proprio``: the robot state (``config.proprio_dim`` values). ``None`` feeds an all-zero state, on
+        purpose and documented: it is what the quick start and the speed benchmarks pass; a policy controlling a
+        robot should pass the state it was trained with (the simulator's, ``vlaccel.sim``).
+        """
+        if self.episode_active:
+            raise RuntimeError("predict_action runs a single observation with no history, and a history episode "
+                               f"({self.instruction!r}) is running on this policy; continue it with step(image), or "
+                               "call policy.end_episode() first (or use a copy.deepcopy of the policy)")
+        self._check_instruction(instruction)
+        self.pixels_from_images(image)  # validate before touching any state
+        self.proprio_tensor(proprio)
+        self.instruction_ids(instruction)
+        try:
+            self._begin(instruction, None)
+            return self._observe(image, proprio)
+        finally:
+            self.end_episode()
+
+    def _begin(self, instruction: str, cache: Any) -> None:
         ids = self.instruction_ids(instruction)
         for fn in list(self._reset_hooks.values()):
             fn()
         self.cache = cache if cache is not None else self.make_cache()
         self.instruction = instruction
+        self._warned_positions = False
         embeds = self.language_model.embed_tokens(ids)  # [1, L, D]
         layout = TokenLayout("prefix", instruction=slice(0, ids.shape[1]), length=ids.shape[1])
         self.run_language_model(embeds, layout, self.cache)
 
-    @torch.no_grad()
-    def step(self, image: np.ndarray | Sequence[np.ndarray], proprio: Any = None) -> np.ndarray:
-        """Append one observation to the episode's KV cache and return its action chunk [chunk, action_dim]."""
-        if self.cache is None:
-            raise RuntimeError("call policy.reset(instruction) before policy.step(image)")
+    def _observe(self, image: np.ndarray | Sequence[np.ndarray], proprio: Any) -> np.ndarray:
         pixels = self.pixels_from_images(image)
-        embeds = self.embed_observation(pixels, self.proprio_tensor(proprio))  # [1, n_obs, D]
+        state = self.proprio_tensor(proprio)
+        self._check_positions()
+        embeds = self.embed_observation(pixels, state)  # [1, n_obs, D]
         hidden = self.run_language_model(embeds, self.observation_layout(), self.cache)
         z = self.observation_feature(hidden, embeds)  # [1, D] cognition feature
         self.last_cognition = z.float().clone()
         return self.sample_actions(z)[0].float().cpu().numpy()
 
-    @torch.no_grad()
-    def predict_action(self, image: np.ndarray | Sequence[np.ndarray], instruction: str,
-                       proprio: Any = None) -> np.ndarray:
-        """One observation, no history: ``reset(instruction)`` + ``step(image)`` on a fresh cache.
-
-        ``proprio``: the robot state (``config.proprio_dim`` values). ``None`` feeds an all-zero state, on
-        purpose and documented: it is what the quick start and the speed benchmarks pass; a policy controlling a
-        robot should pass the state it was trained with (the simulator's, ``vlaccel.sim``).
-        """
-        self._check_instruction(instruction)
-        self.pixels_from_images(image)  # validate before touching any state
-        self.reset(instruction)
-        return self.step(image, proprio)
+    def _check_positions(self) -> None:
+        """Warn once per episode when the next observation's positions pass ``config.max_positions``. Positions
+        are logical (every token seen counts, see ``run_language_model``), so a long episode leaves the range
+        the rotary table was declared for, and the far longer one the policy saw in training; the episode goes
+        on (RoPE is defined at any position), with the warning as the record."""
+        end = self.cache.get_seq_length() + self.config.tokens_per_frame
+        if end > self.config.max_positions and not self._warned_positions:
+            self._warned_positions = True
+            warnings.warn(f"this episode's positions pass max_positions={self.config.max_positions} (the next "
+                          f"observation ends at position {end}): the policy runs far outside the positions it was "
+                          "trained on; reset the episode to start again at 0", RuntimeWarning, stacklevel=3)
 
     def observation_feature(self, block: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The action head's condition from one observation block.

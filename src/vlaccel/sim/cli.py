@@ -8,8 +8,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+
+def at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``low`` (argparse turns the ValueError into a usage error naming the flag)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from vlaccel.sim.tasks import TASKS
@@ -26,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=60, help="episodes per task (seeds SEED..SEED+N-1)")
     p.add_argument("--out", default="data/demos", help="output directory (default: data/demos)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--workers", type=at_least(1), default=None, help="worker processes (default: all cores)")
     p.add_argument("--frame-every", type=int, default=4, help="save an image every N env steps (default: 4)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--overwrite", action="store_true", help="re-collect episodes whose file exists")
@@ -62,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--history", action="store_true", help="history mode: policy.reset + policy.step")
     p.add_argument(
-        "--workers", type=int, default=1, help="worker processes; 0 = in this process (default: 1)"
+        "--workers", type=at_least(0), default=1, help="worker processes; 0 = in this process (default: 1)"
     )
     p.add_argument(
         "--ray", metavar="ADDRESS", help="run episodes as Ray tasks ('local' starts a local cluster)"

@@ -51,22 +51,26 @@ def rollout(
     latencies: list[float] = []
     frames = [obs.image] if record_frames else []
     success = done = False
-    while not (success or done):
-        t0 = time.perf_counter()
-        if history:
-            out = policy.step(obs.image, proprio=obs.state)
-        else:
-            out = policy.predict_action(obs.image, env.instruction, proprio=obs.state)
-        latencies.append(time.perf_counter() - t0)
-        chunk = as_action_chunk(out)
-        n = min(action_repeat, len(chunk))
-        for k in range(n):
-            obs, step_success, done = env.step(chunk[k], render=(k == n - 1))
-            success = success or step_success
-            if success or done:
-                break
-        if record_frames and obs.image is not None:
-            frames.append(obs.image)
+    try:
+        while not (success or done):
+            t0 = time.perf_counter()
+            if history:
+                out = policy.step(obs.image, proprio=obs.state)
+            else:
+                out = policy.predict_action(obs.image, env.instruction, proprio=obs.state)
+            latencies.append(time.perf_counter() - t0)
+            chunk = as_action_chunk(out)
+            n = min(action_repeat, len(chunk))
+            for k in range(n):
+                obs, step_success, done = env.step(chunk[k], render=(k == n - 1))
+                success = success or step_success
+                if success or done:
+                    break
+            if record_frames and obs.image is not None:
+                frames.append(obs.image)
+    finally:
+        if history and hasattr(policy, "end_episode"):  # free the episode's cache; the policy is reused
+            policy.end_episode()
     lat_ms = 1000.0 * np.asarray(latencies)
     result = {
         "success": bool(success),

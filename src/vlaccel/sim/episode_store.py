@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
+
+REQUIRED = ("task", "seed", "preset", "history")
 
 
 def record_key(rec: dict) -> tuple[str, int, str, bool]:
@@ -14,19 +17,30 @@ def record_key(rec: dict) -> tuple[str, int, str, bool]:
 
 def load_records(path: str | Path) -> list[dict]:
     """All records in a results file; for an episode recorded more than once (an error, then a retry),
-    the last record wins. Torn trailing lines (a killed run) are ignored."""
+    the last record wins. A line that is not a complete record (a torn last line of a killed run, an edited
+    line) is skipped with a warning naming the file and line number: its episode runs again, nothing finished
+    is lost."""
     path = Path(path)
     if not path.exists():
         return []
     latest: dict[tuple, dict] = {}
     with open(path) as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             line = line.strip()
             if not line:
                 continue
+            problem = None
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
+            except json.JSONDecodeError as err:
+                problem = f"not JSON ({err.msg})"
+            else:
+                missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
+                if missing:
+                    problem = f"not an episode record (no {', '.join(missing)})"
+            if problem is not None:
+                warnings.warn(f"{path}:{number}: skipped a line that is {problem}; its episode, if any, runs again",
+                              RuntimeWarning, stacklevel=2)
                 continue
             latest[record_key(rec)] = rec
     return list(latest.values())

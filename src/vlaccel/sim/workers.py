@@ -3,26 +3,49 @@ fresh pool) or Ray tasks. Both hand every finished record to ``emit`` as it arri
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 from vlaccel.sim.episode import error_record, run_episode
 from vlaccel.sim.episode_store import record_key
 
 
+def exit_with_parent(parent_pid: int, period_s: float = 0.5) -> None:
+    """Pool initializer: a daemon thread that ends this worker when its parent process is gone (the parent
+    killed with SIGKILL cannot shut its pool down; the orphaned worker would otherwise stay, holding a policy)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(period_s)
+            if os.getppid() != parent_pid:  # reparented: the parent died
+                os._exit(1)
+
+    threading.Thread(target=watch, name="vlaccel-exit-with-parent", daemon=True).start()
+
+
+def process_pool(workers: int) -> Any:
+    """A ``ProcessPoolExecutor`` of ``workers`` spawned processes that exit when this process dies."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                               initializer=exit_with_parent, initargs=(os.getpid(),))
+
+
 def run_pool(jobs: list[dict], emit: Callable[[dict], None], workers: int, max_attempts: int = 2) -> None:
     """Run ``jobs`` in ``workers`` spawned processes; an episode whose worker died ``max_attempts`` times is
     emitted as an error record."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
     from concurrent.futures.process import BrokenProcessPool
 
     attempts: dict[tuple, int] = {}
     remaining = jobs
     while remaining:
         broken: list[dict] = []
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(remaining)), mp_context=mp.get_context("spawn")
-        ) as pool:
+        with process_pool(min(workers, len(remaining))) as pool:
             futures = {pool.submit(run_episode, job): job for job in remaining}
             for fut in as_completed(futures):
                 job = futures[fut]

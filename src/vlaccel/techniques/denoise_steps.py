@@ -23,7 +23,7 @@ class DenoiseStepsConfig(TechniqueConfig):
     requires = ("action_head",)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1:
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
             raise ValueError(f"DenoiseStepsConfig.steps must be an integer >= 1, got {self.steps!r}")
 
     def is_neutral(self, model: Any, adapter: Any) -> bool:
@@ -41,6 +41,10 @@ class _Applied:
 class DenoiseStepsHandler:
     def validate(self, model: Any, config: DenoiseStepsConfig, adapter: Any, pending: tuple = ()) -> None:
         adapter.inference_steps(model)  # raises if the model has no diffusion head
+        most = adapter.max_inference_steps(model)
+        if config.steps > most:
+            raise ValueError(f"DenoiseStepsConfig(steps={config.steps}): this action head's sampler was trained on "
+                             f"{most} diffusion timesteps, so it takes at most {most} steps")
 
     def apply(self, model: Any, config: DenoiseStepsConfig, adapter: Any, prepared: None = None) -> _Applied:
         previous = adapter.inference_steps(model)

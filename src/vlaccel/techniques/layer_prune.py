@@ -74,6 +74,7 @@ class LayerPruneConfig(TechniqueConfig):
     order = 10
     requires = ("decoder_layers",)
     apply_before: ClassVar[dict[str, str]] = {"token_prune": "token pruning hooks index the decoder layers"}
+    changes_state_dict = True  # removes layers (and MLP channels): a saved file would not match the config
 
     def __post_init__(self) -> None:
         given = [n for n in ("keep_layers", "drop_layers", "keep_fraction") if getattr(self, n) is not None]
@@ -84,11 +85,13 @@ class LayerPruneConfig(TechniqueConfig):
                 self.keep_fraction, (int, float)) or not 0 < self.keep_fraction <= 1):
             raise ValueError(f"keep_fraction must be in (0, 1] (the share of decoder layers kept), got "
                              f"{self.keep_fraction!r}")
-        if self.keep_layers is not None and (not isinstance(self.keep_layers, int) or self.keep_layers < 1):
+        if self.keep_layers is not None and (not isinstance(self.keep_layers, int) or isinstance(self.keep_layers, bool)
+                                             or self.keep_layers < 1):
             raise ValueError(f"keep_layers must be an integer >= 1, got {self.keep_layers!r}")
-        if self.drop_layers is not None and (not isinstance(self.drop_layers, int) or self.drop_layers < 0):
+        if self.drop_layers is not None and (not isinstance(self.drop_layers, int) or isinstance(self.drop_layers, bool)
+                                             or self.drop_layers < 0):
             raise ValueError(f"drop_layers must be an integer >= 0, got {self.drop_layers!r}")
-        if not isinstance(self.calibration, int) or self.calibration < 1:
+        if not isinstance(self.calibration, int) or isinstance(self.calibration, bool) or self.calibration < 1:
             raise ValueError(f"calibration (number of calibration samples) must be an integer >= 1, got {self.calibration!r}")
         if not 0.0 <= self.mlp_prune_ratio < 1.0:
             raise ValueError(f"mlp_prune_ratio must be in [0, 1), got {self.mlp_prune_ratio!r} (0.25 = PruneNet's 25%)")

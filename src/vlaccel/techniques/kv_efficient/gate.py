@@ -170,8 +170,14 @@ def load_gate(path: str | Path, fingerprint: str | None = None) -> KVGate:
     for p in (weights, meta_path):
         if not p.exists():
             raise FileNotFoundError(f"{p} not found: {path} is not a KV-Efficient gate (train one with `vlaccel train-kv-gate`)")
-    meta = json.loads(meta_path.read_text())
-    sizes = meta.pop("sizes")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise GateMismatchError(f"{meta_path} is not valid JSON: {err}") from None
+    sizes = meta.pop("sizes", None)
+    if not isinstance(sizes, dict):
+        raise GateMismatchError(f"{meta_path} has no 'sizes' (head_dim, kv_heads, slots, ...): it is not a gate file "
+                                "written by vlaccel (save_gate / vlaccel train-kv-gate)")
     if fingerprint is not None and meta.get("fingerprint") != fingerprint:
         raise GateMismatchError(
             f"the gate at {path} was trained for policy fingerprint {meta.get('fingerprint')!r}, but this policy's "
