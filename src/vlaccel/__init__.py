@@ -21,6 +21,7 @@ _LAZY_CONFIGS = {
     "TokenPruneConfig": "vlaccel.techniques.token_prune",
     "HeadCacheConfig": "vlaccel.techniques.head_cache",
     "KVEfficientConfig": "vlaccel.techniques.kv_efficient",
+    "PrecisionConfig": "vlaccel.techniques.precision",
 }
 
 

@@ -36,6 +36,7 @@ TECHNIQUES = Registry("technique", "vlaccel.techniques", {
     "head_cache": "vlaccel.techniques.head_cache:HeadCacheConfig",
     "denoise_steps": "vlaccel.techniques.denoise_steps:DenoiseStepsConfig",
     "kv_efficient": "vlaccel.techniques.kv_efficient.config:KVEfficientConfig",
+    "precision": "vlaccel.techniques.precision:PrecisionConfig",
 })
 
 

@@ -22,6 +22,7 @@ class TechniqueCase:
     # the LM attention the technique runs on (H2O reads attention probabilities: "eager"); the neutral setting
     # is bit-identical to the baseline run with it
     attention: str | None = None
+    cuts_flops: bool = True  # False: lowers the cost per FLOP (precision), not the count
 
 
 def _denoise(steps: int):
@@ -94,6 +95,18 @@ CASES += [
 ]
 
 
+# --- precision (engine switch, composes with the above): neutral = float32, lossy = bfloat16 weights
+def _precision(dtype: str):
+    from vlaccel.techniques import PrecisionConfig
+
+    return PrecisionConfig(dtype=dtype)
+
+
+PRECISION_CASE = TechniqueCase("precision_bf16", neutral=lambda m: _precision("float32"),
+                               lossy=lambda m: _precision("bfloat16"), cuts_flops=False)
+CASES += [PRECISION_CASE]
+
+
 # --- the models under test: the reference VLA, and tiny random transformers VLMs / decoder LMs (issue 7) ------
 @dataclasses.dataclass(frozen=True)
 class Subject:
@@ -131,6 +144,7 @@ def _hf_cases(visual_tokens: int | None) -> tuple[TechniqueCase, ...]:
                         attention="eager" if r == "h2o" else None)
           for r, b in (("mean", {"budget": 1}), ("random", {"budget": 1}), ("h2o", {"budget": 1}), ("streaming", {}))],
     ]
+    cases.append(PRECISION_CASE)
     if visual_tokens is not None:
         cases += [TechniqueCase(f"token_prune_{method}",
                                 neutral=lambda m, k=method, n=visual_tokens: _token_prune(n, k),

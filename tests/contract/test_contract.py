@@ -76,6 +76,13 @@ MIN_SQNR_DB: dict[str, float | None] = {
     "gemma-kv_random": 23,  # measured 26.9
     "gemma-kv_h2o": 23,  # measured 26.8
     "gemma-kv_streaming": 21,  # measured 24.4
+    "reference-precision_bf16": 27,  # measured 30.8 (transformers 5.20)
+    "paligemma-precision_bf16": 43,  # measured 46.4
+    "llava-precision_bf16": 35,  # measured 38.5
+    "smolvlm-precision_bf16": 40,  # measured 43.7
+    "llama-precision_bf16": 40,  # measured 43.1
+    "qwen2-precision_bf16": 40,  # measured 43.8
+    "gemma-precision_bf16": 43,  # measured 46.6
     "reference-denoise_steps": None,  # measured -1.0: unrelated on a random tiny model
     "reference-head_cache": None,  # measured 1.4: unrelated on a random tiny model
     "llava-layer_prune": None,  # measured 1.2: unrelated on a random tiny model
@@ -173,7 +180,10 @@ def test_lossy_setting_cuts_flops_and_stays_close(pair):
     with vlaccel.applied(model, cfg):
         flops, _ = count_flops(lambda: subject.run_history(model, 0))
         out = subject.run_history(model, 0)
-    assert flops < base_flops, f"{subject.id}-{case.id}: counted FLOPs {flops} not below baseline {base_flops}"
+    if case.cuts_flops:
+        assert flops < base_flops, f"{subject.id}-{case.id}: counted FLOPs {flops} not below baseline {base_flops}"
+    else:
+        assert flops == base_flops, f"{subject.id}-{case.id}: counted FLOPs {flops} != baseline {base_flops}"
     assert np.isfinite(out).all()
     assert not np.array_equal(out, base), f"{subject.id}-{case.id}: the lossy setting changed nothing"
     bound = MIN_SQNR_DB[f"{subject.id}-{case.id}"]

@@ -133,6 +133,11 @@ class ModelAdapter:
         ``factory.cache_class`` is the type of cache it makes (a caller's own cache of that type is kept)."""
         raise NotImplementedError(f"{type(self).__name__}: pass the cache to generate()/forward yourself")
 
+    def precision_parts(self, model: Any) -> dict[str, list[nn.Module]]:
+        """Named groups of modules ``PrecisionConfig`` can cast: each group's parameters and buffers change
+        dtype, and each listed module gets an input-casting pre-hook (list the modules that are *called*)."""
+        return {"model": [model]}
+
     def end_episode(self, model: Any, reason: str) -> None:
         """End a running history episode (``apply`` and ``remove`` call this: an episode's cache and a technique's
         per-episode state must come from one set of techniques). Models whose history is one forward or one

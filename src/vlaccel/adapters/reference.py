@@ -47,6 +47,13 @@ class ReferenceVLAAdapter(ModelAdapter):
         finally:
             model.cache, model.instruction, model.last_cognition, model.episode_active = saved
 
+    def precision_parts(self, model: Any) -> dict[str, list[nn.Module]]:
+        readout = [model.visual_readout] if model.visual_readout is not None else []
+        proprio = [model.proprio_proj] if model.proprio_proj is not None else []
+        return {"vision": [model.vision, model.projector], "language_model": [model.language_model, *proprio],
+                # the head's sampler is not a forward: its DiT is the module called per step
+                "action_head": [model.action_head, model.action_head.dit, *readout]}
+
     def end_episode(self, model: Any, reason: str) -> None:
         if model.episode_active:
             model.end_episode(reason)

@@ -9,5 +9,7 @@ from vlaccel.techniques.layer_prune import LayerPruneConfig
 from vlaccel.techniques.token_prune import TokenPruneConfig
 from vlaccel.techniques.head_cache import HeadCacheConfig
 from vlaccel.techniques.kv_efficient import KVEfficientConfig
+from vlaccel.techniques.precision import PrecisionConfig
 
-__all__ = ["DenoiseStepsConfig", "LayerPruneConfig", "TokenPruneConfig", "HeadCacheConfig", "KVEfficientConfig"]
+__all__ = ["DenoiseStepsConfig", "LayerPruneConfig", "TokenPruneConfig", "HeadCacheConfig", "KVEfficientConfig",
+           "PrecisionConfig"]

@@ -1,0 +1,168 @@
+"""``PrecisionConfig``: run parts of the policy in bfloat16 or float16 (weights cast; lossless-first engine switch).
+
+Not a method of either paper: lower precision is the first thing a user reaches for, and it composes with the
+structural techniques. Each floating parameter and buffer of the chosen parts is replaced by a cast copy
+(``tensor.data = tensor.data.to(dtype)``); the float32 originals are kept by the handle, so ``remove()`` puts
+the very same tensors back (bit-identical outputs after). Memory while applied: the cast copies *plus* the
+originals, the price of an exact ``remove()``.
+
+Parts come from the adapter (``precision_parts``): for the reference VLA ``vision`` (encoder + projector),
+``language_model`` (+ the proprio projection) and ``action_head`` (DiT + the visual readout that conditions it);
+for transformers models the whole ``model``. ``keep_float32`` names modules (dotted paths from the model, e.g.
+``"action_head.dit.action_out"``) computed in float32 inside a cast part: their inputs are cast to float32 and
+their outputs back to the part's dtype.
+
+Dtype boundaries: every part's modules get a forward pre-hook casting floating inputs to their own dtype, so
+a bf16 vision encoder feeds a float32 LM (or the reverse) without the caller casting anything. The DDIM chain
+(sample ``x`` and the scheduler's update) runs in the dtype of the action head's condition: bf16 when the
+language model is cast, float32 when only the head is (the DiT's pre-hook then casts ``x`` for the network
+alone and the scheduler's update stays float32). Where float32 is kept on purpose, and why:
+  * KV-Efficient's summaries and its gate: summaries are pooled in float32 from the cached keys/values and cast
+    back to the cache's dtype (``ChunkedGatedCache``); the gate (0.37 MB) stays float32 because its LSTM state
+    runs over a whole episode.
+The KV cache itself follows the LM: a bf16 LM stores bf16 keys and values (half the bytes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlaccel.config import TechniqueConfig
+
+__all__ = ["PrecisionConfig", "DTYPES"]
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionConfig(TechniqueConfig):
+    """Cast the weights of ``parts`` (None = every part the adapter names) to ``dtype``; ``keep_float32``
+    modules stay float32. ``dtype="float32"`` is neutral (the policy's own precision)."""
+
+    dtype: str = "bfloat16"
+    parts: tuple[str, ...] | None = None
+    keep_float32: tuple[str, ...] = ()
+
+    name = "precision"
+    handler = "vlaccel.techniques.precision:PrecisionHandler"
+    order = 90  # after the structural techniques: calibration and surgery see the float32 model
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"PrecisionConfig.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        for field in ("parts", "keep_float32"):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"PrecisionConfig.{field} must be a tuple of names, got {value!r}")
+            object.__setattr__(self, field, tuple(value))  # lists from JSON become tuples (frozen, hashable)
+
+    def is_neutral(self, model: Any, adapter: Any) -> bool:  # noqa: ARG002
+        return self.dtype == "float32"
+
+
+class _CastInputs:
+    """Forward pre-hook: floating tensor arguments to ``dtype`` (an object, so deep copies get their own)."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    def cast(self, x: Any) -> Any:
+        return x.to(self.dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return tuple(self.cast(a) for a in args), {k: self.cast(v) for k, v in kwargs.items()}
+
+
+class _CastOutput:
+    """Forward hook of a ``keep_float32`` module: its float32 output back to the surrounding part's dtype."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        return output.to(self.dtype) if isinstance(output, torch.Tensor) and output.is_floating_point() else output
+
+
+class _Applied:
+    def __init__(self) -> None:
+        self.originals: list[tuple[torch.Tensor, torch.Tensor]] = []  # (parameter or buffer, its float32 data)
+        self.hooks: list[Any] = []
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        for tensor, data in self.originals:
+            tensor.data = data
+
+
+def _resolve_parts(model: Any, config: PrecisionConfig, adapter: Any) -> tuple[dict[str, list[nn.Module]],
+                                                                              dict[str, list[nn.Module]]]:
+    """(the parts to cast, the other parts) by name."""
+    parts = adapter.precision_parts(model)
+    chosen = list(parts) if config.parts is None else list(config.parts)
+    unknown = [p for p in chosen if p not in parts]
+    if unknown:
+        raise ValueError(f"PrecisionConfig.parts {unknown} are not parts of {type(model).__name__}; its parts are "
+                         f"{sorted(parts)}")
+    return {p: parts[p] for p in chosen}, {p: m for p, m in parts.items() if p not in chosen}
+
+
+def _own_dtype(module: nn.Module) -> torch.dtype | None:
+    return next((t.dtype for t in module.parameters() if t.is_floating_point()), None)
+
+
+def _kept_modules(model: Any, names: Sequence[str]) -> list[nn.Module]:
+    kept = []
+    for name in names:
+        try:
+            kept.append(model.get_submodule(name))
+        except AttributeError:
+            raise ValueError(f"PrecisionConfig.keep_float32: {type(model).__name__} has no module {name!r} "
+                             "(a dotted path from the model, as in model.named_modules())") from None
+    return kept
+
+
+class PrecisionHandler:
+    def validate(self, model: Any, config: PrecisionConfig, adapter: Any, pending: tuple = ()) -> None:
+        _resolve_parts(model, config, adapter)
+        _kept_modules(model, config.keep_float32)
+        if config.dtype != "float32":
+            probe = torch.ones(2, 2, dtype=DTYPES[config.dtype], device=next(model.parameters()).device)
+            try:
+                probe @ probe
+            except RuntimeError as err:
+                raise ValueError(f"{config.dtype} matmul is not supported on {probe.device}: {err}") from None
+
+    def apply(self, model: Any, config: PrecisionConfig, adapter: Any, prepared: None = None) -> _Applied:
+        dtype = DTYPES[config.dtype]
+        state = _Applied()
+        kept = _kept_modules(model, config.keep_float32)
+        kept_tensors = {id(t) for m in kept for t in [*m.parameters(), *m.buffers()]}
+        cast, others = _resolve_parts(model, config, adapter)
+        try:
+            for modules in cast.values():
+                for module in modules:
+                    for tensor in [*module.parameters(), *module.buffers()]:
+                        if tensor.is_floating_point() and id(tensor) not in kept_tensors and tensor.dtype != dtype:
+                            state.originals.append((tensor, tensor.data))
+                            tensor.data = tensor.data.to(dtype)
+                    state.hooks.append(module.register_forward_pre_hook(_CastInputs(dtype), with_kwargs=True))
+            for modules in others.values():  # the parts left as they are take their own dtype at their inputs
+                for module in modules:
+                    own = _own_dtype(module)
+                    if own is not None:
+                        state.hooks.append(module.register_forward_pre_hook(_CastInputs(own), with_kwargs=True))
+            for module in kept:
+                state.hooks.append(module.register_forward_pre_hook(_CastInputs(torch.float32), with_kwargs=True))
+                state.hooks.append(module.register_forward_hook(_CastOutput(dtype)))
+        except BaseException:
+            state.remove()
+            raise
+        return state
