@@ -38,7 +38,8 @@ def test_predict_action_refuses_during_an_episode_and_leaves_it_intact(tiny_poli
     assert tiny_policy.cache is None and not tiny_policy.episode_active
 
 
-@pytest.mark.parametrize("cfg", [LayerPruneConfig(keep_layers=2, method="last"), TokenPruneConfig(keep_tokens=6, layer=1)])
+@pytest.mark.parametrize("cfg", [LayerPruneConfig(keep_layers=2, method="last"),
+                                 TokenPruneConfig(keep_tokens=6, layer=1)])
 def test_apply_or_remove_mid_episode_ends_it(tiny_policy, frames, cfg):
     tiny_policy.reset(INSTR)
     tiny_policy.step(frames[0])

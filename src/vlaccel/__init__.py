@@ -35,7 +35,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "apply", "applied", "applied_configs", "handle_for", "Handle", "TechniqueConfig", "config_from_dict", "register_handler",
+    "apply", "applied", "applied_configs", "handle_for", "Handle", "TechniqueConfig", "config_from_dict",
+    "register_handler",
     "load_policy", "save_policy", "fingerprint", "ReferenceVLA", "ReferenceVLAConfig", "presets",
     *_LAZY_CONFIGS,
 ]

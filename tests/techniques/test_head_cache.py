@@ -61,8 +61,8 @@ def test_branches_run_only_at_refresh_steps(tiny_policy, interval, calls):
     seen = []
     branches = [b for block in tiny_policy.action_head.dit.blocks for b in (block.attn_branch, block.mlp_branch)]
     # a hook on each branch's first submodule fires only when the branch is computed, not when its output is reused
-    hooks = [next(b.children()).register_forward_hook(lambda m, a, o: seen.append(tiny_policy.action_head.dit.denoise_step))
-             for b in branches]
+    dit = tiny_policy.action_head.dit
+    hooks = [next(b.children()).register_forward_hook(lambda m, a, o: seen.append(dit.denoise_step)) for b in branches]
     with vlaccel.applied(tiny_policy, HeadCacheConfig(interval=interval)):
         assert all(isinstance(b.forward.__self__, BranchCache) for b in branches)
         _sample(tiny_policy, _z(tiny_policy))

@@ -264,7 +264,7 @@ class ReferenceVLA(nn.Module):
     @torch.no_grad()
     def reset(self, instruction: str, cache: Any = None) -> None:
         """Start an episode: new KV cache (``cache`` if given), run reset hooks, prefill the instruction."""
-        self._begin(instruction, cache)
+        self._begin(instruction, self.instruction_ids(instruction), cache)
         self.episode_active, self._ended_because = True, None
 
     def end_episode(self, reason: str | None = None) -> None:
@@ -280,7 +280,7 @@ class ReferenceVLA(nn.Module):
         if self.cache is None or not self.episode_active:
             why = f" ({self._ended_because})" if self._ended_because else ""
             raise RuntimeError(f"call policy.reset(instruction) before policy.step(image){why}")
-        return self._observe(image, proprio)
+        return self._observe(self.pixels_from_images(image), self.proprio_tensor(proprio))
 
     @torch.no_grad()
     def predict_action(self, image: np.ndarray | Sequence[np.ndarray], instruction: str,
@@ -297,18 +297,17 @@ class ReferenceVLA(nn.Module):
             raise RuntimeError("predict_action runs a single observation with no history, and a history episode "
                                f"({self.instruction!r}) is running on this policy; continue it with step(image), or "
                                "call policy.end_episode() first (or use a copy.deepcopy of the policy)")
-        self._check_instruction(instruction)
-        self.pixels_from_images(image)  # validate before touching any state
-        self.proprio_tensor(proprio)
-        self.instruction_ids(instruction)
+        # every input checked (and converted) before any state changes
+        ids = self.instruction_ids(instruction)
+        pixels, state = self.pixels_from_images(image), self.proprio_tensor(proprio)
         try:
-            self._begin(instruction, None)
-            return self._observe(image, proprio)
+            self._begin(instruction, ids, None)
+            return self._observe(pixels, state)
         finally:
             self.end_episode()
 
-    def _begin(self, instruction: str, cache: Any) -> None:
-        ids = self.instruction_ids(instruction)
+    def _begin(self, instruction: str, ids: torch.Tensor, cache: Any) -> None:
+        """A new episode on ``cache`` (a fresh one if None): reset hooks, then the instruction ``ids`` [1, L]."""
         for fn in list(self._reset_hooks.values()):
             fn()
         self.cache = cache if cache is not None else self.make_cache()
@@ -318,9 +317,8 @@ class ReferenceVLA(nn.Module):
         layout = TokenLayout("prefix", instruction=slice(0, ids.shape[1]), length=ids.shape[1])
         self.run_language_model(embeds, layout, self.cache)
 
-    def _observe(self, image: np.ndarray | Sequence[np.ndarray], proprio: Any) -> np.ndarray:
-        pixels = self.pixels_from_images(image)
-        state = self.proprio_tensor(proprio)
+    def _observe(self, pixels: torch.Tensor, state: torch.Tensor | None) -> np.ndarray:
+        """One observation (checked pixels [1, cams, 3, H, W], proprio [1, P]) appended to the episode's cache."""
         self._check_positions()
         embeds = self.embed_observation(pixels, state)  # [1, n_obs, D]
         hidden = self.run_language_model(embeds, self.observation_layout(), self.cache)

@@ -24,6 +24,7 @@ def at_least(low: int) -> Callable[[str], int]:
     parse.__name__ = f"integer >= {low}"
     return parse
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from vlaccel.sim.tasks import TASKS
 
