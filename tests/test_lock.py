@@ -25,7 +25,10 @@ def _pins(path: Path) -> dict[str, Version]:
 def _direct_requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
-    reqs += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    extras = project["optional-dependencies"]
+    # the extras "all" names are installed and locked; an opt-in extra outside it (quant) is not
+    in_all = {e.strip() for r in extras["all"] for e in Requirement(r).extras}
+    reqs += [Requirement(r) for name, extra in extras.items() if name in in_all for r in extra]
     return [r for r in reqs if canonicalize_name(r.name) != "vlaccel"]
 
 

@@ -22,6 +22,8 @@ _LAZY_CONFIGS = {
     "HeadCacheConfig": "vlaccel.techniques.head_cache",
     "KVEfficientConfig": "vlaccel.techniques.kv_efficient",
     "PrecisionConfig": "vlaccel.techniques.precision",
+    "CompileConfig": "vlaccel.techniques.compile",
+    "QuantizeConfig": "vlaccel.techniques.quantize",
 }
 
 

@@ -37,6 +37,8 @@ TECHNIQUES = Registry("technique", "vlaccel.techniques", {
     "denoise_steps": "vlaccel.techniques.denoise_steps:DenoiseStepsConfig",
     "kv_efficient": "vlaccel.techniques.kv_efficient.config:KVEfficientConfig",
     "precision": "vlaccel.techniques.precision:PrecisionConfig",
+    "compile": "vlaccel.techniques.compile:CompileConfig",
+    "quantize": "vlaccel.techniques.quantize:QuantizeConfig",
 })
 
 

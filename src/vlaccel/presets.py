@@ -32,6 +32,9 @@ _KV = "vlaccel.techniques.kv_efficient.presets"
 PRESETS = Registry("preset", "vlaccel.presets", {
     "none": "vlaccel.presets:baseline",
     "ddim5": "vlaccel.presets:ddim5",
+    "bf16": "vlaccel.presets:bf16",
+    "compile": "vlaccel.presets:compiled",
+    "fast": "vlaccel.presets:fast",
     "efficientvla": f"{_EVLA}:efficientvla",
     "efficientvla-keep-layers": f"{_EVLA}:efficientvla_keep_layers",
     "efficientvla-tokens": f"{_EVLA}:efficientvla_tokens",
@@ -143,3 +146,32 @@ def ddim5() -> list[TechniqueConfig]:
     from vlaccel.techniques.denoise_steps import DenoiseStepsConfig
 
     return [DenoiseStepsConfig(steps=5)]
+
+
+@describe_as("weights in bfloat16 (every part), float32 inputs cast at each part's boundary")
+def bf16() -> list[TechniqueConfig]:
+    from vlaccel.techniques.precision import PrecisionConfig
+
+    return [PrecisionConfig(dtype="bfloat16")]
+
+
+@describe_as("torch.compile (inductor) of every part; the first calls compile (tens of seconds on a CPU)")
+def compiled() -> list[TechniqueConfig]:
+    from vlaccel.techniques.compile import CompileConfig
+
+    return [CompileConfig()]
+
+
+#: the action head's DDIM steps in ``fast``, chosen on selection seeds 2000-2019 (docs/benchmarks.md): 3 kept
+#: push and window-open at or above the baseline, 2 lost nearly every episode of both
+FAST_DENOISE_STEPS = 3
+
+
+@describe_as("bf16 where the device computes it natively (float32 elsewhere) + 3 DDIM steps + torch.compile; "
+             "the first calls compile (tens of seconds on a CPU)")
+def fast() -> list[TechniqueConfig]:
+    from vlaccel.techniques.compile import CompileConfig
+    from vlaccel.techniques.denoise_steps import DenoiseStepsConfig
+    from vlaccel.techniques.precision import PrecisionConfig
+
+    return [PrecisionConfig(dtype="auto"), DenoiseStepsConfig(steps=FAST_DENOISE_STEPS), CompileConfig()]

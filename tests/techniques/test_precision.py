@@ -62,7 +62,7 @@ def test_kv_efficient_cache_follows_the_lm_dtype(tiny_policy, frames):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"dtype": "int8"}, "dtype must be one of"),
+    ({"dtype": "int8"}, "dtype must be 'auto' or one of"),
     ({"parts": "vision"}, "must be a tuple of names"),
 ])
 def test_bad_config(kwargs, match):
@@ -78,3 +78,24 @@ def test_bad_names_are_refused_before_anything_changes(tiny_policy, cfg, match):
     with pytest.raises(ValueError, match=match):
         vlaccel.apply(tiny_policy, cfg)
     assert {t.dtype for t in tiny_policy.parameters()} == {torch.float32} and not vlaccel.applied_configs(tiny_policy)
+
+
+@pytest.mark.parametrize("flags, native", [("fpu sse avx2 avx512f", False), ("fpu avx512f avx512_bf16", True),
+                                           ("fpu amx_bf16 amx_tile", True)])
+def test_native_bfloat16_reads_the_cpu_flags(tmp_path, flags, native):
+    from vlaccel.techniques.precision import native_bfloat16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert native_bfloat16("cpu", str(info)) is native
+    assert native_bfloat16("cpu", str(tmp_path / "missing")) is False
+
+
+def test_auto_resolves_to_bf16_only_where_native(tiny_policy, monkeypatch):
+    from vlaccel.techniques import precision
+
+    for native, dtype in ((False, "float32"), (True, "bfloat16")):
+        monkeypatch.setattr(precision, "native_bfloat16", lambda device, native=native: native)
+        with vlaccel.applied(tiny_policy, PrecisionConfig(dtype="auto")) as handle:
+            assert [c.dtype for c in handle.configs] == [dtype]
+            assert tiny_policy.language_model.layers[0].mlp.up_proj.weight.dtype == precision.DTYPES[dtype]

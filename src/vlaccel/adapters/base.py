@@ -133,9 +133,10 @@ class ModelAdapter:
         ``factory.cache_class`` is the type of cache it makes (a caller's own cache of that type is kept)."""
         raise NotImplementedError(f"{type(self).__name__}: pass the cache to generate()/forward yourself")
 
-    def precision_parts(self, model: Any) -> dict[str, list[nn.Module]]:
-        """Named groups of modules ``PrecisionConfig`` can cast: each group's parameters and buffers change
-        dtype, and each listed module gets an input-casting pre-hook (list the modules that are *called*)."""
+    def module_parts(self, model: Any) -> dict[str, list[nn.Module]]:
+        """Named groups of modules, the parts ``PrecisionConfig`` casts and ``CompileConfig`` compiles: list the
+        modules that are *called* (each gets an input-casting pre-hook, or its forward compiled); a group's
+        parameters and buffers are what changes dtype."""
         return {"model": [model]}
 
     def end_episode(self, model: Any, reason: str) -> None:

@@ -47,7 +47,7 @@ class ReferenceVLAAdapter(ModelAdapter):
         finally:
             model.cache, model.instruction, model.last_cognition, model.episode_active = saved
 
-    def precision_parts(self, model: Any) -> dict[str, list[nn.Module]]:
+    def module_parts(self, model: Any) -> dict[str, list[nn.Module]]:
         readout = [model.visual_readout] if model.visual_readout is not None else []
         proprio = [model.proprio_proj] if model.proprio_proj is not None else []
         return {"vision": [model.vision, model.projector], "language_model": [model.language_model, *proprio],

@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "policy if it exists, else a random 'default'-size one)")
     p.add_argument("--preset", nargs="+", default=None, metavar="NAME",
                    help="presets to measure (default: every registered one; see `vlaccel.presets.names()`)")
+    p.add_argument("--combine", nargs="+", default=(), metavar="NAME",
+                   help="also measure every --preset combined with each of these presets (e.g. bf16 compile): "
+                        "settings named 'PRESET+NAME'; pairs that set the same technique twice are skipped")
     p.add_argument("--history", action="store_true",
                    help="also run the history study: per-step latency and KV bytes vs episode length, full "
                         "cache vs KV-Efficient settings and the presets")
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
-        result = harness.run_benchmark(policy, presets, options, source, _RichProgress(bar))
+        result = harness.run_benchmark(policy, presets, options, source, _RichProgress(bar), combine=args.combine)
     return _emit(result, args, console, to_stdout)
 
 
@@ -110,7 +113,8 @@ def _emit(result: dict, args: argparse.Namespace, console, to_stdout: bool) -> i
     result["targets"] = report.check_targets(result)
     report.print_report(result, console)
     if args.plot:
-        paths = [report.plot_presets(result, args.plot)] if result["presets"] else []
+        paths = [report.plot_presets(result, args.plot), report.plot_pareto(result, args.plot)] \
+            if result["presets"] else []
         if "history" in result:
             paths.append(report.plot_history(result, args.plot))
         console.print("plots: " + ", ".join(str(p) for p in paths))

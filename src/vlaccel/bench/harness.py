@@ -38,6 +38,7 @@ __all__ = [
     "BenchOptions",
     "Progress",
     "bench_preset",
+    "combined_settings",
     "calibration_setter",
     "default_presets",
     "environment",
@@ -236,16 +237,35 @@ def bench_preset(policy: Any, name: str, configs: Sequence[Any], observations: S
     }
 
 
+def combined_settings(presets: Sequence[str], combine: Sequence[str]) -> dict[str, list[Any]]:
+    """Each preset's configs, then each preset combined with each of ``combine`` (``"PRESET+NAME"``), leaving out
+    a preset combined with itself and pairs that would set one technique twice."""
+    import vlaccel
+
+    settings = {name: vlaccel.presets.get(name) for name in presets}
+    for extra in combine:
+        extra_configs = vlaccel.presets.get(extra)
+        extra_types = {type(c) for c in extra_configs}
+        for name in presets:
+            if name in ("none", extra) or extra_types & {type(c) for c in settings[name]}:
+                continue
+            settings[f"{name}+{extra}"] = [*vlaccel.presets.get(name), *extra_configs]
+    return settings
+
+
 def run_benchmark(policy: Any, presets: Sequence[str] | None = None, options: BenchOptions | None = None,
-                  source: str = "", progress: Progress | None = None) -> dict[str, Any]:
-    """The whole benchmark as one JSON-ready dict (see docs/benchmarks.md for the keys)."""
+                  source: str = "", progress: Progress | None = None,
+                  combine: Sequence[str] = ()) -> dict[str, Any]:
+    """The whole benchmark as one JSON-ready dict (see docs/benchmarks.md for the keys); ``combine``: presets
+    also measured on top of each of ``presets`` (:func:`combined_settings`)."""
     import vlaccel
 
     options = options or BenchOptions()
     progress = progress or Progress()
     presets = list(presets) if presets else default_presets()
-    check_names("preset", presets, vlaccel.presets.names())  # unknown names fail before any work
-    resolved = {name: vlaccel.presets.get(name) for name in presets}
+    # unknown names fail before any work
+    check_names("preset", [*presets, *combine], vlaccel.presets.names())
+    resolved = combined_settings(presets, combine)
     policy = policy.to(options.device).eval()
     # disjoint frames of the same pool: layer-pruning calibration on the even ones, fidelity on the odd ones
     observations, obs_source = load_observations(policy.config, options.fidelity_samples, options.demos_dir,

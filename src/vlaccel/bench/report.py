@@ -232,6 +232,54 @@ def plot_presets(result: dict[str, Any], folder: str | Path) -> Path:
     return path
 
 
+def pareto_frontier(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names of the settings no other setting beats on both axes ((speedup, SQNR dB), higher is better on both),
+    ordered by speedup."""
+    def dominated(a: tuple[float, float]) -> bool:
+        return any(b[0] >= a[0] and b[1] >= a[1] and b != a for b in points.values())
+
+    return sorted((n for n, pt in points.items() if not dominated(pt)), key=lambda n: points[n][0])
+
+
+def pareto_points(result: dict[str, Any], sqnr_cap: float = 60.0) -> dict[str, tuple[float, float]]:
+    """(end-to-end speedup, action SQNR dB capped at ``sqnr_cap``) per measured setting; the baseline at (1, cap).
+    Exact settings (infinite SQNR) sit at the cap."""
+    points = {"baseline": (1.0, sqnr_cap)}
+    for name, entry in result["presets"].items():
+        sqnr = entry.get("action_sqnr_db")
+        if sqnr is not None and entry.get("speedup_e2e") is not None:
+            points[name] = (float(entry["speedup_e2e"]), min(float(sqnr), sqnr_cap))
+    return points
+
+
+def plot_pareto(result: dict[str, Any], folder: str | Path, sqnr_cap: float = 60.0) -> Path:
+    """pareto.png: end-to-end speedup against action SQNR, one point per setting, the frontier drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = pareto_points(result, sqnr_cap)
+    frontier = pareto_frontier(points)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for name, (speed, sqnr) in points.items():
+        on = name in frontier
+        ax.scatter(sqnr, speed, color="tab:red" if on else "tab:gray", zorder=3)
+        ax.annotate(name, (sqnr, speed), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.plot([points[n][1] for n in frontier], [points[n][0] for n in frontier], color="tab:red",
+            linewidth=1, zorder=2, label="Pareto frontier")
+    ax.set_xlabel(f"action SQNR vs baseline (dB; exact settings drawn at {sqnr_cap:.0f})")
+    ax.set_ylabel("speedup end to end (x)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(folder) / "pareto.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The same tables as :func:`print_report`, as GitHub markdown (docs/benchmarks.md is pasted from this)."""
     env, pol = result["environment"], result["policy"]

@@ -10,6 +10,9 @@ from vlaccel.techniques.token_prune import TokenPruneConfig
 from vlaccel.techniques.head_cache import HeadCacheConfig
 from vlaccel.techniques.kv_efficient import KVEfficientConfig
 from vlaccel.techniques.precision import PrecisionConfig
+from vlaccel.techniques.compile import CompileConfig
+from vlaccel.techniques.quantize import QuantizeConfig
 
 __all__ = ["DenoiseStepsConfig", "LayerPruneConfig", "TokenPruneConfig", "HeadCacheConfig", "KVEfficientConfig",
-           "PrecisionConfig"]
+           "PrecisionConfig", "CompileConfig",
+           "QuantizeConfig"]

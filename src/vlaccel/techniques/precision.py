@@ -6,7 +6,7 @@ structural techniques. Each floating parameter and buffer of the chosen parts is
 the very same tensors back (bit-identical outputs after). Memory while applied: the cast copies *plus* the
 originals, the price of an exact ``remove()``.
 
-Parts come from the adapter (``precision_parts``): for the reference VLA ``vision`` (encoder + projector),
+Parts come from the adapter (``module_parts``): for the reference VLA ``vision`` (encoder + projector),
 ``language_model`` (+ the proprio projection) and ``action_head`` (DiT + the visual readout that conditions it);
 for transformers models the whole ``model``. ``keep_float32`` names modules (dotted paths from the model, e.g.
 ``"action_head.dit.action_out"``) computed in float32 inside a cast part: their inputs are cast to float32 and
@@ -34,7 +34,7 @@ from torch import nn
 
 from vlaccel.config import TechniqueConfig
 
-__all__ = ["PrecisionConfig", "DTYPES"]
+__all__ = ["PrecisionConfig", "DTYPES", "native_bfloat16"]
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -42,7 +42,10 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 @dataclasses.dataclass(frozen=True)
 class PrecisionConfig(TechniqueConfig):
     """Cast the weights of ``parts`` (None = every part the adapter names) to ``dtype``; ``keep_float32``
-    modules stay float32. ``dtype="float32"`` is neutral (the policy's own precision)."""
+    modules stay float32. ``dtype="float32"`` is neutral (the policy's own precision). ``dtype="auto"`` resolves,
+    when applied, to ``"bfloat16"`` where the model's device computes bf16 natively (:func:`native_bfloat16`)
+    and to ``"float32"`` elsewhere: on a CPU without AVX512-BF16 or AMX, bf16 matmuls are emulated and
+    measured 3x *slower* than float32 on the bundled policy (docs/benchmarks.md)."""
 
     dtype: str = "bfloat16"
     parts: tuple[str, ...] | None = None
@@ -53,8 +56,8 @@ class PrecisionConfig(TechniqueConfig):
     order = 90  # after the structural techniques: calibration and surgery see the float32 model
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"PrecisionConfig.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPES and self.dtype != "auto":
+            raise ValueError(f"PrecisionConfig.dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
         for field in ("parts", "keep_float32"):
             value = getattr(self, field)
             if value is None:
@@ -63,8 +66,38 @@ class PrecisionConfig(TechniqueConfig):
                 raise ValueError(f"PrecisionConfig.{field} must be a tuple of names, got {value!r}")
             object.__setattr__(self, field, tuple(value))  # lists from JSON become tuples (frozen, hashable)
 
+    def resolve(self, model: Any, adapter: Any, pending: tuple = ()) -> PrecisionConfig:  # noqa: ARG002
+        if self.dtype != "auto":
+            return self
+        device = next(model.parameters()).device
+        return dataclasses.replace(self, dtype="bfloat16" if native_bfloat16(device) else "float32")
+
     def is_neutral(self, model: Any, adapter: Any) -> bool:  # noqa: ARG002
         return self.dtype == "float32"
+
+
+#: CPU flags (``/proc/cpuinfo``) of native bf16 arithmetic: AVX512-BF16 and AMX on x86, the BF16 extension on Arm
+_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def native_bfloat16(device: torch.device | str = "cpu", cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether ``device`` computes bfloat16 natively (not emulated through float32).
+
+    CUDA: ``torch.cuda.is_bf16_supported(including_emulation=False)`` (Ampere and newer). CPU: one of the CPU
+    flags above in ``cpuinfo`` (Linux); False where that file does not exist (other systems: pass
+    ``PrecisionConfig(dtype="bfloat16")`` explicitly after measuring).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False
+    try:
+        with open(cpuinfo) as f:
+            flags = {flag for line in f if line.startswith(("flags", "Features")) for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return False
+    return bool(flags & _BF16_CPU_FLAGS)
 
 
 class _CastInputs:
@@ -105,7 +138,7 @@ class _Applied:
 def _resolve_parts(model: Any, config: PrecisionConfig, adapter: Any) -> tuple[dict[str, list[nn.Module]],
                                                                               dict[str, list[nn.Module]]]:
     """(the parts to cast, the other parts) by name."""
-    parts = adapter.precision_parts(model)
+    parts = adapter.module_parts(model)
     chosen = list(parts) if config.parts is None else list(config.parts)
     unknown = [p for p in chosen if p not in parts]
     if unknown:
