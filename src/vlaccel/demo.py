@@ -16,7 +16,7 @@ from pathlib import Path
 # Tasks where the bundled policy's baseline succeeds (model card): two where the paper's EfficientVLA setting loses
 # episodes on this policy (reach, window-open) and two where it does not, so the demo shows both.
 DEMO_TASKS = ["reach-v3", "window-open-v3", "drawer-open-v3", "button-press-topdown-v3"]
-PRESETS = {"fast": "fast (ours: bf16 where native, 3 DDIM steps, compile)", "efficientvla": "EfficientVLA preset",
+PRESETS = {"fast": "fast (ours)", "efficientvla": "EfficientVLA preset",
            "efficientvla-keep-layers": "EfficientVLA, keep layers (ours)"}
 
 
