@@ -10,6 +10,7 @@ The int8 rows need torchao (``pip install -e '.[quant]'``); they are skipped wit
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import statistics
@@ -86,7 +87,7 @@ def main(repeats: int) -> None:
     print("\n| techniques | module | calls per predict_action | graphs | graph breaks | reasons |")
     print("|---|---|---:|---:|---:|---|")
     for name, configs in BREAKS.items():
-        with vlaccel.applied(policy, *configs) if configs else _nothing():
+        with vlaccel.applied(policy, *configs) if configs else contextlib.nullcontext():
             report = graph_breaks(policy, lambda: policy.predict_action(one["image"], one["instruction"],
                                                                         one["proprio"]))
         for module, r in report.items():
@@ -104,14 +105,6 @@ def main(repeats: int) -> None:
     for module, r in report.items():
         print(f"| KV-Efficient (streaming, history mode) | {module} | {r['calls']} per episode | {r['graphs']} | "
               f"{r['graph_breaks']} | {'; '.join(r['reasons']) or '-'} |", flush=True)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 if __name__ == "__main__":

@@ -164,6 +164,18 @@ def print_report(result: dict[str, Any], console: Any = None) -> None:
                   "accelerated timed alternately) are the headline.[/dim]")
 
 
+def _save(fig: Any, folder: str | Path, name: str) -> Path:
+    """Lay out, write ``folder/name`` (PNG, 120 dpi) and close the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_history(result: dict[str, Any], folder: str | Path) -> Path:
     """history_scaling.png: per-step latency (end to end and language model) and KV MiB against history
     length, one line per setting (full cache black, KV-cache settings dashed)."""
@@ -194,12 +206,7 @@ def plot_history(result: dict[str, Any], folder: str | Path) -> Path:
     env = result["environment"]
     fig.suptitle(f"{result['policy']['source']}; {env['device']}, {env['threads']} threads; "
                  f"frames: {hist['frames']}", fontsize=9)
-    fig.tight_layout()
-    path = Path(folder) / "history_scaling.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, folder, "history_scaling.png")
 
 
 def plot_presets(result: dict[str, Any], folder: str | Path) -> Path:
@@ -224,12 +231,7 @@ def plot_presets(result: dict[str, Any], folder: str | Path) -> Path:
     ax.set_ylabel("speedup vs baseline (x)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(folder) / "presets_speedup.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, folder, "presets_speedup.png")
 
 
 def pareto_frontier(points: dict[str, tuple[float, float]]) -> list[str]:
@@ -272,12 +274,7 @@ def plot_pareto(result: dict[str, Any], folder: str | Path, sqnr_cap: float = 60
     ax.set_ylabel("speedup end to end (x)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(folder) / "pareto.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, folder, "pareto.png")
 
 
 def to_markdown(result: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from vlaccel.config import TechniqueConfig
+from vlaccel.techniques.parts import as_names, choose_parts
 
 __all__ = ["CompileConfig", "CompiledForward", "graph_breaks", "MODES", "BACKENDS"]
 
@@ -68,10 +69,7 @@ class CompileConfig(TechniqueConfig):
         if self.dynamic not in (None, True, False) or self.fullgraph not in (True, False):
             raise ValueError(f"CompileConfig.dynamic must be None/True/False and fullgraph True/False, got "
                              f"{self.dynamic!r}, {self.fullgraph!r}")
-        if self.parts is not None:
-            if isinstance(self.parts, str) or not all(isinstance(p, str) for p in self.parts):
-                raise ValueError(f"CompileConfig.parts must be a tuple of part names, got {self.parts!r}")
-            object.__setattr__(self, "parts", tuple(self.parts))  # lists from JSON become tuples
+        as_names(self, "parts")
 
     def options(self) -> dict[str, Any]:
         return {"mode": self.mode, "backend": self.backend, "dynamic": self.dynamic, "fullgraph": self.fullgraph}
@@ -124,15 +122,10 @@ def _cpp_compiler() -> str | None:
 
 
 def _chosen_modules(model: Any, config: CompileConfig, adapter: Any) -> list[nn.Module]:
-    parts = adapter.module_parts(model)
-    chosen = list(parts) if config.parts is None else list(config.parts)
-    unknown = [p for p in chosen if p not in parts]
-    if unknown:
-        raise ValueError(f"CompileConfig.parts {unknown} are not parts of {type(model).__name__}; its parts are "
-                         f"{sorted(parts)}")
+    chosen, _ = choose_parts(model, adapter, config.parts, "CompileConfig")
     modules: list[nn.Module] = []
-    for name in chosen:
-        modules += [m for m in parts[name] if all(m is not seen for seen in modules)]
+    for part in chosen.values():
+        modules += [m for m in part if all(m is not seen for seen in modules)]
     return modules
 
 
@@ -143,9 +136,7 @@ class CompileHandler:
             raise RuntimeError("CompileConfig(backend='inductor') on the CPU generates C++ and needs a compiler, and "
                                "none was found (CXX, c++, g++, clang++): install one (e.g. apt install g++) or "
                                "leave CompileConfig out")
-        for module in _chosen_modules(model, config, adapter):
-            if isinstance(module.__dict__.get("forward"), CompiledForward):
-                raise ValueError(f"{type(module).__name__} is already compiled by vlaccel; remove that first")
+        _chosen_modules(model, config, adapter)
 
     def apply(self, model: Any, config: CompileConfig, adapter: Any, prepared: None = None) -> _Applied:
         state = _Applied()

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from vlaccel.config import TechniqueConfig
+from vlaccel.techniques.parts import as_names, choose_parts
 
 __all__ = ["PrecisionConfig", "DTYPES", "native_bfloat16"]
 
@@ -58,13 +59,8 @@ class PrecisionConfig(TechniqueConfig):
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES and self.dtype != "auto":
             raise ValueError(f"PrecisionConfig.dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
-        for field in ("parts", "keep_float32"):
-            value = getattr(self, field)
-            if value is None:
-                continue
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"PrecisionConfig.{field} must be a tuple of names, got {value!r}")
-            object.__setattr__(self, field, tuple(value))  # lists from JSON become tuples (frozen, hashable)
+        as_names(self, "parts")
+        as_names(self, "keep_float32")
 
     def resolve(self, model: Any, adapter: Any, pending: tuple = ()) -> PrecisionConfig:  # noqa: ARG002
         if self.dtype != "auto":
@@ -135,18 +131,6 @@ class _Applied:
             tensor.data = data
 
 
-def _resolve_parts(model: Any, config: PrecisionConfig, adapter: Any) -> tuple[dict[str, list[nn.Module]],
-                                                                              dict[str, list[nn.Module]]]:
-    """(the parts to cast, the other parts) by name."""
-    parts = adapter.module_parts(model)
-    chosen = list(parts) if config.parts is None else list(config.parts)
-    unknown = [p for p in chosen if p not in parts]
-    if unknown:
-        raise ValueError(f"PrecisionConfig.parts {unknown} are not parts of {type(model).__name__}; its parts are "
-                         f"{sorted(parts)}")
-    return {p: parts[p] for p in chosen}, {p: m for p, m in parts.items() if p not in chosen}
-
-
 def _own_dtype(module: nn.Module) -> torch.dtype | None:
     return next((t.dtype for t in module.parameters() if t.is_floating_point()), None)
 
@@ -164,7 +148,7 @@ def _kept_modules(model: Any, names: Sequence[str]) -> list[nn.Module]:
 
 class PrecisionHandler:
     def validate(self, model: Any, config: PrecisionConfig, adapter: Any, pending: tuple = ()) -> None:
-        _resolve_parts(model, config, adapter)
+        choose_parts(model, adapter, config.parts, "PrecisionConfig")
         _kept_modules(model, config.keep_float32)
         if config.dtype != "float32":
             probe = torch.ones(2, 2, dtype=DTYPES[config.dtype], device=next(model.parameters()).device)
@@ -178,7 +162,7 @@ class PrecisionHandler:
         state = _Applied()
         kept = _kept_modules(model, config.keep_float32)
         kept_tensors = {id(t) for m in kept for t in [*m.parameters(), *m.buffers()]}
-        cast, others = _resolve_parts(model, config, adapter)
+        cast, others = choose_parts(model, adapter, config.parts, "PrecisionConfig")
         try:
             for modules in cast.values():
                 for module in modules:

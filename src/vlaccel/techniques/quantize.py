@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from vlaccel.config import TechniqueConfig
+from vlaccel.techniques.parts import as_names, choose_parts
 
 __all__ = ["QuantizeConfig", "SCHEMES"]
 
@@ -44,10 +45,7 @@ class QuantizeConfig(TechniqueConfig):
             raise ValueError(f"QuantizeConfig.scheme must be one of {sorted(SCHEMES)}, got {self.scheme!r}")
         if not isinstance(self.min_features, int) or isinstance(self.min_features, bool) or self.min_features < 1:
             raise ValueError(f"QuantizeConfig.min_features must be an integer >= 1, got {self.min_features!r}")
-        if self.parts is not None:
-            if isinstance(self.parts, str) or not all(isinstance(p, str) for p in self.parts):
-                raise ValueError(f"QuantizeConfig.parts must be a tuple of part names, got {self.parts!r}")
-            object.__setattr__(self, "parts", tuple(self.parts))
+        as_names(self, "parts")
 
 
 def _torchao():
@@ -68,15 +66,10 @@ class _Applied:
 
 
 def _linears(model: Any, config: QuantizeConfig, adapter: Any) -> list[nn.Linear]:
-    parts = adapter.module_parts(model)
-    chosen = list(parts) if config.parts is None else list(config.parts)
-    unknown = [p for p in chosen if p not in parts]
-    if unknown:
-        raise ValueError(f"QuantizeConfig.parts {unknown} are not parts of {type(model).__name__}; its parts are "
-                         f"{sorted(parts)}")
+    chosen, _ = choose_parts(model, adapter, config.parts, "QuantizeConfig")
     found: dict[int, nn.Linear] = {}
-    for name in chosen:
-        for root in parts[name]:
+    for part in chosen.values():
+        for root in part:
             for m in root.modules():
                 if type(m) is nn.Linear and min(m.in_features, m.out_features) >= config.min_features:
                     found.setdefault(id(m), m)
