@@ -33,7 +33,7 @@ def test_presets_table_for_a_paligemma_config(tmp_path, capsys):
     rows = {r["preset"]: r for r in json.loads(capsys.readouterr().out)["presets"]}
     assert rows["efficientvla"]["resolves_to"] == ["LayerPruneConfig(keep_layers=12, mlp_prune_ratio=0.25)",
                                                    "TokenPruneConfig(keep_tokens=56)"]
-    assert "diffusion action head" in rows["efficientvla"]["left_out"]["HeadCacheConfig"]
+    assert "flow-matching action head" in rows["efficientvla"]["left_out"]["HeadCacheConfig"]
     assert rows["kv-efficient"]["resolves_to"] == [] and "frames" in rows["kv-efficient"]["left_out"]["KVEfficientConfig"]
 
 

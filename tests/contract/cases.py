@@ -121,6 +121,7 @@ class Subject:
     run_single: Callable[[Any], Any]
     run_history: Callable[[Any, int], Any]
     cases: tuple[TechniqueCase, ...]
+    greedy_sequence: bool = False  # run_history returns greedy generate() logits (compared up to the first divergence)
 
 
 def _hf_cases(visual_tokens: int | None) -> tuple[TechniqueCase, ...]:
@@ -163,10 +164,56 @@ def _hf_subject(family: str) -> Subject:
     from tests import hf_models
 
     return Subject(family, lambda: hf_models.build(family), hf_models.last_logits, hf_models.generate_logits,
-                   _hf_cases(hf_models.VISUAL_TOKENS.get(family)))
+                   _hf_cases(hf_models.VISUAL_TOKENS.get(family)), greedy_sequence=True)
+
+
+# --- pi0 (transformers PI0ForConditionalGeneration, tiny random config): a "sequence" is one sample_actions call
+def _pi0_cases() -> tuple[TechniqueCase, ...]:
+    def calibrate(model) -> None:
+        from vlaccel.models.pi0_configs import pi0_inputs
+        from vlaccel.techniques.layer_prune import set_calibration_observations
+
+        set_calibration_observations(model, [pi0_inputs(model, seed=s) for s in (11, 12)])
+
+    layers = lambda m: m.config.vlm_config.text_config.num_hidden_layers  # noqa: E731
+    per_image = lambda m: (m.config.vlm_config.vision_config.image_size  # noqa: E731
+                           // m.config.vlm_config.vision_config.patch_size) ** 2
+    return (
+        TechniqueCase("denoise_steps", neutral=lambda m: _denoise(m.config.num_inference_steps),
+                      lossy=lambda m: _denoise(4)),
+        TechniqueCase("layer_prune", neutral=lambda m: _layer_prune(layers(m)),
+                      lossy=lambda m: _layer_prune(layers(m) - 1, mlp=0.25), prepare=calibrate),
+        *[TechniqueCase(f"token_prune_{method}", neutral=lambda m, k=method: _token_prune(per_image(m), k),
+                        lossy=lambda m, k=method: _token_prune(6, k), stateful=True)
+          for method in ("efficientvla", "fastv", "random", "diversity")],
+        TechniqueCase("head_cache", neutral=lambda m: _head_cache(1), lossy=lambda m: _head_cache(5), stateful=True),
+        PRECISION_CASE,
+    )
+
+
+def _pi0_subject() -> Subject:
+    from vlaccel.models.pi0_configs import build_pi0
+
+    return Subject("pi0", build_pi0, pi0_single_actions, pi0_actions, _pi0_cases())
+
+
+def pi0_actions(model, seed: int = 0) -> Any:
+    """The action chunk [1, chunk, action_dim] of one ``sample_actions`` call on observation ``seed`` (fixed noise)."""
+    import torch
+
+    from vlaccel.models.pi0_configs import pi0_inputs
+
+    with torch.no_grad():
+        return model.sample_actions(**pi0_inputs(model, seed)).float().numpy()
+
+
+def pi0_single_actions(model) -> Any:
+    import numpy as np
+
+    return np.concatenate([pi0_actions(model, s) for s in (0, 1)])
 
 
 def subjects() -> list[Subject]:
     from tests.hf_models import FAMILIES
 
-    return [_reference_subject(), *[_hf_subject(f) for f in FAMILIES]]
+    return [_reference_subject(), *[_hf_subject(f) for f in FAMILIES], _pi0_subject()]

@@ -90,11 +90,11 @@ def test_a_vlm_gets_the_papers_fractions_and_no_head_cache(recwarn):
     assert resolution.configs == [LayerPruneConfig(keep_layers=12, mlp_prune_ratio=0.25),
                                   TokenPruneConfig(keep_tokens=56)]
     assert [type(c) for c, _ in resolution.left_out] == [HeadCacheConfig]
-    assert "left out HeadCacheConfig" in resolution.description() and "diffusion action head" in resolution.description()
+    assert "left out HeadCacheConfig" in resolution.description() and "flow-matching action head" in resolution.description()
     warned = [w for w in recwarn if "leaves out HeadCacheConfig" in str(w.message)]
     vlaccel.presets.resolve("efficientvla", model)
     assert len(warned) == 1 and len([w for w in recwarn if "leaves out HeadCacheConfig" in str(w.message)]) == 1
-    with pytest.raises(ValueError, match="HeadCacheConfig needs a diffusion action head"):
+    with pytest.raises(ValueError, match="HeadCacheConfig needs a diffusion or flow-matching action head"):
         vlaccel.apply(model, *vlaccel.presets.get("efficientvla"))  # unresolved: the part it cannot take is refused
     assert vlaccel.applied_configs(model) == []
 

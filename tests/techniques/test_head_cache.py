@@ -154,7 +154,7 @@ def test_models_without_a_diffusion_head_are_refused_untouched():
         vlaccel.apply(linear, HeadCacheConfig())
     model = tiny_lm("llama")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="HeadCacheConfig needs a diffusion action head"):
+    with pytest.raises(ValueError, match="HeadCacheConfig needs a diffusion or flow-matching action head"):
         vlaccel.apply(model, HeadCacheConfig())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert vlaccel.applied_configs(model) == []

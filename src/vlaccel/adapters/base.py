@@ -24,7 +24,8 @@ __all__ = ["ModelAdapter", "register_adapter", "get_adapter", "supported_models"
 CAPABILITY_NAMES = {
     "decoder_layers": "a decoder stack vlaccel can reach",
     "visual_tokens": "visual tokens in its LM input",
-    "action_head": "a diffusion action head",
+    "action_head": "a diffusion or flow-matching action head",
+    "sampler": "an action sampler whose step count vlaccel can set",
     "history": "a KV cache vlaccel can give a cache factory to",
     "frames": "observations of a fixed number of tokens (frames)",
 }
@@ -32,6 +33,7 @@ CAPABILITY_NAMES = {
 #: built-in adapters, tried in this order after run-time registrations and entry points
 ADAPTERS = Registry("adapter", "vlaccel.adapters", {
     "reference": "vlaccel.adapters.reference:ReferenceVLAAdapter",
+    "pi0": "vlaccel.adapters.pi0:PI0Adapter",
     "hf_vlm": "vlaccel.adapters.hf_vlm:HFVLMAdapter",
     "hf_decoder": "vlaccel.adapters.hf_decoder:HFDecoderAdapter",
 })
@@ -84,8 +86,15 @@ class ModelAdapter:
         """
         return _NoHandle()
 
+    def coupled_decoders(self, model: Any) -> list[nn.Module]:
+        """Other decoder stacks (modules holding ``.layers`` and ``.config``) whose layer i attends to the KV cache
+        slot of :meth:`decoder_layers`' layer i, e.g. pi0's action expert reading the VLM's prefix KV. Layer
+        pruning removes their layers in pairs with the decoder's; token pruning narrows what their layers read."""
+        return []
+
     def visual_tokens(self, model: Any) -> int:
-        """Visual tokens in one observation block (all cameras) - the budget token pruning selects from."""
+        """Visual tokens of one image - the budget token pruning selects from (a model given several images per
+        observation, one per camera, gets that budget per image, chosen jointly over all of them)."""
         raise NotImplementedError(f"{type(self).__name__}: this model has no visual tokens")
 
     def run_calibration_sample(self, model: Any, sample: dict[str, Any]) -> None:
@@ -114,14 +123,33 @@ class ModelAdapter:
     def action_head_blocks(self, model: Any) -> nn.ModuleList:
         raise NotImplementedError(f"{type(self).__name__}: this model has no diffusion action head")
 
+    def action_head_branches(self, model: Any) -> list[nn.Module]:
+        """The residual-branch modules of the head's blocks that a feature cache reuses across sampler steps
+        (EfficientVLA's ``h_attn`` and ``h_mlp``). Default: each block's ``attn_branch`` and ``mlp_branch``."""
+        branches = []
+        for i, block in enumerate(self.action_head_blocks(model)):
+            missing = [n for n in ("attn_branch", "mlp_branch") if not isinstance(getattr(block, n, None), nn.Module)]
+            if missing:
+                raise NotImplementedError(f"action-head block {i} ({type(block).__name__}) has no {missing}: head "
+                                          "caching needs pre-LN blocks exposing attn_branch / mlp_branch, or an "
+                                          "adapter overriding action_head_branches")
+            branches += [block.attn_branch, block.mlp_branch]
+        return branches
+
+    def track_denoise_step(self, model: Any) -> Any:
+        """Start keeping :meth:`denoise_step` up to date; returns a handle with ``remove()``. Models whose sampler
+        counts its own steps (the reference VLA) need nothing: the default is a no-op."""
+        return _NoHandle()
+
     def denoise_step(self, model: Any) -> int:
         raise NotImplementedError(f"{type(self).__name__}: this model has no diffusion action head")
 
     def inference_steps(self, model: Any) -> int:
         raise NotImplementedError(f"{type(self).__name__}: this model has no diffusion action head")
 
-    def max_inference_steps(self, model: Any) -> int:
-        """The most sampler steps the head takes (its training timesteps)."""
+    def max_inference_steps(self, model: Any) -> int | None:
+        """The most sampler steps the head takes (its training timesteps); None when any count works (a
+        flow-matching Euler sampler integrates continuous time)."""
         raise NotImplementedError(f"{type(self).__name__}: this model has no diffusion action head")
 
     def set_inference_steps(self, model: Any, steps: int) -> None:

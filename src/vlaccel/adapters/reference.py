@@ -12,7 +12,7 @@ from vlaccel.adapters.base import ModelAdapter
 
 class ReferenceVLAAdapter(ModelAdapter):
     model_names = ("vlaccel ReferenceVLA",)
-    CAPABILITIES = frozenset({"decoder_layers", "visual_tokens", "action_head", "history", "frames"})
+    CAPABILITIES = frozenset({"decoder_layers", "visual_tokens", "action_head", "sampler", "history", "frames"})
 
     @classmethod
     def matches(cls, model: Any) -> bool:

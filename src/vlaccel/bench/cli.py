@@ -13,6 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset-model", choices=["tiny", "default"], default=None,
                    help="benchmark a random-weight reference VLA of this size (default: the bundled reference "
                         "policy if it exists, else a random 'default'-size one)")
+    p.add_argument("--model", choices=["pi0", "pi0-small", "pi0-tiny"], default=None,
+                   help="benchmark transformers' PI0ForConditionalGeneration instead (random weights; pi0 = the "
+                        "published 3.5 B size, pi0-small = the same depth at narrow widths): per-part latency, FLOPs, "
+                        "parameters and prefix-KV bytes of each --preset (default: the EfficientVLA presets, ddim5)")
     p.add_argument("--preset", nargs="+", default=None, metavar="NAME",
                    help="presets to measure (default: every registered one; see `vlaccel.presets.names()`)")
     p.add_argument("--combine", nargs="+", default=(), metavar="NAME",
@@ -72,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=to_stdout)
     if not console.is_terminal:
         console.width = max(console.width, 150)  # logs and docs: keep the wide tables unwrapped
+    if args.model:
+        return _run_pi0(args, console, to_stdout)
     if args.from_json:
         if not os.path.isfile(args.from_json):
             raise MissingInputError(f"--from-json {args.from_json}: no such file; pass the JSON a `vlaccel bench --json "
@@ -103,6 +109,30 @@ def run(args: argparse.Namespace) -> int:
                   console=console, transient=True) as bar:
         result = harness.run_benchmark(policy, presets, options, source, _RichProgress(bar), combine=args.combine)
     return _emit(result, args, console, to_stdout)
+
+
+def _run_pi0(args: argparse.Namespace, console, to_stdout: bool) -> int:
+    import sys
+
+    from vlaccel.bench import pi0_bench
+    from vlaccel.bench.report import dumps
+
+    presets = tuple(args.preset or pi0_bench.DEFAULT_PRESETS)
+    result = pi0_bench.run_pi0_bench(args.model, presets, repeats=args.repeats, warmup=args.warmup,
+                                     device=args.device, log=console.print)
+    table = pi0_bench.to_markdown(result)
+    console.print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    if args.json:
+        text = dumps(result)
+        if to_stdout:
+            sys.stdout.write(text + "\n")
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    return 0
 
 
 def _emit(result: dict, args: argparse.Namespace, console, to_stdout: bool) -> int:

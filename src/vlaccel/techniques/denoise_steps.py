@@ -1,8 +1,10 @@
-"""``DenoiseStepsConfig``: run the diffusion action head with fewer DDIM steps.
+"""``DenoiseStepsConfig``: run the action head's sampler with fewer steps.
 
 The simplest action-head acceleration and the baseline any head cache should beat: DDIM (Song et al.,
-arXiv 2010.02502) with S' < S steps skips whole DiT evaluations instead of reusing features.
-Neutral when ``steps`` equals the policy's own step count.
+arXiv 2010.02502) with S' < S steps, or a flow-matching Euler integration (pi0) with S' < S steps of
+``dt = -1/S'``, skips whole network evaluations instead of reusing features.
+Neutral when ``steps`` equals the policy's own step count. On pi0 it sets ``config.num_inference_steps``, the
+count ``sample_actions`` uses when the call passes no ``num_steps`` of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class DenoiseStepsConfig(TechniqueConfig):
     name = "denoise_steps"
     handler = "vlaccel.techniques.denoise_steps:DenoiseStepsHandler"
     order = 80
-    requires = ("action_head",)
+    requires = ("action_head", "sampler")
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
@@ -42,7 +44,7 @@ class DenoiseStepsHandler:
     def validate(self, model: Any, config: DenoiseStepsConfig, adapter: Any, pending: tuple = ()) -> None:
         adapter.inference_steps(model)  # raises if the model has no diffusion head
         most = adapter.max_inference_steps(model)
-        if config.steps > most:
+        if most is not None and config.steps > most:
             raise ValueError(f"DenoiseStepsConfig(steps={config.steps}): this action head's sampler was trained on "
                              f"{most} diffusion timesteps, so it takes at most {most} steps")
 

@@ -5,9 +5,15 @@ In every DiT block the two residual-branch outputs, ``h_attn = Attn(LN(z))`` and
 others (Eqs. 8-11): with 10 DDIM steps and interval 5, attention and MLP run at steps 0 and 5 only.
 Embedders, positional terms, the final layer and the sampler always run.
 
-Mechanism: a forward override, no module replacement. Each block's ``attn_branch`` / ``mlp_branch`` (located by
-the adapter) gets, as its instance ``forward``, the bound method of a :class:`BranchCache` that reads the sampler's
-step index through the adapter. The modules, their hooks and the model's state-dict keys stay as they are, so an
+Flow matching (pi0): the same cache across the Euler steps of the action expert. The branches are each expert
+layer's ``self_attn`` and ``mlp`` (``ModelAdapter.action_head_branches``); at a reused step the attention is not
+run at all, so no layer appends the step's keys and values to the prefix cache, ``sample_actions``' crop back to
+the prefix then removes nothing, and every refresh step still reads the prefix alone (all layers refresh at the
+same steps, so the cache's layers never disagree in length).
+
+Mechanism: a forward override, no module replacement. Each branch (located by the adapter) gets, as its instance
+``forward``, the bound method of a :class:`BranchCache` that reads the sampler's step index through the adapter
+(which starts counting the steps when applied, ``ModelAdapter.track_denoise_step``). The modules, their hooks and the model's state-dict keys stay as they are, so an
 accelerated policy saves and loads like the plain one, and a gate fingerprint is unchanged by head caching. The
 cache holds the whole CFG batch ([2B, chunk + 1, W]); step 0 always recomputes, so each new observation starts
 fresh, and it is also cleared at every episode reset and on ``remove()``. ``interval=1`` recomputes every step:
@@ -34,8 +40,6 @@ from torch import nn
 from vlaccel.config import TechniqueConfig
 
 __all__ = ["HeadCacheConfig", "BranchCache", "DenoiseStep"]
-
-BRANCHES = ("attn_branch", "mlp_branch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,12 +80,17 @@ class BranchCache:
     def __init__(self, branch: nn.Module, interval: int, step: Callable[[], int]):
         self.branch, self.interval, self.step = branch, interval, step
         self.previous = branch.__dict__.get("forward")  # an instance forward installed before ours, if any
-        self.cached: torch.Tensor | None = None
+        self.cached: Any = None
+        self.input_shape: torch.Size | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [2B, chunk+1, W] -> same
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        # x [2B, chunk+1, W] (reference DiT; pi0's expert: [B, 1+chunk, W], keyword hidden_states) -> a tensor
+        # of the same shape, or the attention's (output, weights)
+        x = args[0] if args else kwargs["hidden_states"]
         refresh = self.branch.training or self.step() % self.interval == 0
-        if refresh or self.cached is None or self.cached.shape != x.shape:
-            self.cached = self.previous(x) if self.previous is not None else type(self.branch).forward(self.branch, x)
+        if refresh or self.cached is None or self.input_shape != x.shape:
+            forward = self.previous if self.previous is not None else type(self.branch).forward.__get__(self.branch)
+            self.cached, self.input_shape = forward(*args, **kwargs), x.shape
         return self.cached
 
     def install(self) -> None:
@@ -102,8 +111,8 @@ class BranchCache:
 
 
 class _Applied:
-    def __init__(self, caches: list[BranchCache]):
-        self.caches = caches
+    def __init__(self, caches: list[BranchCache], step_tracker: Any):
+        self.caches, self.step_tracker = caches, step_tracker
         self.reset_handle: Any = None
 
     def reset(self) -> None:
@@ -115,24 +124,18 @@ class _Applied:
             self.reset_handle.remove()
         for c in reversed(self.caches):
             c.uninstall()
+        self.step_tracker.remove()
 
 
 class HeadCacheHandler:
     def validate(self, model: Any, config: HeadCacheConfig, adapter: Any, pending: tuple = ()) -> None:
-        blocks = adapter.action_head_blocks(model)  # raises for models without a diffusion head
-        adapter.denoise_step(model)
-        for i, block in enumerate(blocks):
-            missing = [n for n in BRANCHES if not isinstance(getattr(block, n, None), nn.Module)]
-            if missing:
-                raise NotImplementedError(f"action-head block {i} ({type(block).__name__}) has no {missing}: "
-                                          "head caching needs pre-LN blocks exposing attn_branch / mlp_branch")
+        adapter.action_head_branches(model)  # raises for models without an action head of cacheable blocks
 
     def apply(self, model: Any, config: HeadCacheConfig, adapter: Any, prepared: None = None) -> _Applied:
         step = DenoiseStep(adapter, model)
-        caches = [BranchCache(getattr(block, name), config.interval, step)
-                  for block in adapter.action_head_blocks(model) for name in BRANCHES]
+        caches = [BranchCache(branch, config.interval, step) for branch in adapter.action_head_branches(model)]
+        state = _Applied(caches, adapter.track_denoise_step(model))
         for c in caches:
             c.install()
-        state = _Applied(caches)
         state.reset_handle = adapter.register_reset_hook(model, state.reset)
         return state

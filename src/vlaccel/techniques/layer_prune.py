@@ -17,9 +17,16 @@ relative to the working directory.
 the adapter) collects both the layer importances and, when ``mlp_prune_ratio > 0``, the MLP channel statistics
 of :mod:`vlaccel.techniques.mlp_prune`; both are measured on the unpruned model.
 
-Surgery (reference/env.md section 2): ``owner.layers = ModuleList(kept)``, ``num_hidden_layers``, subset
-``layer_types`` and renumber each kept layer's ``self_attn.layer_idx``, so transformers' KV caches get exactly
-one slot per kept layer and ``generate()`` keeps working. ``remove()`` restores the list, the config values
+Surgery: ``owner.layers = ModuleList(kept)``, ``num_hidden_layers``, subset ``layer_types`` and renumber each
+kept layer's ``self_attn.layer_idx``, so transformers' KV caches get exactly one slot per kept layer and
+``generate()`` keeps working.
+
+Coupled stacks (``ModelAdapter.coupled_decoders``; pi0's action expert, whose layer i attends to the KV that the
+VLM's layer i cached): layers go in pairs. The same indices are removed from both stacks and both are
+renumbered alike, so expert layer j keeps reading the VLM layer it was trained against. A pair's importance is
+the sum of its two layers' Eq. 1 scores, each measured on its own stack during the same calibration runs (the
+VLM over the prefix, the expert over every flow step's [state][action chunk] block); MLP channels are pruned in
+the VLM's kept layers only. ``remove()`` restores the list, the config values
 and every ``layer_idx``. Structural, so it is applied before the hook-based techniques (``order = 10``);
 token pruning's ``layer`` then counts kept layers.
 """
@@ -147,17 +154,20 @@ def layer_importance(hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
 class Calibration:
     """What one calibration pass measured on the unpruned model."""
 
-    layer_importance: torch.Tensor  # [L], mean over samples of Eq. 1
+    layer_importance: torch.Tensor  # [L], mean over samples of Eq. 1 (coupled stacks: summed over the pair)
     mlp_activation: list[torch.Tensor] | None  # per layer [I]: mean |act_fn(gate(x)) * up(x)| per channel
     samples: int
+    per_stack: list[torch.Tensor] | None = None  # [L] each: the LM's scores, then each coupled stack's
 
 
 def calibrate(model: Any, observations: Sequence[dict[str, Any]], mlp: bool = False, adapter: Any = None) -> Calibration:
     """Run ``observations`` through the model's LM (via its adapter) and measure layer importance (Eq. 1).
 
     Hooks capture the input of layer 0 and every layer's output for each forward; a sample may span several
-    forwards (the reference VLA: instruction prefix, then the observation block), which are concatenated along
-    the token axis before Eq. 1. With ``mlp=True`` the mean |input of down_proj| per channel is collected too.
+    forwards (the reference VLA: instruction prefix, then the observation block; pi0's expert: one per flow step),
+    which are concatenated along the token axis before Eq. 1. Coupled stacks are measured the same way and their
+    scores added layer by layer (pairs). With ``mlp=True`` the mean |input of down_proj| per channel of the LM is
+    collected too.
     """
     from vlaccel.adapters import get_adapter
 
@@ -165,17 +175,9 @@ def calibrate(model: Any, observations: Sequence[dict[str, Any]], mlp: bool = Fa
     layers = adapter.decoder_layers(model)
     if not observations:
         raise ValueError("calibrate() needs at least one observation")
-    captured: list[list[torch.Tensor]] = [[] for _ in range(len(layers) + 1)]
+    stacks = [_StackCapture(layers), *[_StackCapture(stack.layers) for stack in adapter.coupled_decoders(model)]]
     act_sum = [None] * len(layers) if mlp else None
     act_count = [0] * len(layers)
-
-    def grab_input(_mod, args, kwargs):
-        captured[0].append((args[0] if args else kwargs["hidden_states"]).detach())
-
-    def grab_output(i):
-        def hook(_mod, _args, output):
-            captured[i + 1].append((output[0] if isinstance(output, tuple) else output).detach())
-        return hook
 
     def grab_mlp(i):
         def hook(_mod, args):
@@ -184,23 +186,64 @@ def calibrate(model: Any, observations: Sequence[dict[str, Any]], mlp: bool = Fa
             act_count[i] += a.shape[0]
         return hook
 
-    handles = [layers[0].register_forward_pre_hook(grab_input, with_kwargs=True)]
-    handles += [layer.register_forward_hook(grab_output(i)) for i, layer in enumerate(layers)]
+    handles = []
     if mlp:
         handles += [mlp_prune.mlp_parts(adapter.mlp_module(model, layer))[2].register_forward_pre_hook(grab_mlp(i))
                     for i, layer in enumerate(layers)]
     per_sample = []
     try:
+        for stack in stacks:
+            stack.install()
         for sample in observations:
-            for c in captured:
-                c.clear()
+            for stack in stacks:
+                stack.clear()
             adapter.run_calibration_sample(model, sample)
-            per_sample.append(layer_importance([torch.cat(c, dim=1) for c in captured]))
+            per_sample.append(torch.stack([stack.importance() for stack in stacks]))  # [stacks, L]
     finally:
+        for stack in stacks:
+            stack.remove()
         for h in handles:
             h.remove()
     acts = [s / max(n, 1) for s, n in zip(act_sum, act_count)] if mlp else None
-    return Calibration(torch.stack(per_sample).mean(0), acts, len(per_sample))
+    per_stack = torch.stack(per_sample).mean(0)  # [stacks, L]
+    return Calibration(per_stack.sum(0), acts, len(per_sample), list(per_stack))
+
+
+class _StackCapture:
+    """Hooks capturing one decoder stack's layer-0 input and every layer's output during calibration runs."""
+
+    def __init__(self, layers: Sequence[nn.Module]):
+        self.layers = layers
+        self.captured: list[list[torch.Tensor]] = [[] for _ in range(len(layers) + 1)]
+        self.handles: list[Any] = []
+
+    def install(self) -> None:
+        self.handles.append(self.layers[0].register_forward_pre_hook(self._grab_input, with_kwargs=True))
+        self.handles += [layer.register_forward_hook(self._grab_output(i)) for i, layer in enumerate(self.layers)]
+
+    def _grab_input(self, _mod, args, kwargs):
+        self.captured[0].append((args[0] if args else kwargs["hidden_states"]).detach())
+
+    def _grab_output(self, i):
+        def hook(_mod, _args, output):
+            self.captured[i + 1].append((output[0] if isinstance(output, tuple) else output).detach())
+        return hook
+
+    def clear(self) -> None:
+        for c in self.captured:
+            c.clear()
+
+    def importance(self) -> torch.Tensor:
+        if not self.captured[0]:
+            raise RuntimeError(f"a calibration sample never ran this stack's {type(self.layers[0]).__name__} layers; "
+                               "layer importance needs each stack's forwards (for pi0: sample_actions' keyword "
+                               "arguments)")
+        return layer_importance([torch.cat(c, dim=1) for c in self.captured])
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
 
 
 # ---------------------------------------------------------------------------------------------- calibration data
@@ -314,39 +357,56 @@ def layers_to_keep(importance: torch.Tensor | None, total: int, keep: int, metho
     return sorted(order[total - keep:].tolist())
 
 
-class _Applied:
-    def __init__(self, adapter: Any, model: Any, keep: list[int]):
-        self.owner = adapter.decoder_owner(model)
-        self.lm_config = adapter.lm_config(model)
-        self.old_layers = self.owner.layers
-        self.old_num = self.lm_config.num_hidden_layers
-        self.old_types = getattr(self.lm_config, "layer_types", None)
+class _StackSurgery:
+    """One decoder stack's layers cut to ``keep`` (original indices), undone exactly by :meth:`remove`."""
+
+    def __init__(self, adapter: Any, model: Any, owner: nn.Module, config: Any, keep: list[int]):
+        self.owner, self.config = owner, config
+        self.old_layers = owner.layers
+        self.old_num = config.num_hidden_layers
+        self.old_types = getattr(config, "layer_types", None)
         self.attns = [adapter.attention_module(model, layer) for layer in self.old_layers]
         self.old_idx = [a.layer_idx for a in self.attns]
-        self.kept = keep  # original indices of the kept layers
-        self.importance: torch.Tensor | None = None  # [L] Eq. 1 scores, when calibrated
-        self.mlp: mlp_prune.MLPPruned | None = None
-        self.owner.layers = nn.ModuleList([self.old_layers[i] for i in keep])
-        self.lm_config.num_hidden_layers = len(keep)
+        owner.layers = nn.ModuleList([self.old_layers[i] for i in keep])
+        config.num_hidden_layers = len(keep)
         if self.old_types is not None:
-            self.lm_config.layer_types = [self.old_types[i] for i in keep]
+            config.layer_types = [self.old_types[i] for i in keep]
         for j, i in enumerate(keep):
             self.attns[i].layer_idx = j
 
     def remove(self) -> None:
-        if self.mlp is not None:
-            self.mlp.remove()
         self.owner.layers = self.old_layers
-        self.lm_config.num_hidden_layers = self.old_num
+        self.config.num_hidden_layers = self.old_num
         if self.old_types is not None:
-            self.lm_config.layer_types = self.old_types
+            self.config.layer_types = self.old_types
         for attn, idx in zip(self.attns, self.old_idx):
             attn.layer_idx = idx
+
+
+class _Applied:
+    def __init__(self, adapter: Any, model: Any, keep: list[int]):
+        self.kept = keep  # original indices of the kept layers
+        self.importance: torch.Tensor | None = None  # [L] Eq. 1 scores, when calibrated
+        self.mlp: mlp_prune.MLPPruned | None = None
+        self.stacks = [_StackSurgery(adapter, model, adapter.decoder_owner(model), adapter.lm_config(model), keep)]
+        self.stacks += [_StackSurgery(adapter, model, stack, stack.config, keep)
+                        for stack in adapter.coupled_decoders(model)]
+
+    def remove(self) -> None:
+        if self.mlp is not None:
+            self.mlp.remove()
+        for stack in reversed(self.stacks):
+            stack.remove()
 
 
 class LayerPruneHandler:
     def validate(self, model: Any, config: LayerPruneConfig, adapter: Any, pending: tuple = ()) -> None:
         total = len(adapter.decoder_layers(model))
+        for stack in adapter.coupled_decoders(model):
+            if len(stack.layers) != total:
+                raise NotImplementedError(f"layer pruning removes layers in pairs from {type(model).__name__}'s "
+                                          f"decoder ({total} layers) and its coupled {type(stack).__name__} "
+                                          f"({len(stack.layers)} layers); stacks of unequal depth are not supported")
         if config.keep_layers is not None and not 1 <= config.keep_layers <= total:
             raise ValueError(f"keep_layers={config.keep_layers} is outside [1, {total}] for this {total}-layer decoder "
                              f"({total} keeps every layer)")

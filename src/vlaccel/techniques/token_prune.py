@@ -27,9 +27,15 @@ Baselines through the same config:
   ``"diversity"``: diversity-only, i.e. ``k_key`` key tokens by relevance, then every other slot by diversity
   to them (``alpha = 0``).
 
+Several images per observation (pi0's cameras): ``keep_tokens`` is the budget per image (the adapter's
+``visual_tokens`` counts one image), and ``keep_tokens x images`` tokens are chosen jointly over all of them.
+
 Mechanism: a forward pre-hook on layer K (query capture), a forward hook on layer K returning the shortened
 hidden states, and pre-hooks on layers > K subsetting ``position_embeddings``, ``position_ids`` and the
-``attention_mask`` (rows = kept queries, columns = that layer's cached past + the kept new tokens).
+``attention_mask`` (rows = kept queries, columns = that layer's cached past + the kept new tokens). Decoder
+stacks coupled to the LM (``ModelAdapter.coupled_decoders``: pi0's action expert, whose layer i attends to the
+LM's cache slot i) get a pre-hook on each layer reading a slot of a layer > K: its mask keeps the columns of the
+prefix tokens that slot holds, so every flow step attends to the shortened prefix.
 Only observation blocks are pruned; other forwards (the instruction prefix, the whole-history training
 forward, ``generate()``'s decode steps) keep all their tokens, and layers > K then read the columns of their
 shorter cache from the mask. On transformers VLMs (:mod:`vlaccel.adapters.hf_vlm`) the observation block is a
@@ -61,7 +67,7 @@ class TokenPruneConfig(TechniqueConfig):
     """Keep ``keep_tokens`` visual tokens per observation after decoder layer ``layer``.
 
     Valid ``keep_tokens``: (k_key, N] for efficientvla / diversity, [1, N] for fastv / random, where N is the
-    policy's visual tokens per observation; ``keep_tokens == N`` is neutral. ``seed`` is used by "random" only.
+    policy's visual tokens per image (per observation for a one-image policy); ``keep_tokens == N`` is neutral. ``seed`` is used by "random" only.
     ``keep_fraction`` states the kept share instead (the paper keeps 56 of 256), resolved at apply time to
     ``max(min_keep, round_half_up(N * keep_fraction))``. ``layer=None`` is the paper's layer 2, or on a decoder
     too shallow for it (counting layer pruning applied with it) the last layer that still has a later one.
@@ -208,6 +214,11 @@ class _TokenPruner:
         self.attn_idx = attn.layer_idx  # this layer's slot in the KV cache
         self.next_idx = adapter.attention_module(model, self.layers[self.k + 1]).layer_idx
         self.scaling = float(getattr(attn, "scaling", attn.head_dim ** -0.5))
+        self.per_image = adapter.visual_tokens(model)
+        pruned_slots = {adapter.attention_module(model, layer).layer_idx for layer in self.layers[self.k + 1:]}
+        self.readers = [layer for stack in adapter.coupled_decoders(model) for layer in stack.layers
+                        if adapter.attention_module(model, layer).layer_idx in pruned_slots]
+        self.reader_mask: tuple[Any, torch.Tensor] | None = None  # (the mask given, the narrowed one) of this step
         self.handles: list[Any] = []
         self.instr_q: torch.Tensor | None = None  # [B, H, L_instr, d], captured during the prefix
         self.generator: torch.Generator | None = None
@@ -222,11 +233,13 @@ class _TokenPruner:
         self.handles.append(layer.register_forward_hook(self._post_k, with_kwargs=True))
         for later in self.layers[self.k + 1:]:
             self.handles.append(later.register_forward_pre_hook(self._pre_later, with_kwargs=True))
+        for reader in self.readers:
+            self.handles.append(reader.register_forward_pre_hook(self._pre_reader, with_kwargs=True))
         self.handles.append(self.adapter.register_reset_hook(self.model, self.reset))
         self.handles.append(self.adapter.track_layout(self.model))
 
     def reset(self) -> None:
-        self.instr_q, self.columns, self.fwd = None, None, None
+        self.instr_q, self.columns, self.fwd, self.reader_mask = None, None, None, None
         if self.config.method == "random":
             self.generator = torch.Generator().manual_seed(self.config.seed)
 
@@ -253,9 +266,13 @@ class _TokenPruner:
                                                                  (cos[:, -1:], sin[:, -1:]))  # [B, H, 1, d]
         return None
 
+    def _budget(self, visual: slice) -> int:
+        """Visual tokens kept of this block's span: ``keep_tokens`` per image."""
+        return self.config.keep_tokens * max(1, (visual.stop - visual.start) // self.per_image)
+
     def _prunes(self, layout: Any) -> bool:
         return (layout is not None and layout.kind == "observation" and layout.visual is not None
-                and layout.visual.stop - layout.visual.start > self.config.keep_tokens)
+                and layout.visual.stop - layout.visual.start > self._budget(layout.visual))
 
     # -- layer K, after: score, select, shorten
     def _post_k(self, layer, args, kwargs, output):
@@ -289,17 +306,17 @@ class _TokenPruner:
         return (short, *output[1:]) if isinstance(output, tuple) else short
 
     def _select(self, hidden, vis, cache, fwd, past_full) -> torch.Tensor:
-        cfg, n = self.config, vis.stop - vis.start
+        cfg, n, keep = self.config, vis.stop - vis.start, self._budget(vis)
         b = hidden.shape[0]
         if cfg.method == "random":
-            return torch.rand(b, n, generator=self.generator).argsort(-1)[:, : cfg.keep_tokens].sort(-1).values.to(hidden.device)
+            return torch.rand(b, n, generator=self.generator).argsort(-1)[:, :keep].sort(-1).values.to(hidden.device)
         keys = _layer_keys(cache, self.attn_idx)  # [B, H_kv, S, d], this block included
         if cfg.method == "fastv":
             mask = fwd["mask"]
             row = mask[:, :, -1:, :] if isinstance(mask, torch.Tensor) else None
             probs = _last_token_attention(fwd["last_q"], keys, self.scaling, row)  # [B, S]
             score = probs[:, past_full + vis.start: past_full + vis.stop]  # [B, N]
-            return _descending(score)[:, : cfg.keep_tokens].sort(-1).values
+            return _descending(score)[:, :keep].sort(-1).values
         if self.instr_q is None:
             raise RuntimeError("TokenPruneConfig(method=%r) scores visual tokens with the instruction's queries, "
                                "captured when the instruction prefix runs: call policy.reset(instruction) (or "
@@ -308,7 +325,7 @@ class _TokenPruner:
         vis_keys = keys[:, :, seq - hidden.shape[1] + vis.start: seq - hidden.shape[1] + vis.stop]  # [B, H_kv, N, d]
         relevance = instruction_relevance(self.instr_q, vis_keys, self.scaling)  # [B, N]
         alpha = cfg.alpha if cfg.method == "efficientvla" else 0.0
-        return select_visual_tokens(relevance, hidden[:, vis], cfg.keep_tokens, cfg.k_key, alpha)
+        return select_visual_tokens(relevance, hidden[:, vis], keep, cfg.k_key, alpha)
 
     # -- bookkeeping of what layers > K hold
     @staticmethod
@@ -357,6 +374,28 @@ class _TokenPruner:
         if isinstance(kwargs.get("position_ids"), torch.Tensor):
             kwargs["position_ids"] = _gather_seq(kwargs["position_ids"], keep)  # [B, T']
         kwargs["attention_mask"] = fwd["mask"]
+        return args, kwargs
+
+
+    # -- coupled stacks (pi0's expert): layers reading a slot of a layer > K see the kept prefix columns only
+    def _pre_reader(self, layer, args, kwargs):
+        mask, columns = kwargs.get("attention_mask"), self.columns
+        if columns is None:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]  # [B, S, D]: this block (state + action chunk)
+        if not isinstance(mask, torch.Tensor):
+            raise RuntimeError(f"token pruning narrows the attention mask of {type(layer).__name__}, which reads the "
+                               "pruned prefix, and this forward passed none; use attention 'sdpa' or 'eager'")
+        past_full = mask.shape[-1] - hidden.shape[1]  # the prefix as layer 0's slot holds it (every token)
+        if columns.shape[1] == past_full:
+            return None  # nothing pruned in this prefix
+        if self.reader_mask is None or self.reader_mask[0] is not mask:  # one narrowing per step, shared by layers
+            every = torch.arange(hidden.shape[1], device=mask.device).expand(columns.shape[0], -1)
+            keep = torch.cat([columns, past_full + every], dim=1)  # [B, P' + S]
+            full = mask.expand(keep.shape[0], *mask.shape[1:])  # [B, 1|H, S, P + S]
+            narrowed = full.gather(3, keep[:, None, None, :].expand(-1, full.shape[1], full.shape[2], -1))
+            self.reader_mask = (mask, narrowed)
+        kwargs["attention_mask"] = self.reader_mask[1]
         return args, kwargs
 
 
