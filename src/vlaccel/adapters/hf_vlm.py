@@ -108,8 +108,9 @@ def register_vlm(class_name: str, decoder_path: str, visual_tokens: Any) -> None
     HFVLMAdapter.model_names = (*HFVLMAdapter.model_names, f"transformers {class_name}")
 
 
-def layout_from_ids(input_ids: torch.Tensor, image_token: int, per_image: int) -> Any:
-    """The :class:`TokenLayout` of a forward's ``input_ids`` [B, T]: one image span, the text after it as instruction."""
+def layout_from_ids(input_ids: torch.Tensor, image_token: int, per_image: int, cameras: bool = False) -> Any:
+    """The :class:`TokenLayout` of a forward's ``input_ids`` [B, T]: one image span, the text after it as instruction.
+    ``cameras=True`` (pi0): the span may hold several images, one per camera, ``per_image`` tokens each."""
     from vlaccel.models.vla import TokenLayout
 
     t = input_ids.shape[-1]
@@ -121,7 +122,10 @@ def layout_from_ids(input_ids: torch.Tensor, image_token: int, per_image: int) -
                          "row of the batch; use same-length prompts (no padding before the image) or batch size 1")
     where = is_image[0].nonzero().flatten()
     start, stop = int(where[0]), int(where[-1]) + 1
-    if stop - start != len(where) or len(where) != per_image:
+    if cameras and (stop - start != len(where) or len(where) % per_image):
+        raise ValueError(f"token pruning on pi0 expects the prompt's image tokens as one run of {per_image} tokens "
+                         f"per camera; found {len(where)} image tokens in positions [{start}, {stop})")
+    if not cameras and (stop - start != len(where) or len(where) != per_image):
         raise ValueError(f"token pruning on a transformers VLM supports one image per sequence: expected one run of "
                          f"{per_image} image tokens, found {len(where)} image tokens in positions [{start}, {stop}) "
                          "(several images, or image splitting: process one image without splitting)")

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from vlaccel.adapters.hf_common import TransformersAdapter
-from vlaccel.adapters.hf_vlm import patches
+from vlaccel.adapters.hf_vlm import layout_from_ids, patches
 
 __all__ = ["PI0Adapter", "prefix_layout"]
 
@@ -163,22 +163,7 @@ def _batched(name: str, value: torch.Tensor) -> torch.Tensor:
 def prefix_layout(input_ids: torch.Tensor, image_token: int, per_image: int) -> Any:
     """The :class:`TokenLayout` of a pi0 prefix ``input_ids`` [B, T]: one run of image tokens (a multiple of
     ``per_image``: one image per camera) at the same positions in every row, the text after it as instruction."""
-    from vlaccel.models.vla import TokenLayout
-
-    t = input_ids.shape[-1]
-    is_image = input_ids == image_token  # [B, T]
-    if not bool(is_image.any()):
-        return TokenLayout("text", length=t)
-    if bool((is_image != is_image[:1]).any()):
-        raise ValueError("token pruning on pi0 needs the image tokens at the same positions in every row of the "
-                         "batch (the same number of cameras per sample): use batch size 1 or equal camera counts")
-    where = is_image[0].nonzero().flatten()
-    start, stop = int(where[0]), int(where[-1]) + 1
-    if stop - start != len(where) or len(where) % per_image:
-        raise ValueError(f"token pruning on pi0 expects the prompt's image tokens as one run of {per_image} tokens "
-                         f"per camera; found {len(where)} image tokens in positions [{start}, {stop})")
-    instruction = slice(stop, t) if stop < t else (slice(0, start) if start > 0 else None)
-    return TokenLayout("observation", instruction=instruction, visual=slice(start, stop), cognition=t - 1, length=t)
+    return layout_from_ids(input_ids, image_token, per_image, cameras=True)
 
 
 class _PrefixEmbedder:
