@@ -19,7 +19,10 @@ from typing import Any
 
 import torch
 
+from vlaccel.bench.fidelity import sqnr_db
 from vlaccel.bench.flops import count_flops
+from vlaccel.bench.latency import ModuleTimer
+from vlaccel.bench.memory import count_parameters, kv_bytes
 from vlaccel.transformers_compat import output_cache
 
 __all__ = ["MODELS", "DEFAULT_PRESETS", "run_pi0_bench", "to_markdown"]
@@ -27,59 +30,39 @@ __all__ = ["MODELS", "DEFAULT_PRESETS", "run_pi0_bench", "to_markdown"]
 #: --model name -> pi0_configs size
 MODELS = {"pi0": "full", "pi0-small": "small", "pi0-tiny": "tiny"}
 DEFAULT_PRESETS = ("efficientvla", "efficientvla-tokens", "efficientvla-layers", "head-cache", "ddim5")
-PARTS = ("vision", "prefix", "expert")
 #: FlopCounterMode's name of the module each part's work runs in (sample_actions calls them directly)
 _FLOP_MODULES = {"vision": ("SiglipVisionModel", "PaliGemmaMultiModalProjector"), "prefix": ("PaliGemmaModel",),
                  "expert": ("PI0ForConditionalGeneration",)}
 
 
 class _PartTimer:
-    """Forward hooks timing the vision encoder, the VLM prefix and the expert steps of each call."""
+    """Per-part seconds of one call (:class:`~vlaccel.bench.latency.ModuleTimer` over the vision encoder, the VLM
+    prefix and the expert) and the prefix cache's KV bytes (a forward hook on the VLM)."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, device: str):
         root = model.model
-        self.sync = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
-        self.seconds = dict.fromkeys(PARTS, 0.0)
+        self.timer = ModuleTimer({"vision": root.vlm.vision_tower, "prefix": root.vlm, "expert": root.dit},
+                                 device).attach()
         self.kv_bytes = 0
-        self.started: dict[str, float] = {}
-        modules = {"vision": root.vlm.vision_tower, "prefix": root.vlm, "expert": root.dit}
-        self.hooks = []
-        for part, module in modules.items():
-            self.hooks.append(module.register_forward_pre_hook(self._start(part)))
-            self.hooks.append(module.register_forward_hook(self._stop(part)))
+        self.kv_hook = root.vlm.register_forward_hook(self._record_kv)
 
-    def _start(self, part: str):
-        def hook(module, args):
-            self.sync()
-            self.started[part] = time.perf_counter()
-        return hook
+    def _record_kv(self, module: Any, args: Any, output: Any) -> None:
+        self.kv_bytes = kv_bytes(output_cache(output))
 
-    def _stop(self, part: str):
-        def hook(module, args, output):
-            self.sync()
-            self.seconds[part] += time.perf_counter() - self.started.pop(part)
-            if part == "prefix":
-                cache = output_cache(output)
-                self.kv_bytes = sum(t.numel() * t.element_size() for layer in cache.layers
-                                    for t in (layer.keys, layer.values))
-        return hook
-
-    def reset(self) -> None:
-        self.seconds = dict.fromkeys(PARTS, 0.0)
+    def call(self, model: Any, inputs: dict[str, Any]) -> tuple[dict[str, float], torch.Tensor]:
+        """Seconds end to end and per part of one ``sample_actions`` call, and its actions."""
+        clock = self.timer.clock
+        self.timer.begin()
+        clock.sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            actions = model.sample_actions(**inputs)
+        clock.sync()
+        return {"e2e": time.perf_counter() - t0, **self.timer.totals()}, actions
 
     def remove(self) -> None:
-        for h in self.hooks:
-            h.remove()
-
-
-def _timed_call(model: Any, inputs: dict[str, Any], timer: _PartTimer) -> tuple[dict[str, float], torch.Tensor]:
-    timer.reset()
-    timer.sync()
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        actions = model.sample_actions(**inputs)
-    timer.sync()
-    return {"e2e": time.perf_counter() - t0, **timer.seconds}, actions
+        self.timer.detach()
+        self.kv_hook.remove()
 
 
 def _flops(model: Any, inputs: dict[str, Any]) -> dict[str, int]:
@@ -87,11 +70,6 @@ def _flops(model: Any, inputs: dict[str, Any]) -> dict[str, int]:
         total, per_module = count_flops(lambda: model.sample_actions(**inputs))
     parts = {part: sum(per_module.get(name, 0) for name in names) for part, names in _FLOP_MODULES.items()}
     return {**parts, "total": total}
-
-
-def _sqnr_db(out: torch.Tensor, base: torch.Tensor) -> float:
-    noise = float(((out.float() - base.float()) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * torch.log10((base.float() ** 2).sum() / noise).item()
 
 
 def _median(calls: list[dict[str, float]]) -> dict[str, float]:
@@ -113,12 +91,12 @@ def run_pi0_bench(model_name: str = "pi0-small", presets: tuple[str, ...] = DEFA
     shape = {"cameras": CAMERAS[size], "prompt_tokens": PROMPT_TOKENS[size]}
     inputs = {k: v.to(device) for k, v in pi0_inputs(model, seed=0, **shape).items()}
     set_calibration_observations(model, [pi0_inputs(model, seed=100 + i, **shape) for i in range(calibration)])
-    params = sum(p.numel() for p in model.parameters())
+    params = count_parameters(model)
     log(f"{model_name}: {params / 1e9:.2f} B parameters, built in {time.perf_counter() - started:.0f} s")
-    timer = _PartTimer(model)
+    timer = _PartTimer(model, device)
     try:
         for _ in range(warmup):
-            _timed_call(model, inputs, timer)
+            timer.call(model, inputs)
         base_flops = _flops(model, inputs)
         base_calls, base_actions = [], None
         settings = {}
@@ -128,15 +106,15 @@ def run_pi0_bench(model_name: str = "pi0-small", presets: tuple[str, ...] = DEFA
             calls, base_round = [], []
             flops = out = None
             for r in range(repeats):
-                seconds, base_actions = _timed_call(model, inputs, timer)
+                seconds, base_actions = timer.call(model, inputs)
                 base_round.append(seconds)
                 base_kv = timer.kv_bytes
                 with applied(model, *resolution.configs):
-                    kept_params = sum(p.numel() for p in model.parameters())
+                    kept_params = count_parameters(model)
                     if r == 0:
-                        _timed_call(model, inputs, timer)  # a first call after apply (compile, caches)
+                        timer.call(model, inputs)  # a first call after apply (compile, caches)
                         flops = _flops(model, inputs)
-                    seconds, out = _timed_call(model, inputs, timer)
+                    seconds, out = timer.call(model, inputs)
                     calls.append(seconds)
                     kv = timer.kv_bytes
             base_calls += base_round
@@ -145,7 +123,7 @@ def run_pi0_bench(model_name: str = "pi0-small", presets: tuple[str, ...] = DEFA
                 "description": resolution.description(), "latency_s": med, "baseline_latency_s": base_med,
                 "speedup": base_med["e2e"] / med["e2e"], "flops": flops, "flops_fraction": flops["total"] /
                 base_flops["total"], "params": kept_params, "prefix_kv_bytes": kv, "baseline_prefix_kv_bytes": base_kv,
-                "action_sqnr_db": _sqnr_db(out, base_actions)}
+                "action_sqnr_db": sqnr_db(base_actions.float().cpu().numpy(), out.float().cpu().numpy())}
             log(f"  {name}: {settings[name]['speedup']:.2f}x, FLOPs {settings[name]['flops_fraction']:.3f}, "
                 f"prefix KV {kv / 2**20:.1f} MiB")
     finally:
