@@ -3,7 +3,8 @@
 Runs ``STEPS`` policy calls (``reset`` once, then ``step`` per frame; frames cycle through the bundled calibration
 set) with a preset applied (``kv-efficient``: budget mode, bounded memory), 1 thread, and prints at steps 10, 100,
 1000, ... and the last: stored KV tokens per layer, KV bytes held by the cache tensors, the process's RSS, the
-episode's next position, and whether the once-per-episode warning about positions past ``max_positions`` fired.
+episode's next position. An episode ends where its positions would pass ``max_positions`` (496 observations for
+the bundled policy): the policy refuses that step, and the script prints the refusal.
 
     .venv/bin/python scripts/long_episode.py [STEPS] [PRESET]      # defaults: 2000 kv-efficient
 """
@@ -13,11 +14,10 @@ from __future__ import annotations
 import resource
 import sys
 import time
-import warnings
-
 import torch
 
 import vlaccel
+from vlaccel.errors import PositionLimitError
 from vlaccel.techniques.layer_prune import load_calibration_observations
 
 INSTRUCTION = "reach the goal"
@@ -45,17 +45,23 @@ def main(steps: int, preset: str) -> None:
     policy.reset(INSTRUCTION)
     report = {10, steps} | {10 ** k for k in range(2, 7) if 10 ** k < steps}
     start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
-        for step in range(1, steps + 1):
+    for step in range(1, steps + 1):
+        try:
             policy.step(frames[step % len(frames)])
-            if step in report:
-                cache = policy.cache
-                print(f"step {step:6d}: {cache.layers[0].keys.shape[-2]:5d} KV tokens/layer, "
-                      f"{kv_bytes(cache) / 2**20:7.2f} MiB KV, RSS {rss_mib():6.0f} MiB, next position "
-                      f"{cache.get_seq_length()}, {time.perf_counter() - start:6.1f} s", flush=True)
-    positions = [w for w in said if "max_positions" in str(w.message)]
-    print(f"positions warning: {len(positions)} time(s)" + (f": {positions[0].message}" if positions else ""))
+        except PositionLimitError as refused:
+            print(f"step {step:6d} refused: {refused}")
+            step -= 1
+            break
+        if step in report:
+            report_line(policy.cache, step, start)
+    if step not in report:
+        report_line(policy.cache, step, start)
+
+
+def report_line(cache, step: int, start: float) -> None:
+    print(f"step {step:6d}: {cache.layers[0].keys.shape[-2]:5d} KV tokens/layer, {kv_bytes(cache) / 2**20:7.2f} MiB "
+          f"KV, RSS {rss_mib():6.0f} MiB, next position {cache.get_seq_length()}, {time.perf_counter() - start:6.1f} s",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import vlaccel
+from vlaccel.errors import PositionLimitError
 from vlaccel.models import ReferenceVLA
 from vlaccel.techniques import HeadCacheConfig, LayerPruneConfig, TokenPruneConfig
 
@@ -65,23 +66,27 @@ def test_handles_come_off_in_reverse_order(tiny_policy, frames):
     np.testing.assert_array_equal(tiny_policy.predict_action(frames[0], INSTR), base)
 
 
-def test_positions_past_the_limit_warn_once_per_episode(tiny_policy, frames):
+@pytest.mark.parametrize("preset", ["none", "kv-streaming"])
+def test_positions_past_the_limit_are_refused_and_the_episode_is_unchanged(tiny_policy, frames, preset):
+    """Logical positions grow with every observation, also under a KV-Efficient cache that stores few of them:
+    the observation that would pass max_positions is refused, nothing of it is stored, and a new episode runs."""
     per_frame = tiny_policy.config.tokens_per_frame
     small = ReferenceVLA(dataclasses.replace(tiny_policy.config, max_positions=3 * per_frame + 8))
     small.load_state_dict(tiny_policy.state_dict())
+    configs = vlaccel.presets.get(preset)
+    handle = vlaccel.apply(small, *configs) if configs else None
     small.reset(INSTR)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for f in frames[:5]:
-            small.step(f)
-    said = [w for w in caught if "positions pass max_positions" in str(w.message)]
-    assert len(said) == 1 and said[0].category is RuntimeWarning
-    small.reset(INSTR)  # a new episode starts at position 0 and may warn again
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for f in frames[:2]:
-            small.step(f)
-    assert not [w for w in caught if "positions pass" in str(w.message)]
+    for f in frames[:3]:  # instruction (< 8 tokens) + 3 observations fit
+        small.step(f)
+    seen = small.cache.get_seq_length()
+    with pytest.raises(PositionLimitError, match=r"past the policy's max_positions=.*policy.reset\(instruction\)"):
+        small.step(frames[3])
+    assert small.cache.get_seq_length() == seen and small.episode_active  # refused before anything changed
+    small.reset(INSTR)  # a new episode starts at position 0
+    small.step(frames[0])
+    assert small.cache.get_seq_length() < 2 * per_frame
+    if handle is not None:
+        handle.remove()
 
 
 def test_reverse_order_holds_for_independent_techniques_too(tiny_policy, frames):

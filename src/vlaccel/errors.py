@@ -29,6 +29,10 @@ class UnknownNameError(UsageError, KeyError):
     """A name the user gave (preset, task, policy) is not one of the known ones."""
 
 
+class PositionLimitError(UsageError):
+    """An episode grew past the positions the model can address (its ``max_position_embeddings``)."""
+
+
 def check_names(kind: str, names: Iterable[str], known: Iterable[str]) -> None:
     """Raise ``UnknownNameError`` naming every entry of ``names`` that is not in ``known`` and listing ``known``."""
     known = list(known)

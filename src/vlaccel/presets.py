@@ -44,6 +44,10 @@ PRESETS = Registry("preset", "vlaccel.presets", {
     "random-tokens": f"{_EVLA}:random_tokens",
     "kv-efficient": f"{_KV}:kv_efficient",
     "kv-streaming": f"{_KV}:kv_streaming",
+    "kv-mean": f"{_KV}:kv_mean",
+    "kv-random": f"{_KV}:kv_random",
+    "kv-h2o": f"{_KV}:kv_h2o",
+    "kv-window": f"{_KV}:kv_window",
 })
 
 _WARNED: set[tuple[str, str, str]] = set()  # (preset, model class, technique) already warned about

@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("metaworld")
 
 from vlaccel.sim.env import ACTION_DIM, STATE_DIM, make_env
-from vlaccel.sim.tasks import TASKS, get_task
+from vlaccel.sim.tasks import TASKS, get_task, resolve_tasks
 
 pytestmark = pytest.mark.sim
 
@@ -15,7 +15,7 @@ def test_registry_has_the_suite():
     assert len(TASKS) >= 7
     assert any(spec.memory for spec in TASKS.values())
     for spec in TASKS.values():
-        assert spec.instruction and spec.max_steps <= 150
+        assert spec.instruction and spec.max_steps <= (150 if spec.suite == "core" else 480)
     with pytest.raises(KeyError, match="choose from"):
         get_task("no-such-task")
 
@@ -117,3 +117,80 @@ def test_bad_actions_are_rejected():
             env.step(np.zeros(3))
         with pytest.raises(ValueError):
             env.step(np.array([np.nan, 0, 0, 0]))
+
+
+# ---------------------------------------------------------------------- the long-horizon memory task
+LONG = "reach-memory-long"
+
+
+def _run_expert(env, seed, driver=None):
+    """Run one episode with the scripted expert (or ``driver(env)`` after the go signal); returns success."""
+    env.reset(seed=seed, render=False)
+    done = succeeded = False
+    while not (succeeded or done):
+        go = env.t >= env.cue_times.go_step
+        action = driver(env) if (driver is not None and go) else env.expert_action()
+        _, succeeded, done = env.step(action, render=False)
+    return succeeded
+
+
+def test_long_memory_task_is_named_and_scheduled_as_one():
+    spec = get_task(LONG)
+    assert spec.memory and spec.max_steps >= 400 and spec.hide_goal_after is None and spec.cue is not None
+    assert spec.suite == "long-horizon" and LONG not in resolve_tasks(None) and resolve_tasks([LONG]) == [LONG]
+    times = [spec.cue.draw(LONG, s) for s in range(200)]
+    assert times == [spec.cue.draw(LONG, s) for s in range(200)]  # the same seed, the same schedule
+    starts = {t.cue_start for t in times}
+    assert len(starts) > 10 and min(starts) >= 48 and max(starts) <= 160  # drawn per seed, after the 2 sink frames
+    for t in times:
+        assert t.cue_end - t.cue_start == 12 and t.go_step - t.cue_end >= 180  # 45+ frames between cue and go
+    # the waypoint is >= 0.15 m from every goal the task can draw (z = 0.15 plane), so holding never succeeds
+    low, high = spec.goal_range
+    assert spec.cue.waypoint[2] - high[2] >= 0.15
+
+
+def test_long_memory_task_expert_solves_every_seed_in_100_plus_calls():
+    with make_env(LONG) as env:
+        lengths = []
+        for seed in range(20):
+            assert _run_expert(env, seed), f"expert failed {LONG} seed {seed}"
+            assert env.t >= env.cue_times.go_step  # success can only count after the go signal
+            lengths.append(env.t)
+    assert np.mean(lengths) / 4 >= 100  # policy calls at 4 actions per call
+
+
+def test_long_memory_task_shows_the_cue_only_in_its_window_and_walls_turn_at_go():
+    with make_env(LONG) as env:
+        obs = env.reset(seed=5)
+        ct = env.cue_times
+        frames = {0: obs.image}
+        while env.t < ct.go_step + 4:
+            obs, _, _ = env.step(env.expert_action())
+            if env.t % 4 == 0:
+                frames[env.t] = obs.image
+        shown = [t for t, img in frames.items() if _goal_is_drawn(env, img)]
+        assert shown == list(range(ct.cue_start, ct.cue_end, 4))  # exactly the 3 cue frames
+        def blue_on_left_edge(image):  # pixels of the 6 leftmost columns where blue is clearly above red
+            px = image[:, :6].reshape(-1, 3).astype(int)
+            return int(((px[:, 2] - px[:, 0]) > 60).sum())
+
+        # the wall along the image's left edge turns blue at go (207 px on this seed), not before
+        assert blue_on_left_edge(frames[ct.go_step - 4]) < 20 and blue_on_left_edge(frames[ct.go_step]) > 100
+        # reset restores the walls and hides the goal again
+        first = env.reset(seed=5).image
+        assert np.array_equal(first, frames[0])
+
+
+def test_long_memory_task_needs_the_cue():
+    """A policy that never saw the cue can only guess: going to the centre of the goal region after the go
+    signal (the best blind guess) succeeds rarely, the expert always."""
+    spec = get_task(LONG)
+    centre = np.mean(np.asarray(spec.goal_range), axis=0)
+
+    def blind(env):
+        hand = np.asarray(env._raw_obs[:3])
+        return np.clip(np.append(5.0 * (centre - hand), 0.0), -1, 1).astype(np.float32)
+
+    with make_env(LONG) as env:
+        wins = sum(_run_expert(env, seed, blind) for seed in range(40))
+    assert wins <= 6  # measured 3/100 seeds; the success ball covers pi 0.05^2 of the 0.5 x 0.2 m goal region

@@ -14,7 +14,8 @@ from vlaccel.training.batches import action_chunk, demo_probabilities, random_sh
 from vlaccel.training.reference import TrainConfig, train
 
 
-INSTRUCTIONS = {"push-v3": "push the puck to the green ball", "reach-v3": "reach the red ball"}
+INSTRUCTIONS = {"push-v3": "push the puck to the green ball", "reach-v3": "reach the red ball",
+                "reach-memory-long": "reach where the ball was"}
 
 
 def make_demos(root, n=2, frames=5, size=32, seed=0, task="push-v3", positions=True):
@@ -112,6 +113,38 @@ def test_windows_keep_true_frames_positions_and_anchors(tmp_path, anchor):
         for k, f in enumerate(real):  # each frame carries its own image and the action chunk that follows it
             assert torch.equal(batch.images[b, k], torch.from_numpy(d.images[f]))
             np.testing.assert_array_equal(batch.actions[b, k, :4].numpy(), d.actions[f * 4 : f * 4 + 4])
+
+
+def test_windows_of_a_long_memory_task_always_keep_its_cue_frames(tmp_path):
+    from vlaccel.sim.data import load_demos
+    from vlaccel.sim.tasks import get_task
+    from vlaccel.training.batches import cue_frames
+
+    make_demos(tmp_path, n=3, frames=100, size=8, task="reach-memory-long")
+    make_demos(tmp_path, n=2, frames=20, size=8, task="push-v3")
+    demos = load_demos(tmp_path)
+    cue = get_task("reach-memory-long").cue
+    for d in demos:
+        times = cue.draw(d.task, d.seed) if d.task == "reach-memory-long" else None
+        expected = [] if times is None else list(range(times.cue_start // 4, times.cue_end // 4))
+        assert cue_frames(d) == expected and (times is None or len(expected) == 3)
+    batch = sample_windows(demos, 64, 16, np.random.default_rng(0), frames=3, anchor=2, context=4)
+    saw_context = False
+    for b, task in enumerate(batch.tasks):
+        valid = int((batch.action_mask[b].sum(-1) > 0).sum())
+        idx = batch.frame_index[b, :valid].tolist()
+        start = idx[-3]
+        assert idx[-3:] == [start, start + 1, start + 2] and idx == sorted(set(idx))
+        if task != "reach-memory-long":
+            assert idx[:-3] == list(range(min(2, start)))  # other tasks: anchors + window, as before
+            continue
+        d = next(d for d in demos if d.task == task and torch.equal(batch.images[b, 0], torch.from_numpy(d.images[idx[0]])))
+        before = [f for f in cue_frames(d) if f < start]
+        assert set(before) <= set(idx[:-3]) and set(range(min(2, start))) <= set(idx[:-3])
+        extra = len(idx) - 3 - len(before) - min(2, start)
+        assert 0 <= extra <= 4
+        saw_context |= extra > 0
+    assert saw_context and batch.images.shape[1] <= 2 + 3 + 4 + 3
 
 
 def test_init_starts_from_saved_policy(tmp_path):

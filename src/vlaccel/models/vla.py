@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from vlaccel.errors import PositionLimitError
 from vlaccel.models.config import ReferenceVLAConfig
 from vlaccel.models.dit import DiffusionActionHead
 from vlaccel.models.tokenizer import BOS, COG, load_tokenizer
@@ -77,7 +77,6 @@ class ReferenceVLA(nn.Module):
         self.cache: Any = None
         self.instruction: str | None = None
         self.episode_active = False  # a reset(...) episode is running (predict_action's own never counts)
-        self._warned_positions = False
         self._ended_because: str | None = None
         self.last_cognition: torch.Tensor | None = None
         self.eval()
@@ -271,7 +270,6 @@ class ReferenceVLA(nn.Module):
         """End the running episode and free its KV cache (``step`` then needs a new ``reset``). ``reason`` is
         what a later ``step`` says (vlaccel ends the episode when techniques are applied or removed)."""
         self.cache, self.instruction, self.episode_active = None, None, False
-        self._warned_positions = False
         self._ended_because = reason
 
     @torch.no_grad()
@@ -312,7 +310,6 @@ class ReferenceVLA(nn.Module):
             fn()
         self.cache = cache if cache is not None else self.make_cache()
         self.instruction = instruction
-        self._warned_positions = False
         embeds = self.language_model.embed_tokens(ids)  # [1, L, D]
         layout = TokenLayout("prefix", instruction=slice(0, ids.shape[1]), length=ids.shape[1])
         self.run_language_model(embeds, layout, self.cache)
@@ -327,16 +324,19 @@ class ReferenceVLA(nn.Module):
         return self.sample_actions(z)[0].float().cpu().numpy()
 
     def _check_positions(self) -> None:
-        """Warn once per episode when the next observation's positions pass ``config.max_positions``. Positions
-        are logical (every token seen counts, see ``run_language_model``), so a long episode leaves the range
-        the rotary table was declared for, and the far longer one the policy saw in training; the episode goes
-        on (RoPE is defined at any position), with the warning as the record."""
+        """Refuse an observation whose positions would pass ``config.max_positions``, before anything changes.
+
+        Positions are logical (every token the episode has seen counts, see ``run_language_model``, also under a
+        KV-Efficient cache that stores only a bounded part of them), so an episode of ``max_positions /
+        tokens_per_frame`` observations (496 for the reference policy) reaches the model's limit; past it the
+        policy would run at positions it was neither built nor trained for."""
         end = self.cache.get_seq_length() + self.config.tokens_per_frame
-        if end > self.config.max_positions and not self._warned_positions:
-            self._warned_positions = True
-            warnings.warn(f"this episode's positions pass max_positions={self.config.max_positions} (the next "
-                          f"observation ends at position {end}): the policy runs far outside the positions it was "
-                          "trained on; reset the episode to start again at 0", RuntimeWarning, stacklevel=3)
+        if end > self.config.max_positions:
+            raise PositionLimitError(
+                f"this episode's next observation would end at position {end}, past the policy's max_positions="
+                f"{self.config.max_positions} ({self.config.max_positions // self.config.tokens_per_frame} "
+                f"observations of {self.config.tokens_per_frame} tokens, instruction included): call "
+                "policy.reset(instruction) to start a new episode at position 0")
 
     def observation_feature(self, block: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The action head's condition from one observation block.

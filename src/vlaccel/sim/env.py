@@ -27,7 +27,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from vlaccel.sim.tasks import TaskSpec, get_task
+from vlaccel.sim.tasks import CueTimes, TaskSpec, get_task
 
 ACTION_DIM = 4
 STATE_DIM = 4
@@ -41,6 +41,10 @@ reach/push goal unoccluded at the first frame on every seed checked (>= 50 visib
 shows the drawer handle, window, button and plate, and needs no flipping. It is installed by moving the
 `corner3` camera of the env's own model copy, so Meta-World itself is untouched."""
 _CAMERA_SLOT = "corner3"
+_WALL_MATERIAL = "wall_metal"
+"""The material of the workspace's walls; long-horizon memory tasks recolour it as their go signal (a change
+of a few hundred pixels along the image's edges, visible in every frame from go on)."""
+_EXPERT_GAIN = 5.0  # proportional gain of Meta-World's reach expert (metaworld.policies.action.move)
 
 
 def _lookat_quat(mujoco: Any, pos: tuple[float, ...], target: tuple[float, ...]) -> np.ndarray:
@@ -108,7 +112,10 @@ class SimEnv:
         model = env.model
         self._goal_site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
         uses_goal = (
-            spec.goal_site_size is not None or spec.hide_goal_after is not None or spec.goal_rgb is not None
+            spec.goal_site_size is not None
+            or spec.hide_goal_after is not None
+            or spec.goal_rgb is not None
+            or spec.cue is not None
         )
         if uses_goal and self._goal_site < 0:
             raise ValueError(f"task {spec.name!r}: {spec.env_name} has no 'goal' site to resize or hide")
@@ -117,6 +124,14 @@ class SimEnv:
         if spec.goal_rgb is not None:
             model.site_rgba[self._goal_site][:3] = spec.goal_rgb
         self._goal_alpha = float(model.site_rgba[self._goal_site][3]) if self._goal_site >= 0 else 1.0
+        self._wall_material = -1
+        if spec.cue is not None:
+            self._wall_material = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_MATERIAL, _WALL_MATERIAL)
+            if self._wall_material < 0:
+                raise ValueError(f"task {spec.name!r}: {spec.env_name} has no {_WALL_MATERIAL!r} material")
+            self._wall_rgba = model.mat_rgba[self._wall_material].copy()
+        self.cue_times: CueTimes | None = None
+        """This episode's drawn schedule (long-horizon memory tasks; None otherwise), set by reset()."""
         model.vis.quality.offsamples = 0  # must happen before the renderer creates its GL context
         self._renderer = None
         self._atexit_hook: Any = None
@@ -157,15 +172,16 @@ class SimEnv:
             self.seed = int(seed)
         env = self._env
         env.seed(self.seed)
-        if self._goal_site >= 0:
-            env.model.site_rgba[self._goal_site][3] = self._goal_alpha
+        if self.spec.cue is not None:
+            self.cue_times = self.spec.cue.draw(self.spec.name, self.seed)
+        self.t = 0
+        self._show_schedule()
         raw, _ = env.reset()
         # Meta-World moves the goal site after its last simulation step in reset, so the derived
         # positions (what gets rendered) are stale until the next step: the first frame would show the
         # previous episode's goal. Recompute them.
         self._mj.mj_forward(env.model, env.data)
         self._raw_obs = raw
-        self.t = 0
         self.success = False
         return self._observe(render)
 
@@ -189,17 +205,21 @@ class SimEnv:
         raw, _reward, _term, _trunc, info = self._env.step(a)
         self._raw_obs = raw
         self.t += 1
-        hide = self.spec.hide_goal_after
-        if hide is not None and self.t >= hide:
-            self._env.model.site_rgba[self._goal_site][3] = 0.0
-        success = bool(info["success"])
+        self._show_schedule()
+        success = bool(info["success"]) and (self.cue_times is None or self.t >= self.cue_times.go_step)
         self.success = self.success or success
         return self._observe(render), success, self.t >= self.spec.max_steps
 
     def expert_action(self) -> np.ndarray:
-        """Meta-World's scripted expert action for the current state, float32 [4] in [-1, 1]."""
+        """Meta-World's scripted expert action for the current state, float32 [4] in [-1, 1]. On a
+        long-horizon memory task, before the go signal the expert holds the hand at the schedule's waypoint
+        (the same proportional move as Meta-World's reach expert, gripper effort 0)."""
         if self._raw_obs is None:
             raise RuntimeError("call reset() before expert_action()")
+        if self.cue_times is not None and self.t < self.cue_times.go_step:
+            hand = np.asarray(self._raw_obs[:3], dtype=np.float64)
+            move = _EXPERT_GAIN * (np.asarray(self.spec.cue.waypoint) - hand)
+            return np.clip(np.append(move, 0.0), -1.0, 1.0).astype(np.float32)
         with warnings.catch_warnings():  # the experts warn that their gains are high; harmless
             warnings.simplefilter("ignore")
             a = np.asarray(self._expert.get_action(self._raw_obs), dtype=np.float32)
@@ -256,6 +276,20 @@ class SimEnv:
         self.close()
 
     # ------------------------------------------------------------------ internals
+    def _show_schedule(self) -> None:
+        """Goal marker and wall colour for env step `self.t` (what the next rendered frame shows)."""
+        model = self._env.model
+        if self._goal_site >= 0:
+            visible = True
+            if self.spec.hide_goal_after is not None:
+                visible = self.t < self.spec.hide_goal_after
+            if self.cue_times is not None:
+                visible = self.cue_times.cue_start <= self.t < self.cue_times.cue_end
+            model.site_rgba[self._goal_site][3] = self._goal_alpha if visible else 0.0
+        if self.cue_times is not None:
+            went = self.t >= self.cue_times.go_step
+            model.mat_rgba[self._wall_material] = self.spec.cue.go_rgba if went else self._wall_rgba
+
     def _observe(self, render: bool) -> Observation:
         state = np.asarray(self._raw_obs[:STATE_DIM], dtype=np.float32).copy()
         return Observation(

@@ -16,7 +16,10 @@ Two deliberate changes to the stock task distributions, both recorded in the spe
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+
+import numpy as np
 
 from vlaccel.errors import UnknownNameError
 
@@ -24,6 +27,62 @@ Vec3 = tuple[float, float, float]
 
 _REACH_GOAL: tuple[Vec3, Vec3] = ((-0.25, 0.7, 0.15), (0.25, 0.9, 0.15))
 _GREEN: Vec3 = (0.1, 0.9, 0.1)
+CORE_SUITE = "core"
+LONG_HORIZON_SUITE = "long-horizon"
+
+
+@dataclass(frozen=True)
+class CueTimes:
+    """One episode's drawn schedule (env steps): the goal is visible for cue_start <= t < cue_end, the go
+    signal appears at go_step, and success only counts from go_step on."""
+
+    cue_start: int
+    cue_end: int
+    go_step: int
+
+
+@dataclass(frozen=True)
+class CueSchedule:
+    """A long-horizon memory episode: hold at a waypoint, see the goal for a short stretch in the middle,
+    keep holding, and only when the walls turn blue (the go signal) reach where the goal was.
+
+    cue_start:  (low, high) env steps the cue's onset is drawn from (uniform, per seed, a multiple of
+                `frame_every` so that each cue covers the same number of policy frames).
+    cue_steps:  how many env steps the goal stays visible (12 = 3 policy frames at 4 actions per call).
+    go_step:    (low, high) env steps the go signal's onset is drawn from (same rules).
+    waypoint:   where the scripted expert holds the hand before go; at least 0.15 m from every goal, so
+                holding there can never count as success.
+    go_rgba:    the colour the walls turn at go.
+    frame_every: env steps per policy frame (the policy's action repeat).
+    """
+
+    cue_start: tuple[int, int]
+    cue_steps: int
+    go_step: tuple[int, int]
+    waypoint: Vec3
+    go_rgba: tuple[float, float, float, float] = (0.3, 0.4, 1.0, 1.0)
+    frame_every: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("cue_start", "go_step"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high or low % self.frame_every or high % self.frame_every:
+                raise ValueError(
+                    f"CueSchedule.{name} must be 0 < low <= high, both multiples of frame_every "
+                    f"({self.frame_every}); got {(low, high)}"
+                )
+        if self.cue_steps <= 0 or self.cue_steps % self.frame_every:
+            raise ValueError(f"CueSchedule.cue_steps must be a positive multiple of {self.frame_every}")
+        if self.cue_start[1] + self.cue_steps >= self.go_step[0]:
+            raise ValueError("CueSchedule: the cue must end before the earliest go step")
+
+    def draw(self, task_name: str, seed: int) -> CueTimes:
+        """The schedule of episode `seed`: the same seed always gives the same times."""
+        rng = np.random.default_rng([zlib.crc32(task_name.encode()), int(seed)])
+        step = self.frame_every
+        cue = step * int(rng.integers(self.cue_start[0] // step, self.cue_start[1] // step + 1))
+        go = step * int(rng.integers(self.go_step[0] // step, self.go_step[1] // step + 1))
+        return CueTimes(cue_start=cue, cue_end=cue + self.cue_steps, go_step=go)
 
 
 @dataclass(frozen=True)
@@ -42,6 +101,10 @@ class TaskSpec:
                    None keeps it visible. The observation at env step t is rendered after t steps, so
                    with 8 the frames at steps 0 and 4 show the goal and every later frame does not.
     goal_rgb:      recolour the goal site (reach's stock red marker is hard to tell from the red arm).
+    cue:           a long-horizon memory schedule (`CueSchedule`): goal shown only in a drawn window in
+                   the middle of the episode, a go signal later; replaces hide_goal_after.
+    suite:         which suite the task belongs to: "core" (the default evaluation and training suite) or
+                   "long-horizon" (run only when named).
     """
 
     name: str
@@ -53,6 +116,8 @@ class TaskSpec:
     goal_range: tuple[Vec3, Vec3] | None = None
     hide_goal_after: int | None = None
     goal_rgb: Vec3 | None = None
+    cue: CueSchedule | None = None
+    suite: str = CORE_SUITE
 
     def __post_init__(self) -> None:
         if not self.env_name.endswith("-v3"):
@@ -61,8 +126,19 @@ class TaskSpec:
             )
         if self.max_steps <= 0:
             raise ValueError(f"TaskSpec {self.name!r}: max_steps must be positive, got {self.max_steps}")
-        if self.memory and self.hide_goal_after is None:
-            raise ValueError(f"TaskSpec {self.name!r}: a memory task needs hide_goal_after (env steps)")
+        if self.memory and (self.hide_goal_after is None) == (self.cue is None):
+            raise ValueError(
+                f"TaskSpec {self.name!r}: a memory task needs exactly one of hide_goal_after (env steps) "
+                "or cue (a CueSchedule)"
+            )
+        if self.cue is not None and not self.memory:
+            raise ValueError(f"TaskSpec {self.name!r}: a task with a cue schedule must set memory=True")
+        if self.cue is not None and self.cue.go_step[1] >= self.max_steps:
+            raise ValueError(f"TaskSpec {self.name!r}: the latest go step must come before max_steps")
+        if self.suite not in (CORE_SUITE, LONG_HORIZON_SUITE):
+            raise ValueError(
+                f"TaskSpec {self.name!r}: suite must be {CORE_SUITE!r} or {LONG_HORIZON_SUITE!r}, got {self.suite!r}"
+            )
         if self.hide_goal_after is not None and not 0 < self.hide_goal_after < self.max_steps:
             raise ValueError(f"TaskSpec {self.name!r}: hide_goal_after must be in (0, max_steps)")
 
@@ -100,6 +176,20 @@ def _specs() -> list[TaskSpec]:
             goal_rgb=_GREEN,
             hide_goal_after=8,
         ),
+        TaskSpec(
+            "reach-memory-long",
+            "reach-v3",
+            "hold still and watch for the green ball; when the walls turn blue, reach where it was",
+            max_steps=480,
+            memory=True,
+            goal_site_size=0.04,
+            goal_range=_REACH_GOAL,
+            goal_rgb=_GREEN,
+            cue=CueSchedule(
+                cue_start=(48, 160), cue_steps=12, go_step=(356, 396), waypoint=(0.0, 0.6, 0.3)
+            ),
+            suite=LONG_HORIZON_SUITE,
+        ),
     ]
 
 
@@ -114,10 +204,16 @@ def get_task(name: str) -> TaskSpec:
         raise UnknownNameError(f"unknown task {name!r}; choose from: {', '.join(TASKS)}") from None
 
 
+def suite_tasks(suite: str = CORE_SUITE) -> list[str]:
+    """The tasks of one suite, in registry order."""
+    return [name for name, spec in TASKS.items() if spec.suite == suite]
+
+
 def resolve_tasks(names: list[str] | tuple[str, ...] | None) -> list[str]:
-    """Validate task names; None or empty means the whole suite (registry order)."""
+    """Validate task names; None or empty means the core suite (registry order). Long-horizon tasks run
+    only when named."""
     if not names:
-        return list(TASKS)
+        return suite_tasks(CORE_SUITE)
     for n in names:
         get_task(n)
     return list(dict.fromkeys(names))

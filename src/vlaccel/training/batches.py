@@ -165,23 +165,55 @@ def sample_batch(demos: list, batch_size: int, chunk: int, rng: np.random.Genera
     return _gather(picks, [list(range(n)) for n in lengths], max(lengths), chunk, with_index=False, layout=layout)
 
 
+def cue_frames(demo) -> list[int]:
+    """The frames of ``demo`` that show a long-horizon memory task's cue (its drawn ``CueSchedule`` window);
+    empty for every other task."""
+    from vlaccel.sim.tasks import get_task
+
+    spec = get_task(demo.task)
+    if spec.cue is None:
+        return []
+    times = spec.cue.draw(demo.task, demo.seed)
+    fe = int(demo.frame_every)
+    return list(range(-(-times.cue_start // fe), min(-(-times.cue_end // fe), demo.num_frames)))
+
+
+def window_frames(demo, rng: np.random.Generator, frames: int, anchor: int, context: int) -> list[int]:
+    """The frames one window sample keeps, ascending: ``frames`` consecutive frames starting anywhere, the
+    episode's first ``anchor`` frames and, on a long-horizon memory task, the cue frames (:func:`cue_frames`)
+    and up to ``context`` random frames from between them, all before the window. Everything else the
+    policy would see at inference in between is left out."""
+    n = demo.num_frames
+    s = int(rng.integers(0, max(1, n - frames + 1)))
+    window = list(range(s, min(s + frames, n)))
+    keep = set(range(min(anchor, s)))
+    cue = [f for f in cue_frames(demo) if f < s]
+    if cue:
+        keep.update(cue)
+        others = [f for f in range(s) if f not in keep]
+        k = min(len(others), int(rng.integers(0, context + 1)))
+        if k:
+            keep.update(int(f) for f in rng.choice(others, size=k, replace=False))
+    return sorted(keep) + window
+
+
 def sample_windows(demos: list, batch_size: int, chunk: int, rng: np.random.Generator, frames: int,
-                   anchor: int = 0, probs: np.ndarray | None = None, layout: dict | None = None) -> HistoryBatch:
+                   anchor: int = 0, probs: np.ndarray | None = None, layout: dict | None = None,
+                   context: int = 0) -> HistoryBatch:
     """Short windows of ``frames`` consecutive frames starting anywhere in an episode (more episodes per step).
 
     Each frame keeps the position it has in the whole episode (``frame_index``), so the distance to the
     instruction matches inference. ``anchor`` > 0 also keeps the episode's first ``anchor`` frames in front of
     the window (at their own positions): a window is then a subset of the history the policy sees at
     inference, and information shown only at the start of an episode (the memory task's goal) stays in
-    every sample. Whole-prefix batches (:func:`sample_batch`) teach the use of all old frames.
+    every sample. A long-horizon memory task's cue frames are kept the same way, with up to ``context``
+    random frames in between (:func:`window_frames`). Whole-prefix batches (:func:`sample_batch`) teach the
+    use of all old frames.
     """
     picks = pick_demos(demos, batch_size, rng, probs)
-    frame_lists = []
-    for d in picks:
-        s = int(rng.integers(0, max(1, len(d.images) - frames + 1)))
-        window = list(range(s, min(s + frames, len(d.images))))
-        frame_lists.append(list(range(min(anchor, s))) + window)
-    return _gather(picks, frame_lists, anchor + frames, chunk, with_index=True, layout=layout)
+    frame_lists = [window_frames(d, rng, frames, anchor, context) for d in picks]
+    width = max(anchor + frames, *(len(f) for f in frame_lists))
+    return _gather(picks, frame_lists, width, chunk, with_index=True, layout=layout)
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

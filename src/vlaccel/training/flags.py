@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window-batch", type=int, default=d.window_batch)
     p.add_argument("--window-anchor", type=int, default=d.window_anchor,
                    help="the episode's first frames kept in front of every window (default %(default)s)")
+    p.add_argument("--window-context", type=int, default=d.window_context,
+                   help="long-horizon memory tasks: up to this many random earlier frames join each window, beside "
+                        "the cue frames, which are always kept (default %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the cosine schedule")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (default %(default)s)")
     p.add_argument("--warmup", type=int, default=d.warmup,

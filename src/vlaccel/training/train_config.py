@@ -28,6 +28,8 @@ class TrainConfig:
     window_frames: int = 3
     window_batch: int = 16
     window_anchor: int = 2  # the episode's first frames kept in front of every window (memory task: goal shown there)
+    window_context: int = 0  # long-horizon memory tasks: up to this many random earlier frames join each window,
+    # beside the cue frames, which are always kept (batches.window_frames)
     lr: float = 3e-4
     weight_decay: float = 0.01
     warmup: int = 100
