@@ -68,3 +68,24 @@ def test_calibration_and_evaluation_halves_are_disjoint(tiny_policy, tmp_path):
     frame_of = {images[f].tobytes(): f for f in range(12)}
     assert [frame_of[o.image.tobytes()] for o in even] == [0, 2, 4, 6, 8, 10]
     assert [frame_of[o.image.tobytes()] for o in odd] == [1, 3, 5, 7, 9, 11]
+
+
+def test_history_episode_is_one_real_long_memory_episode_when_one_is_long_enough(tiny_policy, tmp_path):
+    """bench --history plays a real long-horizon memory episode (its cue mid-episode), not stitched demos; it
+    stitches only when no demo is long enough, and says so."""
+    from vlaccel.bench.fidelity import episode_frames
+
+    data = pytest.importorskip("vlaccel.sim.data")
+    size = tiny_policy.config.image_size
+    rng = np.random.default_rng(0)
+    for task, seed, frames in [("reach-memory", 0, 30), ("reach-memory-long", 4, 12), ("reach-memory-long", 7, 40)]:
+        data.save_demo(data.demo_path(tmp_path, task, seed), images=rng.integers(0, 256, (frames, size, size, 3)),
+                       states=rng.normal(size=(frames, 4)), actions=rng.normal(size=(4 * frames, 4)), task=task,
+                       instruction=task, seed=seed, success=True, frame_every=4, success_step=4 * frames - 1)
+    long_demo = data.load_demo(data.demo_path(tmp_path, "reach-memory-long", 7))
+    instruction, frames, proprio, label = episode_frames(tiny_policy.config, 32, tmp_path)
+    assert instruction == "reach-memory-long" and label.startswith("one episode of reach-memory-long (seed 7")
+    assert len(frames) == 32 and all(np.array_equal(f, g) for f, g in zip(frames, long_demo.images[:32]))
+    np.testing.assert_array_equal(np.stack(proprio), long_demo.states[:32])
+    _, frames, _, label = episode_frames(tiny_policy.config, 60, tmp_path)
+    assert len(frames) == 60 and "3 episodes concatenated: the longest has 40 frames, not 60" in label

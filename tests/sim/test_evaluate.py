@@ -191,6 +191,29 @@ def test_summary_pairs_presets_with_baseline(tmp_path):
     assert table.row_count == 4
 
 
+def test_summary_compares_every_pair_of_presets_and_reports_kv_at_the_end(tmp_path):
+    """The retention baselines are compared with the gate (not only with the full cache): McNemar on the pairs."""
+    out = tmp_path / "res.jsonl"
+    wins = {"none": range(0, 9), "kv-efficient": range(0, 8), "kv-streaming": range(0, 1)}  # seeds that succeed
+    recs = [{"task": "reach-memory-long", "seed": seed, "preset": preset, "history": True, "policy": "p",
+             "success": seed in won, "steps": 400, "policy_calls": 100, "latency_ms_mean": 10.0,
+             "latency_ms_late": 12.0 if preset == "none" else 9.0, "kv_bytes_end": 2**20 if preset == "none" else 2**15,
+             "error": None}
+            for preset, won in wins.items() for seed in range(10)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    s = summarize(out)
+    assert set(s["pairwise"]) == {"kv-streaming+hist vs kv-efficient+hist"}  # pairs with the baseline: s["paired"]
+    p = s["pairwise"]["kv-streaming+hist vs kv-efficient+hist"]
+    assert (p["only_new"], p["only_baseline"], p["delta"]) == (0, 7, pytest.approx(-0.7))
+    assert p["mcnemar_p"] == pytest.approx(2 / 2**7)  # exact two-sided: 7 discordant pairs, all one way
+    cell = s["average"]["kv-efficient+hist"]
+    assert cell["kv_bytes_end"] == 2**15 and cell["latency_ms_late"] == 9.0
+    assert s["average"]["none+hist"]["kv_bytes_end"] == 2**20
+    from vlaccel.sim.results import render_pairwise
+
+    assert render_pairwise(s).row_count == 1 and render_table(s).row_count == 6
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not __import__("os").environ.get("VLACCEL_RAY_TESTS"), reason="set VLACCEL_RAY_TESTS=1 (~30 s)"
@@ -227,3 +250,26 @@ def test_evaluate_re_exports_what_its_parts_define():
     assert callable(workers.run_pool) and callable(workers.run_ray)
     assert all(hasattr(evaluate, name) for name in evaluate.__all__)
     assert vlaccel.sim.rollout is episode.rollout  # the package's lazy name is still the function
+
+
+def test_history_rollout_records_kv_bytes_held_at_the_episode_end(tiny_policy):
+    """The closed-loop table's KV column: what the cache holds when the episode ends (a bounded cache holds less)."""
+    import vlaccel
+    from vlaccel.bench.memory import kv_bytes
+
+    assert tiny_policy.config.action_dim == 4 and tiny_policy.config.proprio_dim == 4
+    with make_env("reach-v3", image_size=tiny_policy.config.image_size) as env:
+        full = rollout(tiny_policy, env, seed=1000, history=True)
+        assert full["steps"] == env.max_steps and full["policy_calls"] == 30  # a random policy never succeeds
+        tiny_policy.reset(env.instruction)
+        for _ in range(full["policy_calls"]):  # the same number of observations, straight into a cache
+            tiny_policy.step(env.render(), proprio=np.zeros(4))
+        assert full["kv_bytes_end"] == kv_bytes(tiny_policy.cache) > 0
+        tiny_policy.end_episode()
+        handle = vlaccel.apply(tiny_policy, *vlaccel.presets.get("kv-streaming"))
+        bounded = rollout(tiny_policy, env, seed=1000, history=True)
+        handle.remove()
+    assert 0 < bounded["kv_bytes_end"] < full["kv_bytes_end"] / 3
+    assert bounded["latency_ms_late"] > 0 and full["latency_ms_late"] > 0
+    with make_env("reach-v3") as env:
+        assert rollout(HoldStillPolicy(), env, seed=1000)["kv_bytes_end"] is None  # no history, no cache

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also run the history study: per-step latency and KV bytes vs episode length, full "
                         "cache vs KV-Efficient settings and the presets")
     p.add_argument("--history-lengths", type=int, nargs="+", default=None, metavar="N",
-                   help="history lengths in control steps (default: 1 2 4 ... 256)")
+                   help="history lengths in control steps (default: 1 2 4 ... 64 96: one real reach-memory-long episode)")
     p.add_argument("--history-repeats", type=int, default=1, help="lockstep episodes to take medians over")
     p.add_argument("--history-window", type=int, default=4,
                    help="per-step latency at N = median of steps N-window+1..N over the repeats (default 4)")

@@ -171,17 +171,28 @@ def episode_frames(config: Any, steps: int, demos_dir: str | Path = "data/demos"
                    seed: int = 0) -> tuple[str, list[np.ndarray], list[np.ndarray | None], str]:
     """One long episode for history mode: (instruction, frames, proprio, source label).
 
-    Frames of consecutive demos of one task (a memory task if there is one, the task history is for;
-    else the first) are concatenated until ``steps`` frames exist; synthetic random frames otherwise.
+    A real expert episode of a long-horizon memory task (``vlaccel collect --tasks reach-memory-long``): the
+    first demo, by seed, with at least ``steps`` frames; its cue sits in the middle of the episode, where a KV
+    retention has to keep it. Without such demos, another memory task, else the first task; when no single demo
+    is long enough, consecutive demos of the task are concatenated, and the label says so. Synthetic random
+    frames when there are no demos at all (``seed`` only affects those).
     """
     demos, reason = _demo_frames(config, demos_dir)
     if not demos:
         obs = synthetic_observations(config, steps, seed)
         return (SYNTHETIC_INSTRUCTIONS[0], [o.image for o in obs], [o.proprio for o in obs],
                 f"SYNTHETIC random frames ({reason})")
-    tasks = [d.task for d in demos]
-    task = next((t for t in tasks if "memory" in t), tasks[0])
+    task = _history_task([d.task for d in demos])
     same = [d for d in demos if d.task == task]
+
+    def states(d: Any, take: int) -> list[np.ndarray | None]:
+        return list(d.states[:take]) if config.proprio_dim == d.states.shape[1] else [None] * take
+
+    long_enough = [d for d in same if d.num_frames >= steps]
+    if long_enough:
+        d = long_enough[0]
+        return (d.instruction, list(d.images[:steps]), states(d, steps),
+                f"one episode of {task} (seed {d.seed}, {d.num_frames} frames; {demos_dir})")
     frames: list[np.ndarray] = []
     proprio: list[np.ndarray | None] = []
     i = 0
@@ -189,9 +200,24 @@ def episode_frames(config: Any, steps: int, demos_dir: str | Path = "data/demos"
         d = same[i % len(same)]
         take = min(d.num_frames, steps - len(frames))
         frames.extend(d.images[:take])
-        proprio.extend(d.states[:take] if config.proprio_dim == d.states.shape[1] else [None] * take)
+        proprio.extend(states(d, take))
         i += 1
-    return same[0].instruction, frames, proprio, f"demos of {task} ({i} episodes concatenated, {demos_dir})"
+    longest = max(d.num_frames for d in same)
+    return (same[0].instruction, frames, proprio,
+            f"demos of {task} ({i} episodes concatenated: the longest has {longest} frames, not {steps}; {demos_dir})")
+
+
+def _history_task(tasks: list[str]) -> str:
+    """The task whose episodes history mode is measured on: long-horizon memory, else memory, else the first."""
+    from vlaccel.sim.tasks import LONG_HORIZON_SUITE, TASKS
+
+    def kind(task: str) -> int:
+        spec = TASKS.get(task)
+        if spec is not None and spec.suite == LONG_HORIZON_SUITE:
+            return 0
+        return 1 if (spec is not None and spec.memory) or "memory" in task else 2
+
+    return min(dict.fromkeys(tasks), key=kind)
 
 
 def compare_policies(baseline: Any, accelerated: Any, observations: list[Observation]) -> dict[str, float]:

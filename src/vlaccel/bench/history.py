@@ -28,7 +28,7 @@ from vlaccel.bench.memory import cache_tensor_bytes, kv_bytes, kv_storage_bytes
 
 __all__ = ["DEFAULT_LENGTHS", "history_scaling", "predicted_kv_bytes", "summarize"]
 
-DEFAULT_LENGTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DEFAULT_LENGTHS = (1, 2, 4, 8, 16, 32, 64, 96)  # 96: every reach-memory-long expert episode is >= 97 frames
 FULL = "full"
 
 

@@ -128,7 +128,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from rich.console import Console
 
-    from vlaccel.sim.evaluate import render_table, run_eval
+    from vlaccel.sim.evaluate import run_eval
+    from vlaccel.sim.results import render_pairwise, render_table
 
     summary = run_eval(
         args.policy,
@@ -145,6 +146,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     console = Console()
     console.print(render_table(summary))
+    pairwise = render_pairwise(summary)
+    if pairwise is not None:
+        console.print(pairwise)
     if summary["errors"]:
         console.print(
             f"[red]{summary['errors']} episodes raised[/red] (counted as failures; see 'error' in {args.out})"

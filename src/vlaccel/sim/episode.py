@@ -31,6 +31,19 @@ def as_action_chunk(out: Any) -> np.ndarray:
     return chunk
 
 
+LATE_CALLS = 16
+
+
+def _held_kv_bytes(policy: Any) -> int | None:
+    """KV bytes the policy's episode cache holds now (``bench.memory.kv_bytes``), None without one."""
+    cache = getattr(policy, "cache", None)
+    if cache is None or getattr(cache, "layers", None) is None:
+        return None
+    from vlaccel.bench.memory import kv_bytes
+
+    return int(kv_bytes(cache))
+
+
 def rollout(
     policy: Any,
     env: Any,
@@ -42,7 +55,8 @@ def rollout(
     record_frames: bool = False,
 ) -> dict:
     """Run one closed-loop episode of `policy` in `env` (a SimEnv). Returns success, steps, policy_calls,
-    latency stats and, with record_frames, the observed images under "frames"."""
+    latency stats (also the median of the last ``LATE_CALLS`` calls), in history mode the KV bytes the cache
+    holds at the episode's end, and, with record_frames, the observed images under "frames"."""
     obs = env.reset(seed=seed)
     if handle is not None and hasattr(handle, "reset"):
         handle.reset()
@@ -51,6 +65,7 @@ def rollout(
     latencies: list[float] = []
     frames = [obs.image] if record_frames else []
     success = done = False
+    kv_end = None
     try:
         while not (success or done):
             t0 = time.perf_counter()
@@ -68,6 +83,8 @@ def rollout(
                     break
             if record_frames and obs.image is not None:
                 frames.append(obs.image)
+        if history:
+            kv_end = _held_kv_bytes(policy)
     finally:
         if history and hasattr(policy, "end_episode"):  # free the episode's cache; the policy is reused
             policy.end_episode()
@@ -79,6 +96,9 @@ def rollout(
         "latency_ms_mean": float(lat_ms.mean()),
         "latency_ms_median": float(np.median(lat_ms)),
         "latency_ms_max": float(lat_ms.max()),
+        # the last calls of the episode, where a growing cache is largest (flat for a bounded one)
+        "latency_ms_late": float(np.median(lat_ms[-LATE_CALLS:])),
+        "kv_bytes_end": kv_end,
     }
     if record_frames:
         result["frames"] = frames

@@ -26,6 +26,8 @@ def _cell(recs: list[dict]) -> dict:
     calls = sum(r.get("policy_calls", 0) for r in ok)
     lat = sum(r["latency_ms_mean"] * r["policy_calls"] for r in ok) / calls if calls else None
     lo, hi = wilson(k, n)
+    late = [r["latency_ms_late"] for r in ok if r.get("latency_ms_late") is not None]
+    kv_end = [r["kv_bytes_end"] for r in ok if r.get("kv_bytes_end") is not None]
     return {
         "n": n,
         "successes": k,
@@ -35,13 +37,29 @@ def _cell(recs: list[dict]) -> dict:
         "latency_ms": lat,
         "policy_calls": calls,
         "mean_steps": float(np.mean([r["steps"] for r in ok])) if ok else None,
+        "latency_ms_late": float(np.mean(late)) if late else None,  # mean over episodes of their last calls' median
+        "kv_bytes_end": float(np.mean(kv_end)) if kv_end else None,  # mean over episodes, at each one's end
     }
+
+
+def _paired(new: dict[str, list[dict]], base: dict[str, list[dict]], tasks: list[str]) -> dict:
+    """Paired success differences of condition ``new`` against ``base`` (records by task), on the seeds both
+    ran: per task and pooled over tasks."""
+    per_task, all_pairs = {}, []
+    for t in tasks:
+        base_by_seed = {r["seed"]: bool(r.get("success")) for r in base.get(t, [])}
+        pairs = [(bool(r.get("success")), base_by_seed[r["seed"]]) for r in new.get(t, []) if r["seed"] in base_by_seed]
+        if pairs:
+            per_task[t] = paired_difference(pairs)
+            all_pairs += pairs
+    return {"per_task": per_task, "all": paired_difference(all_pairs)}
 
 
 def summarize(jsonl_path: str | Path) -> dict:
     """Per task and condition: success rate with Wilson 95 % CI, errors, mean latency per policy call;
     the pooled average over tasks; and each preset's paired success difference vs. the baseline
-    (same task, seed and history mode) with Newcombe's paired 95 % CI."""
+    (same task, seed and history mode) with Newcombe's paired 95 % CI and McNemar's exact p; and, under
+    "pairwise", the same pooled comparison for every other pair of presets in one history mode."""
     records = load_records(jsonl_path)
     by_cond: dict[str, dict[str, list[dict]]] = {}
     cond_key: dict[str, tuple[str, bool]] = {}
@@ -61,6 +79,7 @@ def summarize(jsonl_path: str | Path) -> dict:
         "tasks": {},
         "average": {},
         "paired": {},
+        "pairwise": {},
         "errors": sum(bool(r.get("error")) for r in records),
     }
     for t in tasks:
@@ -72,18 +91,12 @@ def summarize(jsonl_path: str | Path) -> dict:
         base = condition_label(BASELINE, hist)
         if preset == BASELINE or base not in by_cond:
             continue
-        per_task, all_pairs = {}, []
-        for t in tasks:
-            base_by_seed = {r["seed"]: bool(r.get("success")) for r in by_cond[base].get(t, [])}
-            pairs = [
-                (bool(r.get("success")), base_by_seed[r["seed"]])
-                for r in by_cond[c].get(t, [])
-                if r["seed"] in base_by_seed
-            ]
-            if pairs:
-                per_task[t] = paired_difference(pairs)
-                all_pairs += pairs
-        summary["paired"][c] = {"baseline": base, "per_task": per_task, "all": paired_difference(all_pairs)}
+        summary["paired"][c] = {"baseline": base, **_paired(by_cond[c], by_cond[base], tasks)}
+    # every other pair of conditions in the same history mode (e.g. a gated cache against each retention)
+    for i, a in enumerate(conds):
+        for b in conds[i + 1:]:
+            if cond_key[a][1] == cond_key[b][1] and BASELINE not in (cond_key[a][0], cond_key[b][0]):
+                summary["pairwise"][f"{b} vs {a}"] = _paired(by_cond[b], by_cond[a], tasks)["all"]
     return summary
 
 
@@ -99,6 +112,8 @@ def render_table(summary: dict):
         ("95% CI", {"justify": "right"}),
         ("Δ vs base [95% CI]", {"justify": "right"}),
         ("ms/call", {"justify": "right"}),
+        ("ms/call, last 16", {"justify": "right"}),
+        ("KV KiB at end", {"justify": "right"}),
         ("n", {"justify": "right"}),
         ("errors", {"justify": "right"}),
     ]:
@@ -120,9 +135,12 @@ def render_table(summary: dict):
                     if p is None
                     else (
                         f"{100 * p['delta']:+.0f} pp [{100 * p['ci95'][0]:+.0f}, {100 * p['ci95'][1]:+.0f}]"
+                        f" p={p['mcnemar_p']:.2g}"
                     )
                 )
             lat = "-" if cell["latency_ms"] is None else f"{cell['latency_ms']:.3g}"
+            late = "-" if cell.get("latency_ms_late") is None else f"{cell['latency_ms_late']:.3g}"
+            kv = "-" if cell.get("kv_bytes_end") is None else f"{cell['kv_bytes_end'] / 1024:.0f}"
             table.add_row(
                 t if j == 0 else "",
                 c,
@@ -130,8 +148,25 @@ def render_table(summary: dict):
                 f"{pct(cell['ci95'][0])}-{pct(cell['ci95'][1])}",
                 delta,
                 lat,
+                late,
+                kv,
                 str(cell["n"]),
                 str(cell["errors"]) if cell["errors"] else "",
                 end_section=(j == len(cells) - 1),
             )
+    return table
+
+
+def render_pairwise(summary: dict) -> Any:
+    """A rich Table of ``summary["pairwise"]``: each pair of presets, pooled over tasks (None when empty)."""
+    from rich.table import Table
+
+    if not summary.get("pairwise"):
+        return None
+    table = Table(title="paired success differences between presets (pooled over tasks)")
+    for col in ("comparison", "Δ [95% CI]", "only first / only second", "McNemar p", "pairs"):
+        table.add_column(col, justify="left" if col == "comparison" else "right", no_wrap=True)
+    for name, p in summary["pairwise"].items():
+        table.add_row(name, f"{100 * p['delta']:+.0f} pp [{100 * p['ci95'][0]:+.0f}, {100 * p['ci95'][1]:+.0f}]",
+                      f"{p['only_new']} / {p['only_baseline']}", f"{p['mcnemar_p']:.2g}", str(p["n_pairs"]))
     return table
