@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
 from vlaccel.training.flags import _task_weight, add_arguments, command_line, config_from_args
 
@@ -20,5 +21,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vlaccel.training.reference import train
 
-    train(config_from_args(args))
+    train(config_from_args(args), log=functools.partial(print, flush=True))  # flushed: readable in background logs
     return 0

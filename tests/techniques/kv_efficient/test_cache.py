@@ -199,6 +199,76 @@ def test_logical_positions_and_mask_after_eviction(tiny_policy, retention):
     assert torch.equal(ours, ref)
 
 
+@pytest.mark.parametrize("retention", ["streaming", "mean"])
+def test_reindexed_positions_put_every_slot_at_its_index_after_eviction(tiny_policy, retention):
+    """positions="reindexed": after evictions, slot i is rotated at position i (layer 0's keys, which depend on
+    nothing but the input, de-rotate to exactly what the logical cache holds), the next block gets positions
+    stored .. stored + q - 1, and it computes what a DynamicCache of the same slots computes there."""
+    from vlaccel.techniques.kv_efficient.rope import RotaryFrame, find_rotary, remove_rotation
+
+    q = tiny_policy.config.tokens_per_frame
+    kw = {"budget": 2} if retention == "mean" else {"sinks": 2}
+    blocks = obs_embeds(tiny_policy, 9)
+    rope = RotaryFrame(find_rotary(tiny_policy.language_model), tiny_policy.language_model.config.head_dim)
+    plain = {}
+    for positions in ("logical", "reindexed"):
+        cfg = KVEfficientConfig(window=q, retention=retention, positions=positions, **kw)
+        with vlaccel.applied(tiny_policy, cfg):
+            lm_history(tiny_policy, blocks[:8], INSTR)
+            cache = tiny_policy.cache
+            layer = cache.layers[0]
+            stored = layer.stored
+            like = layer.keys.new_empty(0, dtype=torch.float32)
+            cos, sin = rope.cos_sin(layer.positions(), like)
+            plain[positions] = remove_rotation(layer.keys.float(), cos, sin)
+            if positions == "logical":
+                continue
+            assert stored < layer.seen and cache.get_seq_length() == stored
+            assert torch.equal(layer.positions(), torch.arange(stored))
+            assert cache.get_mask_sizes(q, 0) == (stored + q, 0)
+            twin = DynamicCache(config=tiny_policy.language_model.config)
+            for i, lay in enumerate(cache.layers):
+                twin.update(lay.keys.clone(), lay.values.clone(), i)
+            with torch.no_grad():
+                ours = tiny_policy.run_language_model(blocks[8], tiny_policy.observation_layout(), cache)
+                ids = torch.arange(stored, stored + q).unsqueeze(0)
+                ref = tiny_policy.run_language_model(blocks[8], tiny_policy.observation_layout(), twin, position_ids=ids)
+            assert torch.equal(ours, ref)
+    torch.testing.assert_close(plain["reindexed"], plain["logical"], rtol=0, atol=ROPE_ATOL)
+
+
+def test_reindexed_positions_run_past_the_models_position_limit(tiny_policy):
+    """Logical positions refuse the step past max_positions; re-indexed ones keep a bounded episode going."""
+    import dataclasses
+
+    from vlaccel.errors import PositionLimitError
+    from vlaccel.models import ReferenceVLA
+
+    q = tiny_policy.config.tokens_per_frame
+    small = ReferenceVLA(dataclasses.replace(tiny_policy.config, max_positions=4 * q + 8))
+    small.load_state_dict(tiny_policy.state_dict())
+    frames = random_frames(small.config.image_size, 8)
+    for positions in ("logical", "reindexed"):
+        with vlaccel.applied(small, KVEfficientConfig(window=q, sinks=q, retention="streaming", positions=positions)):
+            small.reset(INSTR)
+            if positions == "logical":
+                for f in frames[:4]:
+                    small.step(f, np.zeros(4, np.float32))
+                with pytest.raises(PositionLimitError):
+                    small.step(frames[4], np.zeros(4, np.float32))
+            else:
+                for f in frames:
+                    small.step(f, np.zeros(4, np.float32))
+                assert small.cache.get_seq_length() <= 4 * q + 8 - q
+
+
+def test_reindexed_positions_need_rope():
+    with pytest.raises(ValueError, match="positions must be one of"):
+        KVEfficientConfig(window=4, retention="streaming", positions="relative")
+    with pytest.raises(ValueError, match="needs a RoPE model"):
+        ChunkedGatedCache(KVEfficientConfig(window=4, retention="streaming", positions="reindexed"), 2, chunk=2)
+
+
 # ---------------------------------------------------------------- episode reset
 def test_reset_clears_storage_and_gate_state(tiny_policy):
     cfg = KVEfficientConfig(window=tiny_policy.config.tokens_per_frame, budget=2, gate=tiny_gate(tiny_policy))

@@ -15,9 +15,12 @@ V and every KV head of a layer, for the whole batch. Batching the summaries, the
 over layers (one call instead of L) is what keeps the per-step overhead small; the result is the same as
 compressing layer by layer, because a chunk's summary is only attended to from the next forward on.
 
-Logical positions follow transformers' sliding-window layer: ``get_seq_length()`` is the number of tokens ever
-seen (the next position id), ``get_mask_sizes(q)`` returns ``(stored + q, seen - stored)`` so the causal mask
-places the stored entries before the new block.
+Logical positions (``positions="logical"``) follow transformers' sliding-window layer: ``get_seq_length()`` is the
+number of tokens ever seen (the next position id), ``get_mask_sizes(q)`` returns ``(stored + q, seen - stored)`` so
+the causal mask places the stored entries before the new block. Re-indexed positions (``positions="reindexed"``,
+StreamingLLM's choice, arXiv 2309.17453 section 3.2) give the stored slots the positions ``0 .. N-1`` they have in
+the cache: after every eviction the remaining keys are re-rotated to their new slot, ``get_seq_length()`` is the
+number of stored slots, and an episode never runs out of positions.
 
 Transformers builds one attention mask for all full-attention layers, so every layer must hold the same number
 of slots. Budget mode gives that by construction (each layer keeps its own best ``min(k, M)`` summaries).
@@ -112,10 +115,17 @@ class ChunkedGatedLayer(CacheLayerMixin):
     def raw_start(self) -> int:
         return self.n_protected + self.n_summaries * self.cache.slots
 
+    @property
+    def reindexed(self) -> bool:
+        return self.cache.config.positions == "reindexed"
+
     def positions(self) -> torch.Tensor:
-        """[N] logical position of every stored slot (prefix, summaries at their representative positions, raw)."""
+        """[N] position of every stored slot: logical (prefix, summaries at their representative positions, raw)
+        or, re-indexed, the slot index itself."""
         raw = self.stored - self.raw_start
         dev = self.summary_pos.device
+        if self.reindexed:
+            return torch.arange(self.stored, device=dev)
         return torch.cat([torch.arange(self.n_protected, device=dev),
                           self.summary_pos.repeat_interleave(self.cache.slots),
                           torch.arange(self.seen - raw, self.seen, device=dev)])
@@ -127,10 +137,10 @@ class ChunkedGatedLayer(CacheLayerMixin):
 
     # ------------------------------------------------------------------ transformers Cache API
     def get_seq_length(self) -> int:
-        return self.seen
+        return self.stored if self.reindexed else self.seen
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.stored + query_length, self.seen - self.stored
+        return self.stored + query_length, self.get_seq_length() - self.stored
 
     def get_max_length(self) -> int:
         return -1
@@ -227,6 +237,9 @@ class ChunkedGatedCache(Cache):
             )
         if config.retention == "gated" and gate is None:
             raise ValueError("retention='gated' needs a trained gate (KVGate); see KVEfficientConfig.gate")
+        if config.positions == "reindexed" and rotary is None:
+            raise ValueError("positions='reindexed' re-rotates the stored keys to their slot, which needs a RoPE model "
+                             "(a module with `rotary_emb`); this model has none. Use positions='logical'.")
         self.config = config
         self.chunk = int(chunk)
         self.slots = config.summary_slots
@@ -298,9 +311,12 @@ class ChunkedGatedCache(Cache):
         layers, c, s = self.layers, self.chunk, self.slots
         top = layers[0]  # every layer holds the same layout (same tokens, same counts)
         p, k, start = top.n_protected, top.n_summaries, top.raw_start
-        end = start + n * c
-        first = top.seen - (top.stored - start)  # logical position of the oldest raw token
+        end, stored = start + n * c, top.stored
+        # position the oldest raw token is rotated at: logical, or (re-indexed) its slot
+        first = start if top.reindexed else top.seen - (top.stored - start)
         chunk_pos = torch.arange(first, first + n * c, device=top.device).view(n, c)  # [n, C]
+        dev = top.device
+        tail_pos = torch.arange(end, stored, device=dev)  # re-indexed: where the raw tail is rotated now
         ids = torch.arange(top.n_chunks, top.n_chunks + n, device=top.device)  # [n]
         for layer in layers:
             layer.n_chunks += n
@@ -308,6 +324,8 @@ class ChunkedGatedCache(Cache):
             for layer in layers:
                 layer.commit(torch.cat([layer.keys[:, :, :start], layer.keys[:, :, end:]], -2),
                              torch.cat([layer.values[:, :, :start], layer.values[:, :, end:]], -2))
+                if layer.reindexed:
+                    self._move_to_slots(layer, torch.cat([torch.arange(start, device=dev), tail_pos]))
             self.retention.after_drop(self, n)
             return
         seg_k = torch.stack([layer.keys[:, :, start:end] for layer in layers])  # [L, B, H, n*C, d]
@@ -330,6 +348,28 @@ class ChunkedGatedCache(Cache):
             layer.utility, layer.summary_pos, layer.chunk_ids = u, pos, cid
             layer.commit(torch.cat([layer.keys[:, :, :p], k_all.flatten(2, 3), layer.keys[:, :, end:]], dim=-2),
                          torch.cat([layer.values[:, :, :p], v_all.flatten(2, 3), layer.values[:, :, end:]], dim=-2))
+            if layer.reindexed:
+                # where each kept summary slot is rotated now: old summaries at their slots, new ones at rep
+                slot_pos = torch.cat([torch.arange(p, start, device=dev).view(k, s), rep.view(n, 1).expand(n, s)])
+                if keep is not None:
+                    slot_pos = slot_pos.index_select(0, keep[i])
+                self._move_to_slots(layer, torch.cat([torch.arange(p, device=dev), slot_pos.flatten(), tail_pos]))
+                layer.summary_pos = p + s * torch.arange(layer.n_summaries, device=dev)  # each summary's first slot
+
+    def _move_to_slots(self, layer: ChunkedGatedLayer, rotated_at: torch.Tensor) -> None:
+        """Re-indexed positions: re-rotate ``layer``'s keys from ``rotated_at`` [N] to their slots 0 .. N-1."""
+        slots = torch.arange(layer.stored, device=rotated_at.device)
+        moved = (rotated_at != slots).nonzero().flatten()  # the prefix and everything before the first eviction stay
+        if moved.numel() == 0:
+            return
+        lo = int(moved[0])  # every slot after the first moved one has moved (evictions only shift slots down)
+        like = layer.keys.new_empty(0, dtype=torch.float32)
+        cos, sin = self.rope.cos_sin(torch.cat([rotated_at[lo:], slots[lo:]]), like)  # [2 (N - lo), d]
+        m = layer.stored - lo
+        plain = remove_rotation(layer.keys[:, :, lo:].float(), cos[:m], sin[:m])  # [B, H, N - lo, d]
+        keys = layer.keys.clone()
+        keys[:, :, lo:] = apply_rotation(plain, cos[m:], sin[m:]).to(layer.keys.dtype)
+        layer.commit(keys, layer.values)
 
     def summarise(self, seg_k: torch.Tensor, seg_v: torch.Tensor, chunk_pos: torch.Tensor):
         """Raw chunks -> RoPE-correct summaries.

@@ -24,9 +24,10 @@ from typing import Any, ClassVar
 
 from vlaccel.config import TechniqueConfig
 
-__all__ = ["KVEfficientConfig", "RETENTIONS"]
+__all__ = ["KVEfficientConfig", "RETENTIONS", "POSITIONS"]
 
 RETENTIONS = ("gated", "full", "streaming", "mean", "random", "h2o")
+POSITIONS = ("logical", "reindexed")
 #: why token pruning and the chunked cache are never on one model (declared on both configs)
 TOKEN_PRUNE_CONFLICT = ("token pruning stores fewer tokens per frame in later layers, but the chunked cache needs every "
                         "layer to store the same tokens")
@@ -52,6 +53,10 @@ class KVEfficientConfig(TechniqueConfig):
                    matches the model (otherwise a clear error says how to train one or pick a baseline).
     retention:     one of ``RETENTIONS`` (see the module docstring).
     seed:          seed of the ``"random"`` policy's generator (reseeded at every episode).
+    positions:     "logical" (every token the episode saw counts: the new frame sits where it would in the full
+                   history, as in training) or "reindexed" (the stored slots get positions 0 .. N-1 and are
+                   re-rotated after every eviction, as StreamingLLM does: positions stay bounded, episodes can
+                   run past the model's max_position_embeddings). Needs a RoPE model.
     window_frames, sinks_frames: ``window`` / ``sinks`` in observations of the model instead of tokens
                    (exactly one of ``window`` and ``window_frames``); resolved at apply time from the adapter's
                    tokens per frame, so a preset fits every policy's observation size.
@@ -67,6 +72,7 @@ class KVEfficientConfig(TechniqueConfig):
     gate: str | None = None
     retention: str = "gated"
     seed: int = 0
+    positions: str = "logical"
     window_frames: int | None = None
     sinks_frames: int | None = None
 
@@ -119,6 +125,8 @@ class KVEfficientConfig(TechniqueConfig):
             raise ValueError(f"KVEfficientConfig.protect_prefix must be True or False, got {self.protect_prefix!r}")
         if self.gate is not None and not isinstance(self.gate, str):
             raise ValueError(f"KVEfficientConfig.gate must be a path string or None, got {type(self.gate).__name__}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"KVEfficientConfig.positions must be one of {POSITIONS}, got {self.positions!r}")
         if not is_int(self.seed):
             raise ValueError(f"KVEfficientConfig.seed must be an integer, got {self.seed!r}")
         self._check_retention_fields()
