@@ -5,7 +5,6 @@ model's limit are said once."""
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 import pytest

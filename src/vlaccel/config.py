@@ -111,8 +111,9 @@ class TechniqueConfig:
         reports)."""
         return False
 
-    def weight_files(self) -> list[str]:
-        """Files besides the config whose contents decide what the technique does (e.g. a trained gate).
+    def weight_files(self, model: Any = None) -> list[str]:
+        """Files besides the config whose contents decide what the technique does on ``model`` (e.g. a trained
+        gate; ``model=None``: what it would load without knowing the model).
 
         Results files record a digest of them, so that a resumed evaluation never mixes episodes of two
         different gates under one preset name.

@@ -142,6 +142,25 @@ def test_condition_identity_follows_weights_configs_and_gate_file(tmp_path, monk
     assert condition_identity("fp1", "kv-streaming") == streaming  # uses no gate
 
 
+def test_condition_identity_follows_a_gate_stored_with_the_policy(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from vlaccel.techniques.kv_efficient import gate
+
+    monkeypatch.setattr(gate, "shipped_gate_dir", lambda: tmp_path / "shipped")
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / "gate.safetensors").write_bytes(b"shipped gate")
+    policy = SimpleNamespace(source_dir=tmp_path / "policy")
+    no_gate = condition_identity("fp1", "kv-efficient", policy)
+    assert no_gate == condition_identity("fp1", "kv-efficient")  # nothing stored with it: the shipped gate
+    (tmp_path / "policy" / "kv_gate").mkdir(parents=True)
+    (tmp_path / "policy" / "kv_gate" / "gate.safetensors").write_bytes(b"its own gate")
+    own = condition_identity("fp1", "kv-efficient", policy)
+    assert own != no_gate
+    (tmp_path / "policy" / "kv_gate" / "gate.safetensors").write_bytes(b"its gate, retrained")
+    assert condition_identity("fp1", "kv-efficient", policy) != own
+
+
 def test_worker_exception_is_recorded_and_run_continues(tmp_path):
     out = tmp_path / "res.jsonl"
     summary = run_eval(

@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vlaccel.bench import harness
     from vlaccel.bench.history import DEFAULT_LENGTHS, summarize
@@ -97,17 +96,31 @@ def run(args: argparse.Namespace) -> int:
                       f"compete for the CPU, and {threads} threads per op then wait on each other; --threads 1 "
                       "gives steadier timings on a shared machine")
 
-    class _RichProgress(harness.Progress):
-        def __init__(self, bar: Progress):
-            self.bar = bar
+    from vlaccel.progress import progress_bar
+
+    class _BarProgress(harness.Progress):
+        """Each harness task gets its own bar, shown until it completes (or the benchmark ends)."""
+
+        def __init__(self) -> None:
+            self.open: list = []
 
         def task(self, description: str, total: int):
-            tid = self.bar.add_task(description, total=total)
-            return lambda: self.bar.advance(tid)
+            for bar in self.open:  # one bar at a time: a new task closes the previous one
+                bar.__exit__(None, None, None)
+            bar = progress_bar(description, total, transient=True, console=console).__enter__()
+            self.open = [bar]
+            return bar.advance
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        result = harness.run_benchmark(policy, presets, options, source, _RichProgress(bar), combine=args.combine)
+        def close(self) -> None:
+            for bar in self.open:
+                bar.__exit__(None, None, None)
+            self.open = []
+
+    sink = _BarProgress()
+    try:
+        result = harness.run_benchmark(policy, presets, options, source, sink, combine=args.combine)
+    finally:
+        sink.close()
     return _emit(result, args, console, to_stdout)
 
 

@@ -78,6 +78,7 @@ def load_reference(path: str | Path) -> ReferenceVLA:
         raise UsageError(f"{path / WEIGHTS} does not match its config: missing={missing[:5]} unexpected={unexpected[:5]}")
     if (path / CALIBRATION_FILE).exists():  # the folder's layer-pruning calibration set
         set_calibration_observations(policy, load_calibration_observations(path / CALIBRATION_FILE))
+    policy.source_dir = path  # where companion files live (a KV-Efficient gate trained for it: kv_gate/)
     return policy.eval()
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from vlaccel.errors import UsageError
+from vlaccel.progress import progress_bar
 from vlaccel.sim.data import demo_path, save_demo
 from vlaccel.sim.tasks import get_task, resolve_tasks
 
@@ -230,8 +231,7 @@ def collect(
     workers = max(1, min(workers, len(jobs) or 1))
     errors: list[str] = []
     t0 = time.perf_counter()
-    with _progress(progress) as bar:
-        handle = bar.add_task("collect", total=len(jobs)) if bar is not None else None
+    with progress_bar("collect", len(jobs), enabled=progress) as bar:
 
         def record(res: tuple[str, int, bool, int, str | None]) -> None:
             task, seed, ok, success_step, err = res
@@ -242,8 +242,7 @@ def collect(
                 report.dropped.append((task, seed))
                 if err:
                     errors.append(f"{task} seed {seed}: {err}")
-            if bar is not None:
-                bar.update(handle, advance=1, description=f"collect {task}")
+            bar.advance(description=f"collect {task}", dropped=len(report.dropped))
 
         if workers <= 1:
             for job in jobs:
@@ -257,21 +256,3 @@ def collect(
     if errors:
         print(f"{len(errors)} demo episodes raised; first: {errors[0]}")
     return report
-
-
-class _NullProgress:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return _NullProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-    )

@@ -40,7 +40,7 @@ from pathlib import Path
 from vlaccel.errors import UsageError, check_names
 from vlaccel.sim.episode import as_action_chunk, rollout, run_episode
 from vlaccel.sim.episode_store import load_records, record_key, terminate_last_line
-from vlaccel.sim.identity import condition_identity, policy_fingerprint
+from vlaccel.sim.identity import condition_identity, loaded_policy_fingerprint, policy_fingerprint
 from vlaccel.sim.policies import PolicySpec, get_policy, load_policy, policy_label
 from vlaccel.sim.progress import EvalProgress
 from vlaccel.sim.protocol import ACTION_REPEAT, BASELINE, DEFAULT_SEED0
@@ -102,8 +102,9 @@ def run_eval(
     out_path = Path(out_path)
     existing = load_records(out_path)
     _check_same_policy(out_path, existing, label, action_repeat)
-    fp = policy_fingerprint(policy_spec)
-    identities = {c: condition_identity(fp, c) for c in conditions}
+    loaded = load_policy(policy_spec)
+    fp = loaded_policy_fingerprint(loaded)
+    identities = {c: condition_identity(fp, c, loaded) for c in conditions}
     _check_same_identities(out_path, existing, identities)
     finished = {record_key(r) for r in existing if not r.get("error")}
     n_workers = max(1, int(workers))

@@ -12,6 +12,13 @@ Two deliberate changes to the stock task distributions, both recorded in the spe
   ~40 % of the time; on the wider plane that "blind" baseline is ~8 %, so success really needs the goal.
 * reach / push: the goal marker sphere is enlarged (radius 0.04 m) so it covers ~20 pixels at 128 px;
   reach's marker is recoloured green (the stock red is hard to tell from the red arm).
+
+The long-horizon memory task ``reach-memory-long`` (suite "long-horizon", run only when named) is where a KV
+retention has to earn its keep: the arm holds at a waypoint; the goal is shown for 3 policy frames at a time drawn
+per seed in env steps [48, 172) (after the 2 sink frames); the walls turn blue at a go step drawn in [356, 396],
+45+ frames later, when the recent window no longer holds the cue; only then may the arm reach where the goal was
+(success before go does not count). The expert solves every seed in about 104 policy calls; a policy that never
+saw the cue can only guess (the centre of the goal region succeeds on 3 of 100 seeds).
 """
 
 from __future__ import annotations

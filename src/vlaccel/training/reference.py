@@ -37,6 +37,7 @@ from vlaccel.training.batches import (
 )
 from vlaccel.training.distillation import ActionDistillation
 from vlaccel.training.flags import command_line
+from vlaccel.progress import progress_bar
 from vlaccel.training.train_config import SCENE_TARGETS, TrainConfig
 
 __all__ = ["SCENE_TARGETS", "TrainConfig", "batch_loss", "lr_at", "train"]
@@ -222,13 +223,9 @@ def _fit(cfg: TrainConfig, run: _Run, demos: list, probs: np.ndarray | None, lay
          distill: ActionDistillation | None, log) -> float | None:
     """The optimisation loop, from ``run.step`` to ``cfg.steps`` (or the time budget); checkpoints every
     ``checkpoint_every`` steps; returns the loss EMA."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     policy, chunk = run.policy, run.policy.config.action_chunk
     t0, ema, part_ema = time.time(), None, {}
-    with Progress(TextColumn("train-reference"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()) as bar:
-        task = bar.add_task("train", total=cfg.steps, completed=run.step, loss="-")
+    with progress_bar("train-reference", cfg.steps, completed=run.step) as bar:
         while run.step < cfg.steps:
             if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
                 log(f"time budget of {cfg.minutes} min reached at step {run.step}")
@@ -252,10 +249,7 @@ def _fit(cfg: TrainConfig, run: _Run, demos: list, probs: np.ndarray | None, lay
             if run.step % 20 == 0:
                 run.history.append({"step": run.step, "loss_ema": round(ema, 5), "seconds": round(time.time() - t0, 1),
                                     **{f"{k}_ema": round(v, 5) for k, v in part_ema.items()}})
-            bar.update(task, completed=run.step, loss=f"{ema:.4f}")
-            if not bar.console.is_terminal and run.step % 50 == 0:  # keep background logs readable
-                shown = " ".join(f"{k} {v:.4f}" for k, v in part_ema.items())
-                log(f"step {run.step}/{cfg.steps} loss_ema {ema:.4f} ({shown}) elapsed {time.time() - t0:.0f}s")
+            bar.update(run.step, loss_ema=ema, **part_ema)
             if run.step % cfg.checkpoint_every == 0:
                 run.save()
     return ema

@@ -100,6 +100,18 @@ def test_train_kv_gate_command_end_to_end(tmp_path, tiny_policy):
         assert loaded.cache.retained_chunks() != []
         layer = loaded.cache.layers[0]
         assert layer.n_protected == layer.protect_len == layer.positions()[layer.n_protected - 1] + 1
+    # a gate stored with the policy (POLICY/kv_gate) is what gate=None uses for it; without one, gate=None refuses
+    with pytest.raises(ValueError, match="kv_gate"):
+        vlaccel.apply(loaded, KVEfficientConfig(window=18, budget=1, sinks=18))
+    import shutil
+
+    shutil.copytree(out, policy_dir / "kv_gate")
+    with_gate = vlaccel.load_policy(policy_dir)
+    with vlaccel.applied(with_gate, KVEfficientConfig(window=18, budget=1, sinks=18)):
+        with_gate.reset("reach the goal")
+        for frame in rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8):
+            with_gate.step(frame)
+        assert with_gate.cache.gate.fingerprint == meta["fingerprint"]
 
 
 def test_action_distillation_is_zero_at_the_teacher_and_trains_the_gate(tiny_policy):

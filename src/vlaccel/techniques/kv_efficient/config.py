@@ -167,13 +167,15 @@ class KVEfficientConfig(TechniqueConfig):
         """True when chunks leaving the window become summaries (keys are de-/re-rotated: needs RoPE)."""
         return self.retention in SUMMARISING
 
-    def weight_files(self) -> list[str]:
-        """The gate's weights file for ``retention="gated"`` (``gate=None``: the shipped one)."""
+    def weight_files(self, model: Any = None) -> list[str]:
+        """The gate's weights file for ``retention="gated"`` (``gate=None``: the one stored with ``model``'s
+        folder, else the shipped one)."""
         if self.retention != "gated":
             return []
-        from vlaccel.techniques.kv_efficient.gate import gate_files, shipped_gate_dir
+        from vlaccel.techniques.kv_efficient.gate import gate_files, policy_gate_dir, shipped_gate_dir
 
-        return [str(gate_files(shipped_gate_dir() if self.gate is None else self.gate)[0])]
+        folder = self.gate if self.gate is not None else (policy_gate_dir(model) or shipped_gate_dir())
+        return [str(gate_files(folder)[0])]
 
     def max_tokens(self, prefix: int, chunk: int) -> int | None:
         """Hard cap on stored tokens per layer (``P + M*s + C + W``), or ``None`` when unbounded."""

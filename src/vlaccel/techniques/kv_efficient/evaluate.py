@@ -52,21 +52,20 @@ def compare_retentions(policy: Any, episodes: Sequence[Any], settings: Mapping[s
                        max_frames: int | None = None, progress: bool = True) -> dict[str, Any]:
     """JSON-ready comparison of ``settings`` (name -> config) against the full history on ``episodes``."""
     import vlaccel
-    from vlaccel.techniques.kv_efficient.train import _progress
+    from vlaccel.progress import progress_bar
 
     per: dict[str, dict[str, list[float]]] = {n: {"action_mse": [], "cog_rel": [], "kv_bytes": []} for n in settings}
     by_task: dict[str, dict[str, list[float]]] = {n: {} for n in settings}
     by_episode: dict[str, dict[int, float]] = {n: {} for n in settings}
     cog_by_episode: dict[str, dict[int, float]] = {n: {} for n in settings}
     full_kv: list[int] = []
-    bar = _progress(progress)
-    with bar, torch.no_grad():
-        task = bar.add_task("compare retentions", total=len(episodes) * (1 + len(settings)))
+    with progress_bar("compare retentions", len(episodes) * (1 + len(settings)), enabled=progress) as bar, \
+            torch.no_grad():
         for e, ep in enumerate(episodes):
             frames = len(ep.images) if max_frames is None else min(max_frames, len(ep.images))
             a_full, z_full, kv_full, stored_full = _play(policy, ep, frames)
             full_kv.append(kv_full)
-            bar.update(task, advance=1)
+            bar.advance()
             for name, cfg in settings.items():
                 with vlaccel.applied(policy, cfg):
                     a, z, kv, stored = _play(policy, ep, frames)
@@ -80,7 +79,7 @@ def compare_retentions(policy: Any, episodes: Sequence[Any], settings: Mapping[s
                     by_episode[name][e] = per[name]["action_mse"][-1]
                     cog_by_episode[name][e] = per[name]["cog_rel"][-1]
                 per[name]["kv_bytes"].append(kv)
-                bar.update(task, advance=1)
+                bar.advance()
 
     def stat(xs: list[float]) -> dict[str, float]:
         if not xs:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 __all__ = ["ChunkAggregator", "MeanAggregator", "LSTMGate", "KVGate", "load_gate", "save_gate", "gate_files",
-           "GateMismatchError", "GATE_WEIGHTS", "GATE_META"]
+           "GateMismatchError", "GATE_WEIGHTS", "GATE_META", "POLICY_GATE_DIR", "policy_gate_dir", "shipped_gate_dir"]
 
 GATE_WEIGHTS, GATE_META = "gate.safetensors", "gate.json"
 PRIOR_OUTSIDE = -30.0  # logit prior for tokens outside a slot's segment: exp(-30) ~ 1e-13, i.e. not pooled
@@ -47,10 +47,23 @@ class GateMismatchError(ValueError):
     """A gate file does not fit the policy (trained for another policy, or other head sizes)."""
 
 
-
 def shipped_gate_dir() -> Path:
     """Where the gate trained for the bundled reference policy lives (``vlaccel/assets/kv_gate``)."""
     return Path(str(resources.files("vlaccel") / "assets" / "kv_gate"))
+
+
+POLICY_GATE_DIR = "kv_gate"
+"""A gate stored with a saved policy (``<policy folder>/kv_gate``, e.g. ``vlaccel train-kv-gate --out
+POLICY/kv_gate``) is the one ``gate=None`` uses for that policy; the bundled policy's is the shipped gate."""
+
+
+def policy_gate_dir(model: Any) -> Path | None:
+    """``<folder>/kv_gate`` of a policy loaded from a folder that holds a gate there, else None."""
+    folder = getattr(model, "source_dir", None)
+    if folder is None or not (Path(folder) / POLICY_GATE_DIR / GATE_WEIGHTS).exists():
+        return None
+    return Path(folder) / POLICY_GATE_DIR
+
 
 def segment_prior(slots: int, chunk: int, device: torch.device) -> torch.Tensor:
     """[s, C] log-prior: 0 where token c belongs to slot j's contiguous segment, ``PRIOR_OUTSIDE`` elsewhere."""

@@ -8,7 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
-from vlaccel.techniques.kv_efficient.gate import GATE_WEIGHTS, KVGate, load_gate, shipped_gate_dir
+from vlaccel.techniques.kv_efficient.gate import (
+    GATE_WEIGHTS,
+    POLICY_GATE_DIR,
+    KVGate,
+    load_gate,
+    policy_gate_dir,
+    shipped_gate_dir,
+)
 from vlaccel.techniques.kv_efficient.rope import find_rotary
 
 __all__ = ["shipped_gate_dir", "resolve_chunk", "resolve_gate", "check_model"]
@@ -37,12 +44,14 @@ def _head_sizes(lm_cfg: Any) -> tuple[int, int]:
 
 
 def resolve_gate(config: KVEfficientConfig, model: Any, adapter: Any) -> KVGate:
-    """Load ``config.gate`` (or the shipped gate) and check it fits ``model`` (fingerprint and head sizes)."""
+    """Load ``config.gate`` (else the gate stored with the policy, else the shipped one) and check it fits ``model``
+    (fingerprint and head sizes)."""
     from vlaccel.models.io import fingerprint
 
     fp = fingerprint(model)
-    if config.gate is not None:
-        gate = load_gate(config.gate, fingerprint=fp)
+    stored = policy_gate_dir(model)
+    if config.gate is not None or stored is not None:
+        gate = load_gate(config.gate if config.gate is not None else stored, fingerprint=fp)
     else:
         shipped = shipped_gate_dir()
         if not (shipped / GATE_WEIGHTS).exists():
@@ -56,7 +65,8 @@ def resolve_gate(config: KVEfficientConfig, model: Any, adapter: Any) -> KVGate:
         except ValueError as err:
             raise ValueError(
                 f"no trained gate for this policy (fingerprint {fp}): the shipped gate belongs to the bundled "
-                f"reference policy. Train one with `vlaccel train-kv-gate --policy PATH` and pass gate=PATH, or choose "
+                f"reference policy. Train one with `vlaccel train-kv-gate --policy PATH --out PATH/{POLICY_GATE_DIR}` "
+                "(found there by gate=None), or pass gate=GATE_DIR, or choose "
                 "a gate-free baseline: retention='mean', 'streaming', 'random' or 'h2o'."
             ) from err
     head_dim, kv_heads = _head_sizes(adapter.lm_config(model))

@@ -40,6 +40,7 @@ import torch
 from vlaccel.techniques.kv_efficient.cache import ChunkedGatedCache
 from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
 from vlaccel.techniques.kv_efficient.gate import KVGate, save_gate
+from vlaccel.progress import progress_bar
 from vlaccel.transformers_compat import forward_cache
 
 __all__ = ["GateTrainConfig", "Episode", "train_gate", "episodes_from_demos", "synthetic_episodes",
@@ -256,10 +257,8 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
         p.requires_grad_(False)
     history: list[dict[str, float]] = []
     start = time.perf_counter()
-    bar = _progress(progress)
     try:
-        with bar:
-            task = bar.add_task("train-kv-gate", total=cfg.steps)
+        with progress_bar("train-kv-gate", cfg.steps, enabled=progress) as bar:
             for step in range(cfg.steps):
                 ep = usable[int(rng.integers(len(usable)))]
                 frames = int(rng.integers(min_frames, min(cfg.max_frames, len(ep.images)) + 1))
@@ -269,11 +268,8 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
                 torch.nn.utils.clip_grad_norm_(gate.parameters(), 1.0)
                 opt.step()
                 history.append({"step": step, "loss": float(loss.detach()), **stats})
-                parts = " ".join(f"{k} {stats[k]:.4f}" for k in ("cognition", "action") if k in stats)
-                line = f"train-kv-gate loss {float(loss.detach()):.4f} ({parts}) g {stats['mean_g']:.2f}"
-                bar.update(task, advance=1, description=line)
-                if progress and not bar.console.is_terminal and (step % 10 == 0 or step == cfg.steps - 1):
-                    print(f"step {step + 1}/{cfg.steps} {line} ({time.perf_counter() - start:.0f} s)", flush=True)
+                parts = {k: stats[k] for k in ("cognition", "action") if k in stats}
+                bar.advance(loss=float(loss.detach()), **parts, g=stats["mean_g"])
                 if cfg.minutes is not None and time.perf_counter() - start > 60 * cfg.minutes:
                     break
     finally:
@@ -293,16 +289,6 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
                                             "sinks": cfg.sinks, "summary_slots": cfg.summary_slots},
                  "train": {**dataclasses.asdict(cfg), **stats_out}, **(meta or {})}
     return gate.cpu(), stats_out
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    # Off a terminal (a log file) the bar is replaced by plain lines (see train_gate).
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        transient=False)
-    progress.disable = not enabled or not progress.console.is_terminal
-    return progress
 
 
 def train_and_save(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, out: str | Path,
