@@ -189,14 +189,21 @@ def test_logical_positions_and_mask_after_eviction(tiny_policy, retention):
         assert cache.get_mask_sizes(q, 0) == (stored + q, seen - stored)
         pos = cache.layers[0].positions()
         assert pos.numel() == stored and bool((pos[1:] > pos[:-1]).all()) and int(pos[-1]) == seen - 1
-        twin = DynamicCache(config=tiny_policy.language_model.config)
-        for i, layer in enumerate(cache.layers):
-            twin.update(layer.keys.clone(), layer.values.clone(), i)
-        with torch.no_grad():
-            ours = tiny_policy.run_language_model(blocks[6], tiny_policy.observation_layout(), cache)
-            ids = torch.arange(seen, seen + q).unsqueeze(0)
-            ref = tiny_policy.run_language_model(blocks[6], tiny_policy.observation_layout(), twin, position_ids=ids)
+        ours, ref = _next_block_vs_dynamic_twin(tiny_policy, cache, blocks[6], first_position=seen)
     assert torch.equal(ours, ref)
+
+
+def _next_block_vs_dynamic_twin(policy, cache, block, first_position):
+    """LM outputs of ``block`` on ``cache``, and on a DynamicCache holding the same slots with the block at
+    ``first_position`` onwards."""
+    twin = DynamicCache(config=policy.language_model.config)
+    for i, layer in enumerate(cache.layers):
+        twin.update(layer.keys.clone(), layer.values.clone(), i)
+    with torch.no_grad():
+        ours = policy.run_language_model(block, policy.observation_layout(), cache)
+        ids = torch.arange(first_position, first_position + block.shape[1]).unsqueeze(0)
+        ref = policy.run_language_model(block, policy.observation_layout(), twin, position_ids=ids)
+    return ours, ref
 
 
 @pytest.mark.parametrize("retention", ["streaming", "mean"])
@@ -226,13 +233,7 @@ def test_reindexed_positions_put_every_slot_at_its_index_after_eviction(tiny_pol
             assert stored < layer.seen and cache.get_seq_length() == stored
             assert torch.equal(layer.positions(), torch.arange(stored))
             assert cache.get_mask_sizes(q, 0) == (stored + q, 0)
-            twin = DynamicCache(config=tiny_policy.language_model.config)
-            for i, lay in enumerate(cache.layers):
-                twin.update(lay.keys.clone(), lay.values.clone(), i)
-            with torch.no_grad():
-                ours = tiny_policy.run_language_model(blocks[8], tiny_policy.observation_layout(), cache)
-                ids = torch.arange(stored, stored + q).unsqueeze(0)
-                ref = tiny_policy.run_language_model(blocks[8], tiny_policy.observation_layout(), twin, position_ids=ids)
+            ours, ref = _next_block_vs_dynamic_twin(tiny_policy, cache, blocks[8], first_position=stored)
             assert torch.equal(ours, ref)
     torch.testing.assert_close(plain["reindexed"], plain["logical"], rtol=0, atol=ROPE_ATOL)
 
