@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed0=args.seed,
         action_repeat=args.action_repeat,
     )
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 170)  # a log file gets the whole table, not 80 columns
     console.print(render_table(summary))
     pairwise = render_pairwise(summary)
     if pairwise is not None:
