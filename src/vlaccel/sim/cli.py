@@ -27,9 +27,10 @@ def at_least(low: int) -> Callable[[str], int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from vlaccel.sim.tasks import TASKS
+    from vlaccel.sim.tasks import LONG_HORIZON_SUITE, TASKS, suite_tasks
 
-    task_help = f"tasks to run (default: all): {', '.join(TASKS)}"
+    task_help = (f"tasks to run (default: the core suite): {', '.join(TASKS)}; long-horizon tasks run only when named: "
+                 f"{', '.join(suite_tasks(LONG_HORIZON_SUITE))}")
 
     p = subparsers.add_parser(
         "collect",
