@@ -6,13 +6,13 @@
             bar.advance(description=f"collect {task}", ok=written)
 
 On a terminal it is a rich bar (description, bar, done/total, elapsed, remaining, the ``info`` fields); anywhere
-else (a log file, CI) the same facts as plain, flushed lines (on the given rich console's stream): at most one every ``every_s`` seconds, plus the
-first and the last, so a background log is readable and never floods. ``enabled=False`` shows nothing.
+else (a log file, CI) the same facts as plain, flushed lines on the console's stream: at most one every
+``every_s`` seconds, plus the first and the last, so a background log is readable and never floods.
+``enabled=False`` shows nothing.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from types import TracebackType
 from typing import Any
@@ -87,13 +87,6 @@ class ProgressBar:
         elif self.enabled and time.perf_counter() - self._last_line >= self.every_s:
             self._line()
 
-    def log(self, message: str) -> None:
-        """A message printed above the bar (or as a plain line)."""
-        if self._rich is not None:
-            self._rich.console.print(message)
-        else:
-            print(message, file=self._file(), flush=True)
-
     # ------------------------------------------------------------------ internals
     def _info_text(self) -> str:
         return " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.info.items())
@@ -106,12 +99,9 @@ class ProgressBar:
         if self.total and 0 < self.completed < self.total and elapsed > 0:
             eta = f", ~{elapsed / self.completed * (self.total - self.completed):.0f} s left"
         info = self._info_text()
-        print(f"{self.description}: {done} ({elapsed:.0f} s{eta}){' ' + info if info else ''}", file=self._file(),
-              flush=True)
-
-    def _file(self) -> Any:
-        """Where plain lines go: the console's stream (stderr when stdout carries a result), else stdout."""
-        return self._console.file if self._console is not None else sys.stdout
+        # the console's stream: stderr when stdout carries a result (bench --json -)
+        print(f"{self.description}: {done} ({elapsed:.0f} s{eta}){' ' + info if info else ''}",
+              file=self._console.file, flush=True)
 
 
 def progress_bar(description: str, total: int | None, **kwargs: Any) -> ProgressBar:

@@ -99,22 +99,19 @@ def run(args: argparse.Namespace) -> int:
     from vlaccel.progress import progress_bar
 
     class _BarProgress(harness.Progress):
-        """Each harness task gets its own bar, shown until it completes (or the benchmark ends)."""
+        """One bar per harness task, shown until the next task starts (or the benchmark ends)."""
 
-        def __init__(self) -> None:
-            self.open: list = []
+        bar = None
 
         def task(self, description: str, total: int):
-            for bar in self.open:  # one bar at a time: a new task closes the previous one
-                bar.__exit__(None, None, None)
-            bar = progress_bar(description, total, transient=True, console=console).__enter__()
-            self.open = [bar]
-            return bar.advance
+            self.close()
+            self.bar = progress_bar(description, total, transient=True, console=console).__enter__()
+            return self.bar.advance
 
         def close(self) -> None:
-            for bar in self.open:
-                bar.__exit__(None, None, None)
-            self.open = []
+            if self.bar is not None:
+                self.bar.__exit__(None, None, None)
+                self.bar = None
 
     sink = _BarProgress()
     try:

@@ -27,6 +27,7 @@ import torch
 from vlaccel.errors import MissingInputError, UsageError
 from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, load_policy, save_policy
 from vlaccel.models.io import bundled_dir
+from vlaccel.progress import progress_bar
 from vlaccel.training.auxiliary import WAYPOINT_SCALE, WaypointProbes
 from vlaccel.training.batches import (
     demo_probabilities,
@@ -37,7 +38,6 @@ from vlaccel.training.batches import (
 )
 from vlaccel.training.distillation import ActionDistillation
 from vlaccel.training.flags import command_line
-from vlaccel.progress import progress_bar
 from vlaccel.training.train_config import SCENE_TARGETS, TrainConfig
 
 __all__ = ["SCENE_TARGETS", "TrainConfig", "batch_loss", "lr_at", "train"]

@@ -367,9 +367,8 @@ class ChunkedGatedCache(Cache):
         cos, sin = self.rope.cos_sin(torch.cat([rotated_at[lo:], slots[lo:]]), like)  # [2 (N - lo), d]
         m = layer.stored - lo
         plain = remove_rotation(layer.keys[:, :, lo:].float(), cos[:m], sin[:m])  # [B, H, N - lo, d]
-        keys = layer.keys.clone()
-        keys[:, :, lo:] = apply_rotation(plain, cos[m:], sin[m:]).to(layer.keys.dtype)
-        layer.commit(keys, layer.values)
+        moved_keys = apply_rotation(plain, cos[m:], sin[m:]).to(layer.keys.dtype)
+        layer.commit(torch.cat([layer.keys[:, :, :lo], moved_keys], dim=-2), layer.values)
 
     def summarise(self, seg_k: torch.Tensor, seg_v: torch.Tensor, chunk_pos: torch.Tensor):
         """Raw chunks -> RoPE-correct summaries.

@@ -49,9 +49,9 @@ def resolve_gate(config: KVEfficientConfig, model: Any, adapter: Any) -> KVGate:
     from vlaccel.models.io import fingerprint
 
     fp = fingerprint(model)
-    stored = policy_gate_dir(model)
-    if config.gate is not None or stored is not None:
-        gate = load_gate(config.gate if config.gate is not None else stored, fingerprint=fp)
+    folder = config.gate if config.gate is not None else policy_gate_dir(model)
+    if folder is not None:
+        gate = load_gate(folder, fingerprint=fp)
     else:
         shipped = shipped_gate_dir()
         if not (shipped / GATE_WEIGHTS).exists():

@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlaccel.progress import progress_bar
 from vlaccel.techniques.kv_efficient.cache import ChunkedGatedCache
 from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
 from vlaccel.techniques.kv_efficient.gate import KVGate, save_gate
-from vlaccel.progress import progress_bar
 from vlaccel.transformers_compat import forward_cache
 
 __all__ = ["GateTrainConfig", "Episode", "train_gate", "episodes_from_demos", "synthetic_episodes",
