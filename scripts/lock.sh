@@ -17,6 +17,6 @@ torch_source=(--extra-index-url https://download.pytorch.org/whl/cpu --index-str
 if [ -n "${PIP_FIND_LINKS:-}" ] && ls "$PIP_FIND_LINKS"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
   torch_source=(--find-links "$PIP_FIND_LINKS")
 fi
-"$UV" pip compile pyproject.toml --all-extras --resolution lowest-direct --python-version 3.11 \
+"$UV" pip compile pyproject.toml --extra all --resolution lowest-direct --python-version 3.11 \
   --override requirements/torch-cpu.txt "${torch_source[@]}" --no-annotate --no-emit-find-links \
   --custom-compile-command "bash scripts/lock.sh" -o requirements/lock.txt

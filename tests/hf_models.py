@@ -1,4 +1,4 @@
-"""Tiny random transformers models built offline from configs (reference/env.md section 2), and their inputs.
+"""Tiny random transformers models built offline from configs, and their inputs.
 
 Families: the VLMs VLAs are built on (PaliGemma: pi0, LLaVA-style Llama + vision tower: OpenVLA/CogACT,
 SmolVLM: SmolVLA) and plain decoder LMs. Each VLM prompt holds one image (``VISUAL_TOKENS[family]`` image

@@ -36,7 +36,7 @@ def test_a_usage_error_inside_a_command_is_one_line_and_exit_2(monkeypatch, caps
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["info", "--policy", "no/such/policy"], "unknown policy 'no/such/policy'"),
-    (["train-reference", "--freeze-head"], "pass --freeze-backbone too"),
+    (["train-reference", "--experiment.freeze-head"], "set freeze_backbone too"),
     (["train-reference", "--data", "no/such/demos"], "no demo directory no/such/demos"),
     (["bench", "--from-json", "no/such.json"], "--from-json no/such.json: no such file"),
     (["collect", "--episodes", "0"], "must be positive"),

@@ -42,3 +42,18 @@ def test_rich_bar_on_a_terminal_and_nothing_when_disabled():
     with progress_bar("eval", 2, enabled=False, console=Console(file=quiet, force_terminal=False)) as bar:
         bar.advance()
     assert quiet.getvalue() == ""
+
+
+def test_a_resumed_run_estimates_what_is_left_from_its_own_rate(monkeypatch):
+    """Resumed at 900 of 1000: after 100 s for 10 steps, 90 steps are left at 10 s each (not 900 steps per 100 s)."""
+    import vlaccel.progress
+
+    now = [0.0]
+    monkeypatch.setattr(vlaccel.progress.time, "perf_counter", lambda: now[0])
+    out = io.StringIO()
+    with progress_bar("train", 1000, completed=900, console=Console(file=out, force_terminal=False), every_s=0) as b:
+        now[0] = 100.0
+        b.update(910)
+        lines = out.getvalue().splitlines()
+    assert lines[0] == "train: 900/1000 (0 s)"  # nothing done in this run yet: no estimate
+    assert lines[1] == "train: 910/1000 (100 s, ~900 s left)", lines

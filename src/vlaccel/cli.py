@@ -40,19 +40,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose flags are generated from a config dataclass (``vlaccel.config_cli``): they get their arguments
+# unparsed, as ``module.main(argv)``.
+_CONFIG_COMMANDS = {
+    "train-reference": "vlaccel.training.cli",
+    "train-kv-gate": "vlaccel.techniques.kv_efficient.cli",
+    "bench": "vlaccel.bench.cli",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("MUJOCO_GL", "egl")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv else None
     try:
+        if command in _CONFIG_COMMANDS:
+            return int(importlib.import_module(_CONFIG_COMMANDS[command]).main(argv[1:]) or 0)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except UsageError as err:
-        print(f"vlaccel {args.command}: error: {err}", file=sys.stderr)
+        print(f"vlaccel {command}: error: {err}", file=sys.stderr)
         return 2
 
 

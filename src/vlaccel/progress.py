@@ -34,10 +34,12 @@ class ProgressBar:
         self._rich: Any = None
         self._task: Any = None
         self._start = self._last_line = 0.0
+        self._completed_at_start = self.completed  # a resumed run: the rate counts only this run's units
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> ProgressBar:
         self._start = time.perf_counter()
+        self._completed_at_start = self.completed
         if not self.enabled:
             return self
         from rich.console import Console
@@ -96,8 +98,9 @@ class ProgressBar:
         elapsed = now - self._start
         done = f"{self.completed}/{self.total}" if self.total is not None else str(self.completed)
         eta = ""
-        if self.total and 0 < self.completed < self.total and elapsed > 0:
-            eta = f", ~{elapsed / self.completed * (self.total - self.completed):.0f} s left"
+        done_here = self.completed - self._completed_at_start
+        if self.total and done_here > 0 and self.completed < self.total and elapsed > 0:
+            eta = f", ~{elapsed / done_here * (self.total - self.completed):.0f} s left"
         info = self._info_text()
         # the console's stream: stderr when stdout carries a result (bench --json -)
         print(f"{self.description}: {done} ({elapsed:.0f} s{eta}){' ' + info if info else ''}",

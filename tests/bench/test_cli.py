@@ -15,9 +15,9 @@ def test_bench_json(tmp_path, capsys, one_thread):
     path = tmp_path / "bench.json"
     threads = one_thread
     rc = main(["bench", "--preset-model", "tiny", "--preset", "ddim5", "--repeats", "3", "--warmup", "1",
-               "--samples", "2", "--history", "--history-lengths", "1", "2", "--json", str(path),
+               "--fidelity-samples", "2", "--history", "--history-lengths", "1", "2", "--json", str(path),
                "--threads", str(threads), "--plot", str(tmp_path), "--markdown", str(tmp_path / "bench.md"),
-               "--demos", str(tmp_path / "no-demos")])
+               "--demos-dir", str(tmp_path / "no-demos")])
     assert rc == 0
     text = capsys.readouterr().out
     assert f"torch threads: {threads}" in text and "random-weight 'tiny'" in text

@@ -1,4 +1,4 @@
-"""Shared contract every technique passes on every model family it applies to (design.md): neutral is
+"""Shared contract every technique passes on every model family it applies to: neutral is
 bit-identical, remove() restores, applying twice raises, non-neutral settings cut counted FLOPs, state resets
 per episode (per sequence for transformers models), outputs finite and within the case's named tolerance.
 

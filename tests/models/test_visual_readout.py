@@ -166,23 +166,26 @@ def test_the_flatten_pool_knows_each_tokens_place_and_the_attention_pool_does_no
 
 def test_train_adds_a_readout_and_freezes_the_backbone(tmp_path):
     from tests.training.test_train_reference import make_demos
-    from vlaccel.training.reference import TrainConfig, train
+    from vlaccel.training.reference import TrainConfig, TrainExperiment, train
 
     make_demos(tmp_path / "demos", n=1, frames=3)
     base = {"data": str(tmp_path / "demos"), "preset": "tiny", "batch_size": 2, "shift_pad": 0, "bf16": False,
             "warmup": 1, "lr": 1e-2}
     train(TrainConfig(**base, run_dir=str(tmp_path / "r1"), out=str(tmp_path / "p1"), steps=1), log=lambda *_: None)
-    with pytest.raises(ValueError, match="pass --init"):
-        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
-                          visual_readout_heads=2), log=lambda *_: None)
-    with pytest.raises(ValueError, match="pass --init POLICY"):
-        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
-                          freeze_backbone=True), log=lambda *_: None)
-    with pytest.raises(ValueError, match="pass --visual-readout-heads N too"):
-        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
-                          init=str(tmp_path / "p1"), visual_readout_source="lm_input"), log=lambda *_: None)
+    quiet = {"log": lambda *_: None}
+
+    def attempt(**fields):
+        return train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1, **fields),
+                     **quiet)
+
+    with pytest.raises(ValueError, match="visual_readout_heads adds a readout to an existing policy: set init"):
+        attempt(experiment=TrainExperiment(visual_readout_heads=2))
+    with pytest.raises(ValueError, match="set init POLICY"):
+        attempt(freeze_backbone=True)
+    with pytest.raises(ValueError, match="set experiment.visual_readout_heads N too"):
+        attempt(init=str(tmp_path / "p1"), experiment=TrainExperiment(visual_readout_source="lm_input"))
     train(TrainConfig(**base, run_dir=str(tmp_path / "r2"), out=str(tmp_path / "p2"), steps=3, init=str(tmp_path / "p1"),
-                      visual_readout_heads=2, freeze_backbone=True), log=lambda *_: None)
+                      freeze_backbone=True, experiment=TrainExperiment(visual_readout_heads=2)), **quiet)
     first, second = vlaccel.load_policy(tmp_path / "p1"), vlaccel.load_policy(tmp_path / "p2")
     assert second.config.visual_readout_heads == 2
     old = first.state_dict()
@@ -193,21 +196,18 @@ def test_train_adds_a_readout_and_freezes_the_backbone(tmp_path):
     assert not torch.equal(second.action_head.dit.cond_in.weight, first.action_head.dit.cond_in.weight)
     assert second.visual_readout.out.weight.abs().sum() > 0  # the zero-initialized projection was trained
 
-    with pytest.raises(ValueError, match="pass --freeze-backbone too"):
-        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
-                          init=str(tmp_path / "p2"), freeze_head=True), log=lambda *_: None)
+    with pytest.raises(ValueError, match="set freeze_backbone too"):
+        attempt(init=str(tmp_path / "p2"), experiment=TrainExperiment(freeze_head=True))
     with pytest.raises(ValueError, match="the policy has none"):
-        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
-                          init=str(tmp_path / "p1"), readout_norm_weight=1.0), log=lambda *_: None)
-    with pytest.raises(ValueError, match="--readout-norm-weight must be >= 0"):
-        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
-                          init=str(tmp_path / "p2"), readout_norm_weight=-1.0), log=lambda *_: None)
+        attempt(init=str(tmp_path / "p1"), experiment=TrainExperiment(readout_norm_weight=1.0))
+    with pytest.raises(ValueError, match="readout_norm_weight must be >= 0"):
+        attempt(init=str(tmp_path / "p2"), experiment=TrainExperiment(readout_norm_weight=-1.0))
     with pytest.raises(ValueError, match="has no visual readout"):
-        train(TrainConfig(**base, run_dir=str(tmp_path / "rx"), out=str(tmp_path / "px"), steps=1,
-                          init=str(tmp_path / "p1"), freeze_backbone=True, freeze_head=True), log=lambda *_: None)
+        attempt(init=str(tmp_path / "p1"), freeze_backbone=True, experiment=TrainExperiment(freeze_head=True))
+    flatten = TrainExperiment(visual_readout_heads=2, visual_readout_source="lm_input", visual_readout_pool="flatten",
+                              freeze_head=True)
     train(TrainConfig(**base, run_dir=str(tmp_path / "r3"), out=str(tmp_path / "p3"), steps=3, init=str(tmp_path / "p1"),
-                      visual_readout_heads=2, visual_readout_source="lm_input", visual_readout_pool="flatten",
-                      freeze_backbone=True, freeze_head=True), log=lambda *_: None)
+                      freeze_backbone=True, experiment=flatten), **quiet)
     third = vlaccel.load_policy(tmp_path / "p3")
     assert isinstance(third.visual_readout, FlattenReadout)
     for name, value in third.state_dict().items():
@@ -220,7 +220,7 @@ def test_the_readout_norm_penalty_adds_its_weight_times_the_readouts_share_of_th
     from tests.training.test_train_reference import make_demos
     from vlaccel.sim.data import load_demos
     from vlaccel.training.batches import sample_batch
-    from vlaccel.training.reference import TrainConfig, batch_loss
+    from vlaccel.training.reference import TrainConfig, TrainExperiment, batch_loss
 
     make_demos(tmp_path / "demos", n=2, frames=4, size=tiny_policy.config.image_size)
     batch = sample_batch(load_demos(tmp_path / "demos"), 2, tiny_policy.config.action_chunk, np.random.default_rng(0))
@@ -228,7 +228,7 @@ def test_the_readout_norm_penalty_adds_its_weight_times_the_readouts_share_of_th
 
     def loss(weight: float) -> tuple[torch.Tensor, dict]:
         torch.manual_seed(0)  # the same diffusion noise and timesteps for every call
-        cfg = TrainConfig(shift_pad=0, readout_norm_weight=weight)
+        cfg = TrainConfig(shift_pad=0, experiment=TrainExperiment(readout_norm_weight=weight))
         return batch_loss(policy, batch, cfg, torch.Generator().manual_seed(0))
 
     with torch.no_grad():

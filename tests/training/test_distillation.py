@@ -18,7 +18,7 @@ from vlaccel.models import save_policy
 from vlaccel.sim.data import load_demos
 from vlaccel.training.batches import sample_batch
 from vlaccel.training.distillation import ActionDistillation
-from vlaccel.training.reference import TrainConfig, train
+from vlaccel.training.reference import TrainConfig, TrainExperiment, train
 
 
 def _batch(policy, root, tasks=("push-v3",), seed=0):
@@ -132,24 +132,26 @@ def test_train_with_distillation_logs_the_term_and_refuses_bad_set_ups(tiny_poli
             "lr": 1e-2, "init": str(tmp_path / "p0"), "run_dir": str(tmp_path / "rx"), "out": str(tmp_path / "px"),
             "steps": 1, "window_prob": 0.0}
     quiet = {"log": lambda *_: None}
-    with pytest.raises(ValueError, match="pass --freeze-backbone"):
-        train(TrainConfig(**base, distill_weight=1.0), **quiet)
-    with pytest.raises(ValueError, match="pass --distill-weight"):
-        train(TrainConfig(**base, freeze_backbone=True, distill_tasks=["reach-v3"]), **quiet)
-    with pytest.raises(ValueError, match="--distill-weight must be >= 0"):
-        train(TrainConfig(**base, freeze_backbone=True, distill_weight=-1.0), **quiet)
+    with pytest.raises(ValueError, match="set freeze_backbone"):
+        train(TrainConfig(**base, experiment=TrainExperiment(distill_weight=1.0)), **quiet)
+    with pytest.raises(ValueError, match="set experiment.distill_weight W > 0 too"):
+        train(TrainConfig(**base, freeze_backbone=True, experiment=TrainExperiment(distill_tasks=["reach-v3"])), **quiet)
+    with pytest.raises(ValueError, match="distill_weight must be >= 0"):
+        train(TrainConfig(**base, freeze_backbone=True, experiment=TrainExperiment(distill_weight=-1.0)), **quiet)
     with pytest.raises(ValueError, match=r"no demos: \['window-open-v3'\]"):
-        train(TrainConfig(**base, freeze_backbone=True, distill_weight=1.0, distill_tasks=["window-open-v3"]), **quiet)
+        train(TrainConfig(**base, freeze_backbone=True,
+                          experiment=TrainExperiment(distill_weight=1.0, distill_tasks=["window-open-v3"])), **quiet)
     other = copy.deepcopy(tiny_policy)
     with torch.no_grad():
         other.language_model.norm.weight.add_(0.1)
     save_policy(other, tmp_path / "other")
     with pytest.raises(ValueError, match="must have the student's backbone"):
-        train(TrainConfig(**base, freeze_backbone=True, distill_weight=1.0, distill_from=str(tmp_path / "other")),
-              **quiet)
+        train(TrainConfig(**base, freeze_backbone=True,
+                          experiment=TrainExperiment(distill_weight=1.0, distill_from=str(tmp_path / "other"))), **quiet)
     card = train(TrainConfig(**{**base, "steps": 20, "run_dir": str(tmp_path / "r1"), "out": str(tmp_path / "p1")},
-                             freeze_backbone=True, distill_weight=1.0, distill_tasks=["reach-v3"]), **quiet)
+                             freeze_backbone=True,
+                             experiment=TrainExperiment(distill_weight=1.0, distill_tasks=["reach-v3"])), **quiet)
     assert "distill_ema" in card["training"]["loss_curve"][-1]
-    assert "--distill-weight 1.0 --distill-tasks reach-v3" in card["command"]
+    assert "--experiment.distill-weight 1.0 --experiment.distill-tasks reach-v3" in card["command"]
     assert not torch.equal(vlaccel.load_policy(tmp_path / "p1").action_head.dit.cond_in.weight,
                            tiny_policy.action_head.dit.cond_in.weight)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 import vlaccel
 from vlaccel.sim.data import demo_path, save_demo
 from vlaccel.training.batches import action_chunk, demo_probabilities, random_shift, sample_batch, sample_windows
-from vlaccel.training.reference import TrainConfig, train
+from vlaccel.training.reference import TrainConfig, TrainExperiment, train
 
 
 INSTRUCTIONS = {"push-v3": "push the puck to the green ball", "reach-v3": "reach the red ball",
@@ -192,7 +193,7 @@ def test_waypoint_loss_is_logged_and_switchable(tmp_path):
     on = train(TrainConfig(**base, run_dir=str(tmp_path / "r1"), out=str(tmp_path / "p1")), log=lambda *_: None)
     assert {"waypoint_ema", "waypoint_visual_ema"} <= set(on["training"]["loss_curve"][-1])
     off = train(TrainConfig(**base, run_dir=str(tmp_path / "r2"), out=str(tmp_path / "p2"), aux_weight=0,
-                                aux_visual_weight=0, aux_object_weight=0),
+                                aux_visual_weight=0, experiment=TrainExperiment(aux_object_weight=0)),
                 log=lambda *_: None)
     assert "waypoint_ema" not in off["training"]["loss_curve"][-1]
     assert off["training"]["loss_curve"][-1]["loss_ema"] == off["training"]["loss_curve"][-1]["action_ema"]
@@ -223,7 +224,7 @@ def test_object_loss_is_logged_switchable_and_needs_recorded_positions(tmp_path)
     make_demos(tmp_path / "demos", n=1, frames=4)
     make_demos(tmp_path / "old", n=1, frames=4, positions=False)
     base = dict(preset="tiny", batch_size=2, shift_pad=0, bf16=False, warmup=1, steps=40, lr=1e-3,
-                aux_object_weight=1.0)
+                experiment=TrainExperiment(aux_object_weight=1.0))
     quiet = dict(log=lambda *_: None)
     on = train(TrainConfig(**base, data=str(tmp_path / "demos"), run_dir=str(tmp_path / "r1"),
                            out=str(tmp_path / "p1")), **quiet)
@@ -232,11 +233,11 @@ def test_object_loss_is_logged_switchable_and_needs_recorded_positions(tmp_path)
     with pytest.raises(ValueError, match="no object/goal positions.*collect --overwrite"):
         train(TrainConfig(**base, data=str(tmp_path / "old"), run_dir=str(tmp_path / "r2")), **quiet)
     assert not (tmp_path / "r2").exists()  # refused before anything was written
-    off = train(TrainConfig(**{**base, "aux_object_weight": 0}, data=str(tmp_path / "old"),
+    off = train(TrainConfig(**{**base, "experiment": TrainExperiment(aux_object_weight=0)}, data=str(tmp_path / "old"),
                             run_dir=str(tmp_path / "r3"), out=str(tmp_path / "p3")), **quiet)
     assert "object_ema" not in off["training"]["loss_curve"][-1]
     with pytest.raises(ValueError, match="aux_object_weight"):
-        train(TrainConfig(**{**base, "aux_object_weight": -1}, data=str(tmp_path / "demos"),
+        train(TrainConfig(**{**base, "experiment": TrainExperiment(aux_object_weight=-1)}, data=str(tmp_path / "demos"),
                           run_dir=str(tmp_path / "r4")), **quiet)
 
 
@@ -273,15 +274,16 @@ def test_bad_task_weights_are_refused_before_training(tmp_path, weights, message
     assert not (tmp_path / "run").exists()
 
 
-def test_task_weights_cli_parses_and_rejects():
-    import argparse
+def test_task_weights_flag_parses_pairs_and_rejects_a_missing_weight(capsys):
+    from vlaccel.training.flags import parse_args
 
-    from vlaccel.training.cli import _task_weight
-
-    assert _task_weight("push-v3=2.5") == ("push-v3", 2.5)
-    for bad in ("push-v3", "=2", "push-v3=x"):
-        with pytest.raises(argparse.ArgumentTypeError, match="TASK=WEIGHT"):
-            _task_weight(bad)
+    assert parse_args(["--task-weights", "push-v3", "2.5", "reach-v3", "1"]).task_weights == {"push-v3": 2.5,
+                                                                                               "reach-v3": 1.0}
+    for bad in (["push-v3"], ["push-v3", "x"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(["--task-weights", *bad])
+        assert exit_info.value.code == 2
+    assert "--task-weights" in capsys.readouterr().err
 
 
 def test_layout_targets_are_episode_starts_standardized_within_each_task(tmp_path):
@@ -315,32 +317,29 @@ def test_layout_targets_are_episode_starts_standardized_within_each_task(tmp_pat
 def test_layout_scene_target_trains_and_bad_names_are_refused(tmp_path):
     make_demos(tmp_path / "demos", n=3, frames=4)
     base = {"preset": "tiny", "batch_size": 2, "shift_pad": 0, "bf16": False, "warmup": 1, "steps": 40, "lr": 1e-3,
-            "aux_object_weight": 1.0, "data": str(tmp_path / "demos")}
+            "data": str(tmp_path / "demos")}
     quiet = {"log": lambda *_: None}
-    card = train(TrainConfig(**base, scene_target="layout", run_dir=str(tmp_path / "r1"), out=str(tmp_path / "p1")),
+    layout = TrainExperiment(aux_object_weight=1.0, scene_target="layout")
+    card = train(TrainConfig(**base, run_dir=str(tmp_path / "r1"), out=str(tmp_path / "p1"), experiment=layout),
                  **quiet)
     curve = card["training"]["loss_curve"]
     assert curve[-1]["object_ema"] < curve[0]["object_ema"]
-    assert "--scene-target layout" in card["command"]
+    assert "--experiment.scene-target layout" in card["command"]
     with pytest.raises(ValueError, match="scene_target must be one of"):
-        train(TrainConfig(**base, scene_target="absolute", run_dir=str(tmp_path / "r2")), **quiet)
+        train(TrainConfig(**base, run_dir=str(tmp_path / "r2"),
+                          experiment=TrainExperiment(aux_object_weight=1.0, scene_target="absolute")), **quiet)
     assert not (tmp_path / "r2").exists()
 
 
 def _replay(command):
-    """The TrainConfig that the real ``vlaccel`` parser makes of a recorded ``vlaccel train-reference ...`` line."""
-    import dataclasses
+    """The TrainConfig that ``vlaccel train-reference``'s parser makes of a recorded command line."""
     import shlex
 
-    from vlaccel.cli import build_parser
+    from vlaccel.training.flags import parse_args
 
     argv = shlex.split(command)
     assert argv[:2] == ["vlaccel", "train-reference"], command
-    args = build_parser().parse_args(argv[1:])
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    if values["task_weights"] is not None:
-        values["task_weights"] = dict(values["task_weights"])
-    return TrainConfig(**values)
+    return parse_args(argv[2:])
 
 
 def test_default_output_is_in_the_run_dir_not_the_bundled_assets(tmp_path):
@@ -361,13 +360,13 @@ def test_default_output_is_in_the_run_dir_not_the_bundled_assets(tmp_path):
 
 
 def test_the_recorded_command_replays_to_the_same_config(tmp_path):
-    """The card's command uses only real flags, in the form argparse takes (e.g. --no-bf16, not --bf16 False)."""
+    """The card's command uses only real flags, in the form the parser takes (e.g. --no-bf16, not --bf16 False)."""
     make_demos(tmp_path / "demos", n=1, frames=3)
     make_demos(tmp_path / "demos", n=1, frames=3, task="reach-v3")
     cfg = TrainConfig(data=str(tmp_path / "demos"), run_dir=str(tmp_path / "my run"), out=str(tmp_path / "p 1"),
                       preset="tiny", steps=2, batch_size=2, shift_pad=0, bf16=False, warmup=1, weight_decay=0.0,
                       lr=1e-3, minutes=5.5, tasks=["push-v3", "reach-v3"], task_weights={"push-v3": 0.1 + 0.2},
-                      seed=3, window_prob=0.5, aux_object_weight=0.5, scene_target="layout")
+                      seed=3, window_prob=0.5, experiment=TrainExperiment(aux_object_weight=0.5, scene_target="layout"))
     card = train(cfg, log=lambda *_: None)
     assert _replay(card["command"]) == cfg, card["command"]
 
@@ -375,47 +374,80 @@ def test_the_recorded_command_replays_to_the_same_config(tmp_path):
 def test_command_line_states_every_kind_of_field():
     from vlaccel.training.cli import command_line
 
-    cfg = TrainConfig(init="runs/a b/policy", freeze_backbone=True, freeze_head=True, visual_readout_heads=4,
-                      visual_readout_source="lm_input", visual_readout_pool="flatten", readout_norm_weight=0.25,
-                      distill_weight=2.0, distill_tasks=["reach-v3"], distill_from="reference", distill_frames=8,
-                      tasks=[], max_frames=6, threads=1, bf16=False, warmup=0, weight_decay=1e-5)
+    cfg = TrainConfig(init="runs/a b/policy", freeze_backbone=True,
+                      tasks=[], max_frames=6, threads=1, bf16=False, warmup=0, weight_decay=1e-5,
+                      experiment=TrainExperiment(freeze_head=True, visual_readout_heads=4,
+                                                 visual_readout_source="lm_input", visual_readout_pool="flatten",
+                                                 readout_norm_weight=0.25, distill_weight=2.0,
+                                                 distill_tasks=["reach-v3"], distill_from="reference",
+                                                 distill_frames=8))
     assert _replay(command_line(cfg)) == cfg
     assert _replay(command_line(TrainConfig())) == TrainConfig()
     assert command_line(TrainConfig()) == "vlaccel train-reference"
 
 
-def test_every_train_config_field_is_a_flag_with_its_default():
-    import dataclasses
-
-    from vlaccel.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["train-reference"]
-    dests = {a.dest for a in sub._actions}
-    assert {f.name for f in dataclasses.fields(TrainConfig)} <= dests
+def test_the_empty_command_line_is_the_default_config():
     assert _replay("vlaccel train-reference") == TrainConfig()
 
 
-def test_the_bundled_cards_command_replays_to_its_recorded_config():
-    """The bundled card's own command (recorded before command_line existed) parses to the config it records."""
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).parents[2].glob("recipes/reference/*.toml")),
+                         ids=lambda p: p.stem)
+def test_every_release_recipe_parses_and_replays_through_its_command_line(recipe):
+    from vlaccel.training.flags import command_line, parse_args
+    from vlaccel.training.train_config import load_recipe
+
+    cfg = load_recipe(recipe)
+    assert parse_args(["--config", str(recipe)]) == cfg
+    assert _replay(command_line(cfg)) == cfg
+    assert parse_args(["--config", str(recipe), "--steps", "7", "--no-freeze-backbone",
+                       "--experiment.distill-weight", "0", "--experiment.distill-tasks", "None",
+                       "--experiment.distill-from", "None"]).steps == 7
+
+
+def test_the_v8_recipe_states_the_recorded_training_of_the_bundled_policy():
+    """recipes/reference/v8.toml = the configuration the full reference-v8 model card records, up to the folder names
+    (recipes name their own run folders) and the wall-time budget (a recipe runs its steps to the end)."""
     import dataclasses
 
-    from vlaccel.models.io import CARD, bundled_dir
+    from vlaccel.training.train_config import load_recipe
 
-    card = json.loads((bundled_dir("reference") / CARD).read_text())
-    # fields added after the card was written (window_context) take their defaults, which train as before them
-    newer = {"window_context"}
-    missing = {f.name for f in dataclasses.fields(TrainConfig)} - set(card["training"])
-    assert missing <= newer, f"the card lacks {missing - newer}"
-    recorded = {f.name: card["training"].get(f.name, f.default) for f in dataclasses.fields(TrainConfig)}
-    assert _replay(card["command"]) == TrainConfig(**recorded)
+    root = Path(__file__).parents[2]
+    recorded = dict(json.loads((root / "docs/model_cards/reference-v8.json").read_text())["training"])
+    experiment = {f.name for f in dataclasses.fields(TrainExperiment)}
+    nested = {**{k: recorded.pop(k) for k in list(recorded) if k in experiment}, **recorded.pop("experiment", {})}
+    top = {f.name for f in dataclasses.fields(TrainConfig)}
+    card = TrainConfig.from_dict({**{k: v for k, v in recorded.items() if k in top}, "experiment": nested})
+    recipe = load_recipe(root / "recipes/reference/v8.toml")
+    places = {"data", "run_dir", "out", "init", "minutes"}
+    differ = {f.name for f in dataclasses.fields(TrainConfig) if getattr(card, f.name) != getattr(recipe, f.name)}
+    assert differ - {"experiment"} <= places, differ
+    assert dataclasses.replace(card.experiment, distill_from=None) == dataclasses.replace(recipe.experiment,
+                                                                                         distill_from=None)
+
+
+def test_a_recipe_with_an_unknown_field_or_bad_toml_is_refused_by_name(tmp_path):
+    from vlaccel.errors import MissingInputError, UsageError
+    from vlaccel.training.train_config import load_recipe
+
+    (tmp_path / "typo.toml").write_text('steps = 5\nwindow_probability = 0.5\n[experiment]\nfreeze_heads = true\n')
+    with pytest.raises(UsageError, match=r"unknown field\(s\) \['window_probability'\]"):
+        load_recipe(tmp_path / "typo.toml")
+    (tmp_path / "typo.toml").write_text('[experiment]\nfreeze_heads = true\n')
+    with pytest.raises(UsageError, match=r"\['experiment.freeze_heads'\]"):
+        load_recipe(tmp_path / "typo.toml")
+    (tmp_path / "bad.toml").write_text("steps = \n")
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load_recipe(tmp_path / "bad.toml")
+    with pytest.raises(MissingInputError, match="no such file"):
+        load_recipe(tmp_path / "none.toml")
 
 
 def test_contradictory_flags_are_refused_when_the_config_is_built():
     from vlaccel.errors import UsageError
 
-    with pytest.raises(UsageError, match="pass --freeze-backbone too"):
-        TrainConfig(freeze_head=True)
+    with pytest.raises(UsageError, match="set freeze_backbone too"):
+        TrainConfig(experiment=TrainExperiment(freeze_head=True))
     with pytest.raises(UsageError, match="scene_target must be one of"):
-        TrainConfig(scene_target="absolute")
+        TrainConfig(experiment=TrainExperiment(scene_target="absolute"))
     with pytest.raises(UsageError, match="auxiliary loss weights must be >= 0"):
         TrainConfig(aux_visual_weight=-0.1)

@@ -3,74 +3,77 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+from typing import Literal
+
+import tyro
+
+from vlaccel.bench.harness import BenchOptions
+from vlaccel.config_cli import parse_config, register_stub
+
+COMMAND = "bench"
+
+
+@dataclasses.dataclass
+class BenchCommand:
+    """Speedup, FLOPs, KV memory and fidelity of presets against the unaccelerated policy, baseline and accelerated
+    calls alternated in one process (medians over repeats)."""
+
+    policy: str | None = None
+    """'reference' (bundled) or the folder of a saved policy."""
+    preset_model: Literal["tiny", "default"] | None = None
+    """Benchmark a random-weight reference VLA of this size (None: the bundled reference policy if it exists, else a random 'default'-size one)."""
+    model: Literal["pi0", "pi0-small", "pi0-tiny"] | None = None
+    """Benchmark transformers' PI0ForConditionalGeneration instead (random weights; pi0 = the published 3.5 B size, pi0-small = the same depth at narrow widths): per-part latency, FLOPs, parameters and prefix-KV bytes."""
+    preset: tuple[str, ...] | None = None
+    """Presets to measure (None: every registered one; with --model: the EfficientVLA presets and ddim5)."""
+    combine: tuple[str, ...] = ()
+    """Also measure every --preset combined with each of these presets (e.g. bf16 compile), named 'PRESET+NAME'."""
+    json: str | None = None
+    """Write the result as one JSON object to this path ('-' = stdout)."""
+    plot: str | None = None
+    """Write PNG plots into this folder."""
+    markdown: str | None = None
+    """Write the tables as markdown to this path (for docs)."""
+    threads: int | None = None
+    """torch intra-op threads (None: all cores)."""
+    from_json: str | None = None
+    """Measure nothing: re-render the tables, plots, markdown (and --json) of a saved result."""
+    measurement: tyro.conf.OmitArgPrefixes[BenchOptions] = dataclasses.field(default_factory=BenchOptions)
+    """Measurement settings."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="speedup, FLOPs, KV memory and fidelity of presets vs the baseline policy",
-                       description=__doc__)
-    p.add_argument("--policy", default=None, help="'reference' (bundled) or the folder of a saved policy")
-    p.add_argument("--preset-model", choices=["tiny", "default"], default=None,
-                   help="benchmark a random-weight reference VLA of this size (default: the bundled reference "
-                        "policy if it exists, else a random 'default'-size one)")
-    p.add_argument("--model", choices=["pi0", "pi0-small", "pi0-tiny"], default=None,
-                   help="benchmark transformers' PI0ForConditionalGeneration instead (random weights; pi0 = the "
-                        "published 3.5 B size, pi0-small = the same depth at narrow widths): per-part latency, FLOPs, "
-                        "parameters and prefix-KV bytes of each --preset (default: the EfficientVLA presets, ddim5)")
-    p.add_argument("--preset", nargs="+", default=None, metavar="NAME",
-                   help="presets to measure (default: every registered one; see `vlaccel.presets.names()`)")
-    p.add_argument("--combine", nargs="+", default=(), metavar="NAME",
-                   help="also measure every --preset combined with each of these presets (e.g. bf16 compile): "
-                        "settings named 'PRESET+NAME'; pairs that set the same technique twice are skipped")
-    p.add_argument("--history", action="store_true",
-                   help="also run the history study: per-step latency and KV bytes vs episode length, full "
-                        "cache vs KV-Efficient settings and the presets")
-    p.add_argument("--history-lengths", type=int, nargs="+", default=None, metavar="N",
-                   help="history lengths in control steps (default: 1 2 4 ... 64 96: one real reach-memory-long episode)")
-    p.add_argument("--history-repeats", type=int, default=1, help="lockstep episodes to take medians over")
-    p.add_argument("--history-window", type=int, default=4,
-                   help="per-step latency at N = median of steps N-window+1..N over the repeats (default 4)")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the result as one JSON object ('-' = stdout)")
-    p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots into this folder")
-    p.add_argument("--markdown", default=None, metavar="PATH", help="write the tables as markdown (for docs)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--threads", type=int, default=None,
-                   help=f"torch intra-op threads (default: all {os.cpu_count()} cores)")
-    p.add_argument("--repeats", type=int, default=20, help="timed calls per policy (median; default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up rounds (default 3)")
-    p.add_argument("--samples", type=int, default=16, help="observations for the fidelity metrics (default 16)")
-    p.add_argument("--demos", default="data/demos",
-                   help="recorded demos for fidelity and layer-pruning calibration (default: data/demos)")
-    p.add_argument("--from-json", default=None, metavar="PATH",
-                   help="measure nothing: re-render the tables, plots, markdown (and --json) of a saved result")
-    p.add_argument("--profile", action="store_true",
-                   help="add torch.profiler's top ops of one baseline and one accelerated call per preset")
-    p.set_defaults(func=run)
+    register_stub(sub, COMMAND, "speedup, FLOPs, KV memory and fidelity of presets vs the baseline policy")
 
 
-def run(args: argparse.Namespace) -> int:
+def parse_args(argv: list[str]) -> BenchCommand:
+    return parse_config(BenchCommand, argv, f"vlaccel {COMMAND}", BenchCommand.__doc__ or "")
+
+
+def main(argv: list[str]) -> int:
+    return run(parse_args(argv))
+
+
+def run(args: BenchCommand) -> int:
     import json
 
     import torch
     from rich.console import Console
 
     from vlaccel.bench import harness
-    from vlaccel.bench.history import DEFAULT_LENGTHS, summarize
+    from vlaccel.bench.history import summarize
     from vlaccel.errors import MissingInputError, UsageError
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    options = args.measurement
+    if options.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda requested but torch.cuda.is_available() is False (CPU-only torch?); "
                          "pass --device cpu or install a CUDA build of torch")
     threads = args.threads or os.cpu_count() or 1
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
-    options = harness.BenchOptions(
-        repeats=args.repeats, warmup=args.warmup, device=args.device, fidelity_samples=args.samples,
-        demos_dir=args.demos, history=args.history,
-        history_lengths=tuple(args.history_lengths or DEFAULT_LENGTHS), history_repeats=args.history_repeats,
-        history_window=args.history_window, profile=args.profile,
-    )
     to_stdout = args.json == "-"
     console = Console(stderr=to_stdout)
     if not console.is_terminal:
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         return _emit(result, args, console, to_stdout)
     policy, source = harness.resolve_policy(args.policy, args.preset_model)
     presets = args.preset or harness.default_presets()
-    console.print(f"policy: {source}; torch threads: {torch.get_num_threads()}; device: {args.device}; "
+    console.print(f"policy: {source}; torch threads: {torch.get_num_threads()}; device: {options.device}; "
                   f"presets: {', '.join(presets)}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if threads > 1 and load > (os.cpu_count() or 1):
@@ -121,15 +124,15 @@ def run(args: argparse.Namespace) -> int:
     return _emit(result, args, console, to_stdout)
 
 
-def _run_pi0(args: argparse.Namespace, console, to_stdout: bool) -> int:
+def _run_pi0(args: BenchCommand, console, to_stdout: bool) -> int:
     import sys
 
     from vlaccel.bench import pi0_bench
     from vlaccel.bench.report import dumps
 
     presets = tuple(args.preset or pi0_bench.DEFAULT_PRESETS)
-    result = pi0_bench.run_pi0_bench(args.model, presets, repeats=args.repeats, warmup=args.warmup,
-                                     device=args.device, log=console.print)
+    result = pi0_bench.run_pi0_bench(args.model, presets, repeats=args.measurement.repeats,
+                                     warmup=args.measurement.warmup, device=args.measurement.device, log=console.print)
     table = pi0_bench.to_markdown(result)
     console.print(table)
     if args.markdown:
@@ -145,7 +148,7 @@ def _run_pi0(args: argparse.Namespace, console, to_stdout: bool) -> int:
     return 0
 
 
-def _emit(result: dict, args: argparse.Namespace, console, to_stdout: bool) -> int:
+def _emit(result: dict, args: BenchCommand, console, to_stdout: bool) -> int:
     import sys
 
     from vlaccel.bench import report

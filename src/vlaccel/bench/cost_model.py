@@ -1,5 +1,5 @@
-"""Analytic cost of history mode with and without the KV-Efficient cache (spec A "Cost model", ours; the paper's
-formulas were not recovered, reference/papers.md 1.6).
+"""Analytic cost of history mode with and without the KV-Efficient cache (our model, not
+taken from arXiv 2509.21354).
 
 Per decoder layer after F observation steps of q tokens each (P protected prefix tokens, chunk C, window W,
 s slots per summary)::

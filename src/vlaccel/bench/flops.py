@@ -1,7 +1,7 @@
 """FLOP counting with ``torch.utils.flop_counter.FlopCounterMode``, SDPA on CPU included.
 
 On CPU, ``F.scaled_dot_product_attention`` dispatches to ``aten._scaled_dot_product_flash_attention_for_cpu``,
-which the flop registry lacks, so attention counts as 0 (reference/env.md section 3). We register the
+which the flop registry lacks, so attention counts as 0. We register the
 standard SDPA formula for it (full S_q x S_k, causal sparsity ignored, as for the CUDA kernels).
 """
 

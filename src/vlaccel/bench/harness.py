@@ -50,17 +50,28 @@ __all__ = [
 
 @dataclasses.dataclass
 class BenchOptions:
-    repeats: int = 20  # timed calls per subject (median)
-    warmup: int = 3  # untimed rounds first
+    repeats: int = 20
+    """Timed calls per policy (median)."""
+    warmup: int = 3
+    """Untimed warm-up rounds first."""
     device: str = "cpu"
-    fidelity_samples: int = 16  # observations for action / cognition fidelity
-    calibration_samples: int = 64  # observations handed to layer pruning's calibration
+    """cpu, cuda or cuda:N."""
+    fidelity_samples: int = 16
+    """Observations for the action and cognition fidelity metrics."""
+    calibration_samples: int = 64
+    """Observations handed to layer pruning's calibration."""
     demos_dir: str = "data/demos"
+    """Recorded demos for fidelity and layer-pruning calibration."""
     history: bool = False
-    history_lengths: Sequence[int] = DEFAULT_LENGTHS
+    """Also run the history study: per-step latency and KV bytes vs episode length, full cache vs the presets."""
+    history_lengths: tuple[int, ...] = DEFAULT_LENGTHS
+    """History lengths in control steps of the history study."""
     history_repeats: int = 1
-    history_window: int = 4  # per-step latency at N = median of steps N-window+1..N
-    profile: bool = False  # torch.profiler top ops of one baseline and one accelerated call per preset
+    """Lockstep episodes the history study takes medians over."""
+    history_window: int = 4
+    """Per-step latency at N = median of steps N-window+1..N over the repeats."""
+    profile: bool = False
+    """Add torch.profiler's top ops of one baseline and one accelerated call per preset."""
 
     def __post_init__(self) -> None:
         if min(self.repeats, self.fidelity_samples, self.calibration_samples) < 1 or self.warmup < 0:

@@ -1,6 +1,6 @@
 """Latency: end to end and per module, baseline and accelerated measured alternately in one process.
 
-Measurement rule (design.md): warm up, then call every subject in strict round robin (A B A B ...) and
+Measurement rule: warm up, then call every subject in strict round robin (A B A B ...) and
 take the median of each subject's calls. Alternating puts slow drift of a shared machine (other jobs,
 frequency changes) on both sides equally, so the *ratio* of medians is the robust headline.
 

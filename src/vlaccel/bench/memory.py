@@ -1,4 +1,4 @@
-"""Memory actually held: KV-cache tensor bytes and parameter counts (design.md "KV memory: not an estimate").
+"""Memory actually held: KV-cache tensor bytes and parameter counts (measured, not estimated).
 
 ``kv_bytes`` is the sum of ``nbytes`` of every cache layer's ``keys`` and ``values`` tensors, for any
 transformers ``Cache`` (``DynamicCache`` or a technique's subclass) whose layers expose them.

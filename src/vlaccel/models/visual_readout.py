@@ -1,11 +1,12 @@
 """Visual readout: attention pooling of the current frame's visual tokens (LM outputs or inputs) into the condition.
 
 CogACT (arXiv 2411.19650) conditions its action head on one vector, the LM's output at the cognition token.
-On the push task that vector loses where the puck lies (docs/reference_policy.md, sessions 15-16: a linear probe
-reads the puck's y from the LM outputs at the visual tokens with R^2 0.6-0.7 and from the cognition feature with
-0.04). pi0 (arXiv 2410.24164) lets its action expert attend to every prefix token instead. This module is the
-cheap middle: ``heads`` learned queries attend over the LM's last-layer outputs at the current frame's visual
-tokens (whatever a token-pruning technique kept of them) and the pooled vector is added to the cognition feature:
+On the push task that vector loses where the puck lies (docs/reference_policy.md, "What we tried": a linear
+probe reads the puck's y from the LM outputs at the visual tokens with R^2 0.6-0.7 and from the cognition
+feature with 0.04). pi0 (arXiv 2410.24164) lets its action expert attend to every prefix token instead. This
+module is the cheap middle: ``heads`` learned queries attend over the LM's last-layer outputs at the current
+frame's visual tokens (whatever a token-pruning technique kept of them) and the pooled vector is added to the
+cognition feature:
 
     z = h_cog + W_o [softmax(q_i K^T / sqrt(d)) V]_{i = 1..heads}      K = h_vis W_k, V = h_vis W_v
 
@@ -15,7 +16,7 @@ unchanged) and ``W_o`` starts at zero: a policy that gains a readout computes ex
 ``h_vis`` is either the LM's outputs there (config ``visual_readout_source="lm_output"``) or the projector's
 tokens the LM reads (``"lm_input"``). A pool is a weighted average over a set and cannot tell which token it
 read; SigLIP's tokens keep their absolute position embedding in their content, the LM's outputs (RoPE, no
-absolute position) mostly lose it, and with it the puck's y (docs/reference_policy.md, sessions 18-19).
+absolute position) mostly lose it, and with it the puck's y (docs/reference_policy.md, "What we tried").
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class FlattenReadout(nn.Module):
         z = h_cog + W_2 GELU(W_1 LN([h_1 W_r ; ... ; h_N W_r]))
 
     Unlike the attention pool, the map knows each token's place (its slice of W_1), the capacity of the linear probe
-    that reads the puck's y from the projector's tokens at R^2 0.94 (scripts/probe_positions.py); a spatial read-out
+    that reads the puck's y from the projector's tokens at R^2 0.94 (examples/probe_positions.py); a spatial read-out
     of a small feature map as in visuomotor policies that flatten their last feature map. ``W_2`` starts at zero.
     """
 

@@ -1,6 +1,6 @@
 """``ReferenceVLA``: a CogACT-shaped Vision-Language-Action policy built from transformers configs.
 
-Pipeline (spec section C; CogACT arXiv 2411.19650 puts the image first, we put the instruction first so
+Pipeline (CogACT, arXiv 2411.19650; CogACT puts the image first, we put the instruction first so
 it can be a protected KV-cache prefix in history mode):
 
     image(s) --SiglipVisionModel--> patch features --projector--> visual tokens
@@ -111,7 +111,7 @@ class ReferenceVLA(nn.Module):
     def add_visual_readout(self, heads: int, source: str = "lm_output", pool: str = "attention") -> None:
         """Give a policy without one a visual readout (``heads``, ``source``, ``pool``: see ``ReferenceVLAConfig``);
         its zero output projection leaves every output unchanged until it is trained (``vlaccel train-reference
-        --init POLICY --visual-readout-heads N [--visual-readout-source S] [--visual-readout-pool P]``)."""
+        --init POLICY --experiment.visual-readout-heads N``, or a recipe's ``[experiment]`` table)."""
         if self.visual_readout is not None:
             raise ValueError(f"this policy already has a visual readout ({self.config.visual_readout_heads} heads)")
         config = dataclasses.replace(self.config, visual_readout_heads=heads, visual_readout_source=source,

@@ -4,7 +4,7 @@ Importance of layer l (paper Eq. 1): ``I_l = 1 - mean_{samples, tokens} cos(x_l,
 input and x_{l+1} its output hidden state (before the final norm). A layer that barely rotates its residual
 stream is cheap to remove; the n layers with the lowest I go, wherever they sit (see :func:`layer_importance`).
 
-Calibration (spec B1: real observations of the target tasks). Sources, in this order:
+Calibration (real observations of the target tasks). Sources, in this order:
   1. ``LayerPruneConfig(calibration_data=PATH)``: a demo folder (``vlaccel collect`` output), one demo ``.npz``,
      or an ``.npz`` of per-sample arrays named like the sample fields (``image`` [N, H, W, 3], ``instruction``
      [N] or one string, optional ``proprio`` [N, P]; ``input_ids`` [N, T] for plain LMs);

@@ -6,7 +6,7 @@ token of the observation block is processed; from layer K+1 on only the ``keep_t
 dropped ones never enter the KV cache of layers > K (layers <= K cache everything), so in history mode later
 frames see the kept tokens only from layer K+1 on. The cognition token stays last, which is what the policy reads.
 
-Selection (``method="efficientvla"``, spec B2, paper Eqs. 2-5), see :func:`select_visual_tokens`:
+Selection (``method="efficientvla"``, paper Eqs. 2-5), see :func:`select_visual_tokens`:
 relevance r -> min-max normalised s; ``k_key`` top-s tokens; ``floor(alpha * K_aug)`` next-highest s;
 the rest of the budget by diversity ``1 - max_k cos(v_j, v_key_k)``, one-shot top-k.
 
@@ -137,7 +137,7 @@ def _descending(scores: torch.Tensor) -> torch.Tensor:
 
 def select_visual_tokens(relevance: torch.Tensor, features: torch.Tensor, keep: int, k_key: int = 4,
                          alpha: float = 0.5) -> torch.Tensor:
-    """EfficientVLA token selection (paper Eqs. 3-5; spec B2). Returns LongTensor [B, keep], ascending.
+    """EfficientVLA token selection (paper Eqs. 3-5). Returns LongTensor [B, keep], ascending.
 
     relevance: [B, N] task relevance r; features: [B, N, D] for the cosine diversity; k_key <= keep <= N.
       s = (r - min r) / (max r - min r)          (all zero when r is constant)

@@ -18,13 +18,13 @@ A third probe (``scene``, weight ``aux_object_weight``) reads where the task's o
 the hand (``batches.scene_targets``, from the simulator positions ``vlaccel collect`` records) from the
 cognition feature. Why: with the waypoint probes alone, push-v3's puck position was linearly decodable from
 the visual tokens (cross-validated R^2 0.91) but not from the cognition feature (0.01), so the arm went for the
-goal and missed the puck (``scripts/probe_positions.py``). The waypoint targets are dominated by the goal.
-It is off by default: 950 steps with weight 1 left push where it was and cost the reach tasks (README).
+goal and missed the puck (``examples/probe_positions.py``). The waypoint targets are dominated by the goal.
+It is off by default: 950 steps with weight 1 left push where it was and cost the reach tasks.
 Relative to the hand, the puck's 7 cm spread in y is small next to the hand's motion, and 500 steps at weight
 0.05 brought the probe's loss down without putting the puck's y into the cognition (R^2 0.04 -> 0.06); the
 ``layout`` target (where object and goal started, standardized within the task) asks for exactly that spread.
 It did not put it there either: 500 steps at weight 0.1 and at 1.0 left the y's R^2 at reset at 0.05 and
-push where it was (docs/reference_policy.md, sessions 15-16).
+push where it was (docs/reference_policy.md, "What we tried").
 
 The probes are not part of the policy and are not saved with it (only in training checkpoints).
 """

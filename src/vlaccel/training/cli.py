@@ -1,25 +1,24 @@
-"""``vlaccel train-reference``: registered into the main CLI; its flags are in ``training.flags``."""
+"""``vlaccel train-reference``: registered into the main CLI; its flags are generated from ``TrainConfig``."""
 
 from __future__ import annotations
 
 import argparse
 import functools
 
-from vlaccel.training.flags import _task_weight, add_arguments, command_line, config_from_args
+from vlaccel.config_cli import register_stub
+from vlaccel.training.flags import command_line, parse_args
 
-__all__ = ["_task_weight", "add_arguments", "command_line", "config_from_args", "register", "run"]
+__all__ = ["COMMAND", "command_line", "main", "parse_args", "register"]
 
 COMMAND = "train-reference"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(COMMAND, help="train the reference VLA on simulator demos (resumable)")
-    add_arguments(p)
-    p.set_defaults(func=run)
+    register_stub(sub, COMMAND, "train the reference VLA on simulator demos (resumable; --config RECIPE.toml)")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(argv: list[str]) -> int:
     from vlaccel.training.reference import train
 
-    train(config_from_args(args), log=functools.partial(print, flush=True))  # flushed: readable in background logs
+    train(parse_args(argv), log=functools.partial(print, flush=True))  # flushed: readable in background logs
     return 0

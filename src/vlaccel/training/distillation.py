@@ -1,10 +1,11 @@
 """Training-only trust region on the actions a policy samples: distillation along a teacher's DDIM path.
 
-Why (docs/reference_policy.md, session 19): training the bundled policy's action head further on the demos,
-with or without a visual readout, lifted push-v3 but cost window-open-v3 (28/40 -> 9-13/40 on the selection
-seeds). The policy decodes deterministically (DDIM with eta = 0 from ``x_T = 0``), so each condition has exactly
-one action path, and a small change of the head or of the condition moves it. A penalty on the weights does
-not say which changes matter; this term says it in action space, on the tasks it is asked to keep.
+Why (docs/reference_policy.md, "What we tried"): training the bundled policy's action head further on the
+demos, with or without a visual readout, lifted push-v3 but cost window-open-v3 (28/40 -> 9-13/40 on the
+selection seeds). The policy decodes deterministically (DDIM with eta = 0 from ``x_T = 0``), so each condition
+has exactly one action path, and a small change of the head or of the condition moves it. A penalty on the
+weights does not say which changes matter; this term says it in action space, on the tasks it is asked to
+keep.
 
 The term (for the frames of the named tasks): run the teacher's DDIM chain from its own condition ``z_T``,
 ``x_S = x_T, ..., x_0`` with guided noise estimates ``eps_T(x_k, t_k, z_T)`` (``DiffusionActionHead.ddim_path``);
@@ -44,7 +45,8 @@ class ActionDistillation:
         if frames < 1:
             raise UsageError(f"distillation needs at least one frame per batch, got frames={frames}")
         if not tasks:
-            raise UsageError("distillation needs at least one task to keep (e.g. --distill-tasks window-open-v3)")
+            raise UsageError("distillation needs at least one task to keep "
+                             "(e.g. experiment.distill_tasks = ['window-open-v3'])")
         student_state, teacher_state = student.state_dict(), teacher.state_dict()
         backbone = [k for k in student_state if not k.startswith(HEAD_PREFIXES)]
         differ = [k for k in backbone if k not in teacher_state or not torch.equal(student_state[k], teacher_state[k])]
@@ -54,7 +56,7 @@ class ActionDistillation:
                              f"policy the student was initialized from, with --freeze-backbone")
         if teacher.visual_readout is not None and student.visual_readout is None:
             raise UsageError("the distillation teacher has a visual readout and the student none: the teacher's "
-                             "condition needs the tokens a student readout reads; add one (--visual-readout-heads N)")
+                             "condition needs the tokens a student readout reads; add one (experiment.visual_readout_heads N)")
         if teacher.visual_readout is not None and (
                 teacher.config.visual_readout_source != student.config.visual_readout_source):
             raise UsageError(f"teacher and student readouts read different tokens ("

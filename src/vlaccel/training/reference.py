@@ -38,9 +38,9 @@ from vlaccel.training.batches import (
 )
 from vlaccel.training.distillation import ActionDistillation
 from vlaccel.training.flags import command_line
-from vlaccel.training.train_config import SCENE_TARGETS, TrainConfig
+from vlaccel.training.train_config import SCENE_TARGETS, TrainConfig, TrainExperiment
 
-__all__ = ["SCENE_TARGETS", "TrainConfig", "batch_loss", "lr_at", "train"]
+__all__ = ["SCENE_TARGETS", "TrainConfig", "TrainExperiment", "batch_loss", "lr_at", "train"]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -60,7 +60,8 @@ def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generat
     ids, mask = policy.batch_instruction_ids(batch.instructions)
     readouts: list[torch.Tensor] = []
     hooks = [policy.visual_readout.register_forward_hook(lambda m, a, out: readouts.append(out))
-             if cfg.readout_norm_weight > 0 else None, distill.capture(policy) if distill is not None else None]
+             if cfg.experiment.readout_norm_weight > 0 else None,
+             distill.capture(policy) if distill is not None else None]
     try:
         z_all = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.frame_index)  # [B, F, D]
     finally:
@@ -77,24 +78,25 @@ def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generat
     if readouts:
         readout = readouts[0].float().reshape(z_all.shape)[valid]  # [N, D]
         ratio = readout.pow(2).sum(-1) / (z.float() - readout).detach().pow(2).sum(-1).clamp(min=1e-6)  # [N]
-        total = total + cfg.readout_norm_weight * ratio.mean()
+        total = total + cfg.experiment.readout_norm_weight * ratio.mean()
         parts["readout_norm"] = ratio.mean().item()
     if distill is not None:
         distill_loss = distill.loss(policy.action_head, z_all, valid, batch.tasks, gen)
         if distill_loss is not None:  # else no frame of a kept task in this batch
-            total = total + cfg.distill_weight * distill_loss
+            total = total + cfg.experiment.distill_weight * distill_loss
             parts["distill"] = distill_loss.item()
-    if probes is None or cfg.aux_weight == cfg.aux_visual_weight == cfg.aux_object_weight == 0:
+    if probes is None or cfg.aux_weight == cfg.aux_visual_weight == cfg.experiment.aux_object_weight == 0:
         return total, parts
-    if cfg.aux_object_weight > 0 and batch.scene is None:
+    if cfg.experiment.aux_object_weight > 0 and batch.scene is None:
         raise UsageError("aux_object_weight > 0 needs demos with object and goal positions; recollect them with "
-                         "`vlaccel collect --overwrite` or set --aux-object-weight 0")
-    aux = probes.loss(z_all, valid, batch.waypoints, batch.scene if cfg.aux_object_weight > 0 else None,
-                      scene_scale=WAYPOINT_SCALE if cfg.scene_target == "relative" else 1.0)
+                         "`vlaccel collect --overwrite` or set experiment.aux_object_weight 0")
+    scene = batch.scene if cfg.experiment.aux_object_weight > 0 else None
+    aux = probes.loss(z_all, valid, batch.waypoints, scene,
+                      scene_scale=WAYPOINT_SCALE if cfg.experiment.scene_target == "relative" else 1.0)
     parts.update({k: v.item() for k, v in aux.items()})
     total = total + cfg.aux_weight * aux["waypoint"] + cfg.aux_visual_weight * aux["waypoint_visual"]
     if "object" in aux:
-        total = total + cfg.aux_object_weight * aux["object"]
+        total = total + cfg.experiment.aux_object_weight * aux["object"]
     return total, parts
 
 
@@ -133,18 +135,19 @@ def _load_demos(cfg: TrainConfig) -> tuple[list, np.ndarray | None, dict | None]
     if not demos:
         raise MissingInputError(f"no demonstrations in {cfg.data}; create them with `vlaccel collect --out {cfg.data}`")
     tasks = sorted({d.task for d in demos})
-    unknown = sorted(set(cfg.distill_tasks or ()) - set(tasks))
+    unknown = sorted(set(cfg.experiment.distill_tasks or ()) - set(tasks))
     if unknown:
-        raise UsageError(f"--distill-tasks names tasks with no demos: {unknown}; the demos hold {tasks}")
+        raise UsageError(f"experiment.distill_tasks names tasks with no demos: {unknown}; the demos hold {tasks}")
     probs = demo_probabilities(demos, cfg.task_weights)  # before any model is built: bad weights fail fast
-    if cfg.aux_object_weight > 0:
+    if cfg.experiment.aux_object_weight > 0:
         old = [str(d.path) for d in demos if d.objects is None or d.goals is None]
         if old:
             raise UsageError(f"{len(old)} of {len(demos)} demos in {cfg.data} have no object/goal positions (collected "
-                             f"before vlaccel recorded them, e.g. {old[0]}); the scene probe (--aux-object-weight "
-                             f"{cfg.aux_object_weight:g}) needs them. Recollect with `vlaccel collect --overwrite "
-                             f"--out {cfg.data}` or pass --aux-object-weight 0")
-    layout = layout_stats(demos) if cfg.aux_object_weight > 0 and cfg.scene_target == "layout" else None
+                             f"before vlaccel recorded them, e.g. {old[0]}); the scene probe (experiment."
+                             f"aux_object_weight {cfg.experiment.aux_object_weight:g}) needs them. Recollect with "
+                             f"`vlaccel collect --overwrite --out {cfg.data}` or set experiment.aux_object_weight 0")
+    scene = cfg.experiment.aux_object_weight > 0
+    layout = layout_stats(demos) if scene and cfg.experiment.scene_target == "layout" else None
     return demos, probs, layout
 
 
@@ -153,24 +156,25 @@ def _build_policy(cfg: TrainConfig, demos: list, tasks: list[str]
     """The policy to train (fresh from ``--preset`` or ``--init``, with an added readout, frozen parts frozen),
     the distillation term, and the policy built last (whose seeded init stream the probes continue)."""
     policy = load_policy(cfg.init) if cfg.init else ReferenceVLA(ReferenceVLAConfig.preset(cfg.preset))
-    if cfg.visual_readout_heads:
-        policy.add_visual_readout(cfg.visual_readout_heads, cfg.visual_readout_source, cfg.visual_readout_pool)
-    if cfg.readout_norm_weight > 0 and policy.visual_readout is None:
-        raise UsageError("--readout-norm-weight penalizes a visual readout; the policy has none: add one with "
-                         "--visual-readout-heads N (with --init)")
-    if cfg.freeze_head and policy.visual_readout is None:
-        raise UsageError(f"--freeze-head leaves nothing but the probes to train: {cfg.init} has no visual readout; "
-                         "add one with --visual-readout-heads N")
+    if cfg.experiment.visual_readout_heads:
+        x = cfg.experiment
+        policy.add_visual_readout(x.visual_readout_heads, x.visual_readout_source, x.visual_readout_pool)
+    if cfg.experiment.readout_norm_weight > 0 and policy.visual_readout is None:
+        raise UsageError("experiment.readout_norm_weight penalizes a visual readout; the policy has none: add one "
+                         "with experiment.visual_readout_heads N (with init)")
+    if cfg.experiment.freeze_head and policy.visual_readout is None:
+        raise UsageError(f"experiment.freeze_head leaves nothing but the probes to train: {cfg.init} has no visual "
+                         "readout; add one with experiment.visual_readout_heads N")
     frozen = (policy.vision, policy.projector, policy.proprio_proj, policy.language_model) if cfg.freeze_backbone else ()
-    for module in frozen + ((policy.action_head,) if cfg.freeze_head else ()):
+    for module in frozen + ((policy.action_head,) if cfg.experiment.freeze_head else ()):
         if module is not None:
             module.requires_grad_(False)
     distill, last_built = None, policy
-    if cfg.distill_weight > 0:
-        last_built = load_policy(cfg.distill_from or cfg.init)
+    if cfg.experiment.distill_weight > 0:
+        last_built = load_policy(cfg.experiment.distill_from or cfg.init)
         distill = ActionDistillation(last_built, policy,
-                                     set(cfg.distill_tasks if cfg.distill_tasks is not None else tasks),
-                                     cfg.distill_frames)
+                                     set(tasks if cfg.experiment.distill_tasks is None else cfg.experiment.distill_tasks),
+                                     cfg.experiment.distill_frames)
     if policy.config.image_size != demos[0].images.shape[1]:
         raise UsageError(f"demos are {demos[0].images.shape[1]} px but the {cfg.preset!r} preset expects "
                          f"{policy.config.image_size} px; collect with --image-size {policy.config.image_size}")

@@ -1,4 +1,4 @@
-"""``ChunkedGatedCache``: the KV-Efficient chunked cache as a transformers ``Cache`` (spec A, arXiv 2509.21354).
+"""``ChunkedGatedCache``: the KV-Efficient chunked cache as a transformers ``Cache`` (arXiv 2509.21354).
 
 Any transformers decoder accepts it as its cache argument (forward and ``generate()``; the keyword is named by
 :func:`vlaccel.transformers_compat.cache_kwargs`); the reference policy's

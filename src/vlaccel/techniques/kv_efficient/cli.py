@@ -5,6 +5,7 @@
 Writes ``gate.safetensors`` + ``gate.json`` (sizes, the policy fingerprint, cache settings, training stats)
 into ``--out``; with ``--eval-episodes`` it then plays held-out demos with the trained gate and the gate-free
 baselines at the same budget and prints the action error against the full history (``--json`` for one object).
+The flags are generated from :class:`GateCommand` and :class:`GateTrainConfig` (``vlaccel.config_cli``).
 """
 
 from __future__ import annotations
@@ -14,55 +15,65 @@ import dataclasses
 import json
 from pathlib import Path
 
+import tyro
+
+from vlaccel.config_cli import parse_config, register_stub
+from vlaccel.techniques.kv_efficient.train import GateTrainConfig
+
+COMMAND = "train-kv-gate"
+
+
+@dataclasses.dataclass
+class GateCommand:
+    """Train the KV-Efficient gate for a policy by distillation from its full history; optionally compare it with
+    the gate-free retentions at equal budget on held-out episodes."""
+
+    policy: str = "reference"
+    """'reference' or the folder of a saved policy."""
+    data: str = "data/demos"
+    """Demo folder from `vlaccel collect`."""
+    synthetic: int | None = None
+    """Train on this many random-frame episodes instead of demos (smoke tests only)."""
+    out: str = "runs/kv_gate"
+    """Output folder for gate.safetensors + gate.json."""
+    holdout: float = 0.2
+    """Fraction of each task's demos kept out of training (used with --eval-episodes)."""
+    eval_episodes: int = 0
+    """Held-out episodes for the equal-budget comparison (0: no comparison)."""
+    eval_frames: int | None = None
+    """Frames per evaluation episode (None: all)."""
+    eval_data: str | None = None
+    """Demo folder of held-out episodes (e.g. other seeds); None: the --holdout of --data."""
+    eval_budgets: tuple[int, ...] | None = None
+    """Budgets to compare at (None: --budget)."""
+    eval_only: bool = False
+    """Skip training; compare with the gate already in --out."""
+    threads: int | None = None
+    """torch CPU threads (None: torch's default)."""
+    json: bool = False
+    """Print one JSON object at the end instead of tables."""
+    train: tyro.conf.OmitArgPrefixes[GateTrainConfig] = dataclasses.field(default_factory=GateTrainConfig)
+    """Gate training and cache settings (stored with the gate)."""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vlaccel.techniques.kv_efficient.train import GateTrainConfig
-
-    d = GateTrainConfig()
-    p = sub.add_parser("train-kv-gate", help="train the KV-Efficient gate for a policy (distillation from full history)")
-    p.add_argument("--policy", default="reference", help="'reference' or the folder of a saved policy")
-    p.add_argument("--data", default="data/demos", help="demo folder from `vlaccel collect`")
-    p.add_argument("--synthetic", type=int, default=None, metavar="N",
-                   help="train on N random-frame episodes instead of demos (smoke tests only)")
-    p.add_argument("--out", default="runs/kv_gate", help="output folder for gate.safetensors + gate.json")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--minutes", type=float, default=None, help="stop training after this much wall time")
-    p.add_argument("--window", type=int, default=d.window, help="recent tokens kept raw")
-    p.add_argument("--budget", type=int, default=d.budget, help="retained summaries per layer (inference setting)")
-    p.add_argument("--sinks", type=int, default=d.sinks,
-                   help="first tokens after the instruction kept raw, e.g. one frame (inference setting)")
-    p.add_argument("--chunk", type=int, default=None, help="tokens per chunk (default: one observation)")
-    p.add_argument("--summary-slots", type=int, default=d.summary_slots)
-    p.add_argument("--max-frames", type=int, default=d.max_frames, help="episode prefix length for training")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--target-retention", type=float, default=d.target_retention, help="rho in lambda*(mean g - rho)^2")
-    p.add_argument("--retention-weight", type=float, default=d.retention_weight, help="lambda")
-    p.add_argument("--cognition-weight", type=float, default=d.cognition_weight,
-                   help="weight of the cognition-feature distillation term")
-    p.add_argument("--action-weight", type=float, default=d.action_weight,
-                   help="weight of the action-head distillation term (noise prediction under the student's vs the "
-                        "teacher's condition; 0 = off)")
-    p.add_argument("--action-draws", type=int, default=d.action_draws,
-                   help="diffusion steps sampled per frame for the action term")
-    p.add_argument("--holdout", type=float, default=0.2, help="fraction of each task's demos kept out of training")
-    p.add_argument("--eval-episodes", type=int, default=0, help="held-out episodes for the equal-budget comparison")
-    p.add_argument("--eval-frames", type=int, default=None, help="frames per evaluation episode (default: all)")
-    p.add_argument("--eval-data", default=None,
-                   help="demo folder of held-out episodes (e.g. other seeds); default: --holdout of --data")
-    p.add_argument("--eval-budgets", type=int, nargs="*", default=None,
-                   help="budgets to compare at (default: --budget)")
-    p.add_argument("--eval-only", action="store_true", help="skip training; compare with the gate already in --out")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
-    p.set_defaults(func=run)
+    register_stub(sub, COMMAND, "train the KV-Efficient gate for a policy (distillation from full history)")
 
 
-def _episodes(args: argparse.Namespace, policy, folder: str):
+def parse_args(argv: list[str]) -> GateCommand:
+    return parse_config(GateCommand, argv, f"vlaccel {COMMAND}", GateCommand.__doc__ or "")
+
+
+def main(argv: list[str]) -> int:
+    return run(parse_args(argv))
+
+
+def _episodes(args: GateCommand, policy, folder: str):
     from vlaccel.techniques.kv_efficient.train import episodes_from_demos, synthetic_episodes
 
     if args.synthetic:
-        return synthetic_episodes(policy.config, args.synthetic, args.max_frames, args.seed), "synthetic random frames"
+        return (synthetic_episodes(policy.config, args.synthetic, args.train.max_frames, args.train.seed),
+                "synthetic random frames")
     from vlaccel.sim.data import load_demos
 
     demos = load_demos(folder)
@@ -82,14 +93,15 @@ def _spread(episodes, n: int):
     return [episodes[i] for i in idx]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: GateCommand) -> int:
     import torch
 
     import vlaccel
     from vlaccel.techniques.kv_efficient import KVEfficientConfig
     from vlaccel.techniques.kv_efficient.evaluate import compare_retentions, format_table, split_holdout
-    from vlaccel.techniques.kv_efficient.train import GateTrainConfig, train_and_save
+    from vlaccel.techniques.kv_efficient.train import train_and_save
 
+    cfg = args.train
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = vlaccel.load_policy(args.policy)
@@ -98,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
         train_eps, (held, _) = episodes, _episodes(args, policy, args.eval_data)
     else:
         train_eps, held = split_holdout(episodes, args.holdout if args.eval_episodes else 0.0)
-    fields = {f.name for f in dataclasses.fields(GateTrainConfig)}
-    cfg = GateTrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     result: dict = {"data": source}
     if args.eval_only:
         out = Path(args.out)
@@ -122,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             settings = {
                 "gated (trained)": KVEfficientConfig(**common, budget=budget, gate=str(out)),
                 "mean, most recent": KVEfficientConfig(**common, budget=budget, retention="mean"),
-                "random": KVEfficientConfig(**common, budget=budget, retention="random", seed=args.seed),
+                "random": KVEfficientConfig(**common, budget=budget, retention="random", seed=cfg.seed),
                 "h2o-like": KVEfficientConfig(**common, budget=budget, retention="h2o"),
                 "streaming (no summaries)": KVEfficientConfig(window=cfg.window, chunk=cfg.chunk, sinks=cfg.sinks,
                                                               retention="streaming"),

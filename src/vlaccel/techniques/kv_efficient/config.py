@@ -1,6 +1,6 @@
 """``KVEfficientConfig``: the RNN-gated chunked KV cache of KV-Efficient VLA (arXiv 2509.21354) and its baselines.
 
-Cache layout per decoder layer, oldest to newest (spec A)::
+Cache layout per decoder layer, oldest to newest::
 
     [protected prefix P][retained chunk summaries][raw tail (< chunk)][recent window W, raw]
 

@@ -2,7 +2,7 @@
 
 Cached keys are already rotated, ``k_rot(p) = a * (k cos(p theta) + rotate_half(k) sin(p theta))`` (``a`` is the
 RoPE ``attention_scaling``, folded into cos/sin by transformers). Averaging rotated keys of different positions
-mixes phases (the official KV-Efficient code's bug 5, reference/papers.md section 4.1). We invert the rotation
+mixes phases (the official KV-Efficient code averages them as they are). We invert the rotation
 with the tokens' known positions, aggregate in the position-free frame, and rotate the summary at the chunk's
 representative position. Both directions use the model's own ``rotary_emb`` module, so every RoPE variant
 transformers implements (default, linear, llama3, yarn ... scaling) is handled by its own code.
@@ -37,7 +37,7 @@ def remove_rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
 
 def representative_positions(chunk_positions: torch.Tensor) -> torch.Tensor:
     """[n, C] logical positions -> [n]: the chunk's centre, floor of the mean position (a frame-aligned chunk's
-    summary sits like a token in the middle of its frame; spec A leaves the choice open)."""
+    summary sits like a token in the middle of its frame; our choice)."""
     c = chunk_positions.shape[-1]
     return torch.div(chunk_positions.sum(-1), c, rounding_mode="floor")
 

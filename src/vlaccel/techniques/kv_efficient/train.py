@@ -1,5 +1,5 @@
-"""Training the KV-Efficient gate and aggregator by distillation (spec A "Training"; the paper's gate is "learned",
-its released code never trains it, reference/papers.md 1.3).
+"""Training the KV-Efficient gate and aggregator by distillation (the paper calls its gate "learned" but gives no
+training objective; the one below is ours).
 
 Teacher: the frozen policy with its full, uncompressed history (one LM forward over the whole episode).
 Student: the same frozen policy whose history lives in a *soft* :class:`ChunkedGatedCache`: every chunk that
@@ -52,23 +52,41 @@ class GateTrainConfig:
     """Settings of ``vlaccel train-kv-gate`` (the cache settings are stored with the gate)."""
 
     window: int = 132
+    """Recent tokens kept raw (inference setting)."""
     budget: int = 8
-    sinks: int = 0  # first tokens after the prefix kept raw (train with the sinks used at inference)
+    """Retained summaries per layer (inference setting)."""
+    sinks: int = 0
+    """First tokens after the instruction kept raw, e.g. one frame (train with the sinks used at inference)."""
     chunk: int | None = None
+    """Tokens per chunk (None: one observation)."""
     summary_slots: int = 1
-    max_frames: int = 16  # episode prefix length (frames from the start of a demo)
-    min_frames: int | None = None  # default: the first frame whose cache holds a summary, + 2
+    """KV slots each chunk summary occupies."""
+    max_frames: int = 16
+    """Episode prefix length for training (frames from the start of a demo)."""
+    min_frames: int | None = None
+    """Shortest prefix trained on (None: the first frame whose cache holds a summary, + 2)."""
     steps: int = 300
-    minutes: float | None = None  # stop early after this much wall time
+    """Optimizer steps (one episode prefix each)."""
+    minutes: float | None = None
+    """Stop training after this much wall time."""
     lr: float = 3e-3
-    target_retention: float = 0.5  # rho
-    retention_weight: float = 1.0  # lambda
-    cognition_weight: float = 1.0  # w_z
-    action_weight: float = 0.0  # w_a (action-head distillation; 0 = off)
-    action_draws: int = 2  # diffusion steps s sampled per frame for the action term
+    """Adam learning rate of the aggregator and the gate."""
+    target_retention: float = 0.5
+    """rho in lambda * (mean g - rho)^2."""
+    retention_weight: float = 1.0
+    """lambda in lambda * (mean g - rho)^2."""
+    cognition_weight: float = 1.0
+    """w_z: weight of the cognition-feature distillation term."""
+    action_weight: float = 0.0
+    """w_a: weight of the action-head distillation term (0 = off)."""
+    action_draws: int = 2
+    """Diffusion steps sampled per frame for the action term."""
     agg_hidden: int = 64
+    """Hidden width of the MLP chunk aggregator."""
     lstm_hidden: int = 64
+    """Hidden width of the LSTM gate."""
     seed: int = 0
+    """Seed of the episode sampling, the initial weights and the random baseline."""
 
     def kv_config(self) -> KVEfficientConfig:
         return KVEfficientConfig(window=self.window, chunk=self.chunk, summary_slots=self.summary_slots,

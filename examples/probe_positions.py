@@ -5,7 +5,7 @@ last-layer output at those 64 positions, and the cognition feature (what the act
 ``policy.last_cognition``) are regressed onto the object's and the goal's xy with ridge regression; printed is the
 5-fold cross-validated R^2 of x and of y separately (each at its best of a few ridge strengths).
 
-    MUJOCO_GL=egl .venv/bin/python scripts/probe_positions.py [POLICY [TASK ...]]   # POLICY: 'reference' (default) or a path
+    MUJOCO_GL=egl .venv/bin/python examples/probe_positions.py [POLICY [TASK ...]]   # POLICY: 'reference' (default) or a path
 
 Positions come from the simulator (``SimEnv.object_position`` / ``goal_position``), current at reset.
 """

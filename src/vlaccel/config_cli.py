@@ -1,0 +1,94 @@
+"""Commands whose flags are generated from a config dataclass (tyro): one flag per field, its help the field's
+docstring, nested dataclasses as ``--group.field``. ``vlaccel.cli`` hands such a command its arguments unparsed.
+
+A command may also read a recipe file: ``--config PATH`` (before or among the flags) loads a config whose values
+become the defaults, and the flags given beside it override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import shlex
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+CONFIG_FLAG = "--config"
+
+
+def register_stub(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    """List the command in ``vlaccel --help``; its own parsing happens in ``parse_config``."""
+    sub.add_parser(name, help=help, add_help=False)
+
+
+def split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``--config PATH`` (or ``--config=PATH``) taken out of ``argv``: (PATH or None, the other arguments)."""
+    path, rest, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == CONFIG_FLAG or arg.startswith(CONFIG_FLAG + "="):
+            if path is not None:
+                raise SystemExit(f"{CONFIG_FLAG} given twice")
+            if "=" in arg:
+                path = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                path, i = argv[i + 1], i + 1
+            else:
+                raise SystemExit(f"{CONFIG_FLAG} needs a path")
+        else:
+            rest.append(arg)
+        i += 1
+    return path, rest
+
+
+def parse_config(config_type: type[T], argv: list[str], prog: str, description: str,
+                 default: T | None = None, load: Callable[[str], T] | None = None) -> T:
+    """The config ``argv`` states (tyro). With ``load``, ``--config PATH`` reads defaults from a file first."""
+    import tyro
+
+    description = inspect.cleandoc(description)
+    if load is not None:
+        path, argv = split_config_flag(argv)
+        if path is not None:
+            default = load(path)
+        description += (f"\n\n{CONFIG_FLAG} PATH reads a recipe file (TOML, the same field names); flags given beside "
+                        "it override its values.")
+    return tyro.cli(config_type, args=argv, prog=prog, description=description, default=default)
+
+
+def flag_name(path: str) -> str:
+    """The flag tyro generates for a field path (``experiment.freeze_head`` -> ``--experiment.freeze-head``)."""
+    return "--" + path.replace("_", "-")
+
+
+def command_line(prog: str, config: Any, defaults: Any | None = None, prefix: str = "") -> str:
+    """``prog`` with the flags that set ``config``'s non-default fields in the form tyro parses (``--name`` /
+    ``--no-name`` for booleans, ``--tasks A B``, ``--task-weights TASK W ...``, ``--out None``), shell-quoted:
+    parsing it gives ``config`` back."""
+    return shlex.join([*shlex.split(prog), *_flags(config, defaults or type(config)(), prefix)])
+
+
+def _flags(config: Any, defaults: Any, prefix: str) -> list[str]:
+    argv: list[str] = []
+    for field in dataclasses.fields(config):
+        value, default = getattr(config, field.name), getattr(defaults, field.name)
+        path = prefix + field.name
+        if dataclasses.is_dataclass(value):
+            argv += _flags(value, default, path + ".")
+            continue
+        if value == default:
+            continue
+        if isinstance(value, bool):
+            head, _, name = path.rpartition(".")
+            argv.append(flag_name(path) if value else flag_name((head + "." if head else "") + "no_" + name))
+        elif value is None:
+            argv += [flag_name(path), "None"]
+        elif isinstance(value, dict):
+            argv += [flag_name(path), *(str(x) for item in value.items() for x in item)]
+        elif isinstance(value, (list, tuple)):
+            argv += [flag_name(path), *map(str, value)]
+        else:
+            argv += [flag_name(path), str(value)]
+    return argv

@@ -1,0 +1,102 @@
+"""The commands whose flags are generated from config dataclasses: every field is a flag with its docstring as
+help, a recipe file sets the defaults, and a bad flag is a usage error (exit 2), not a traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+
+from vlaccel.bench.cli import BenchCommand
+from vlaccel.cli import main
+from vlaccel.techniques.kv_efficient.cli import GateCommand
+from vlaccel.training.train_config import TrainConfig
+
+
+def _flags(config_type: type, prefix: str = "") -> dict[str, str]:
+    """flag -> the first words of its field's docstring, for every field (nested dataclasses too)."""
+    hints = typing.get_type_hints(config_type, include_extras=True)
+    docs = _field_docs(config_type)
+    flags = {}
+    for field in dataclasses.fields(config_type):
+        hint = hints[field.name]
+        inner = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+        if dataclasses.is_dataclass(inner):
+            omit = typing.get_origin(hint) is typing.Annotated  # tyro.conf.OmitArgPrefixes: flags keep their names
+            flags.update(_flags(inner, prefix if omit else f"{prefix}{field.name}."))
+        else:
+            flags["--" + (prefix + field.name).replace("_", "-")] = " ".join(docs[field.name].split()[:3])
+    return flags
+
+
+def _field_docs(config_type: type) -> dict[str, str]:
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(config_type))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = after.value.value
+    missing = {f.name for f in dataclasses.fields(config_type)} - set(docs)
+    assert not missing, f"{config_type.__name__} fields without a docstring (their flag would have no help): {missing}"
+    return docs
+
+
+@pytest.mark.parametrize(("command", "config_type"), [("train-reference", TrainConfig), ("train-kv-gate", GateCommand),
+                                                      ("bench", BenchCommand)])
+def test_help_lists_every_field_of_the_config_with_its_docstring(command, config_type, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one help line per flag
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    flags = _flags(config_type)
+    assert len(flags) >= 10
+    for flag, words in flags.items():
+        assert flag in text, f"{command} --help does not list {flag}"
+        assert words in text, f"{command} --help lacks the help of {flag} ({words!r}...)"
+
+
+def test_experiment_fields_are_grouped_not_top_level(capsys):
+    with pytest.raises(SystemExit):
+        main(["train-reference", "--help"])
+    text = capsys.readouterr().out
+    assert "--experiment.freeze-head" in text and "--freeze-head" not in text.replace("--experiment.freeze-head", "")
+
+
+@pytest.mark.parametrize("argv", [["train-reference", "--no-such-flag"], ["train-kv-gate", "--steps", "many"],
+                                  ["bench", "--preset-model", "huge"]])
+def test_a_bad_flag_is_a_usage_error_that_names_it(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert argv[1] in err, err
+
+
+def test_train_reference_reads_a_recipe_and_flags_override_it(tmp_path):
+    from tests.training.test_train_reference import make_demos
+    from vlaccel.models import load_policy
+    from vlaccel.training.flags import parse_args
+
+    make_demos(tmp_path / "demos", n=1, frames=3)
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(f'data = "{tmp_path / "demos"}"\nrun_dir = "{tmp_path / "run"}"\npreset = "tiny"\nsteps = 50\n'
+                      'batch_size = 2\nshift_pad = 0\nbf16 = false\nwarmup = 1\n\n[experiment]\naux_object_weight = 0.0\n')
+    assert parse_args(["--config", str(recipe)]).steps == 50
+    assert main(["train-reference", "--config", str(recipe), "--steps", "2"]) == 0
+    assert load_policy(tmp_path / "run" / "policy").config.image_size == 32
+    card = (tmp_path / "run" / "policy" / "model_card.json").read_text()
+    assert '"steps": 2' in card and '"preset": "tiny"' in card
+
+
+def test_a_recipe_that_does_not_exist_or_has_a_typo_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["train-reference", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "none.toml: no such file" in capsys.readouterr().err
+    (tmp_path / "typo.toml").write_text("stepz = 3\n")
+    assert main(["train-reference", "--config", str(tmp_path / "typo.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vlaccel train-reference: error: ") and "['stepz']" in err and err.count("\n") == 1
