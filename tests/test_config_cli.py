@@ -100,3 +100,13 @@ def test_a_recipe_that_does_not_exist_or_has_a_typo_is_one_line_exit_2(tmp_path,
     assert main(["train-reference", "--config", str(tmp_path / "typo.toml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vlaccel train-reference: error: ") and "['stepz']" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train-reference", "--experiment.freeze-head"], "set freeze_backbone too"),
+    (["bench", "--repeats", "0"], "must be >= 1"),
+])
+def test_contradictory_fields_are_one_line_usage_errors_whatever_the_tyro_version(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vlaccel {argv[0]}: error: ") and message in err and err.count("\n") == 1, err

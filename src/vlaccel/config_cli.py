@@ -8,6 +8,7 @@ become the defaults, and the flags given beside it override them.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
 import inspect
 import shlex
@@ -16,6 +17,26 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 
 CONFIG_FLAG = "--config"
+
+# True while tyro constructs a config: tyro versions differ in what they make of an exception raised inside a
+# constructor (1.0.0 passes it on, later ones print their own parse error), so the checks run after parsing.
+_PARSING = contextvars.ContextVar("vlaccel_config_parsing", default=False)
+
+
+def check(config: Any) -> None:
+    """For a config's ``__post_init__``: run its ``validate()`` (a ``UsageError`` naming the field), now, or once
+    ``parse_config`` has built the whole config."""
+    if not _PARSING.get():
+        config.validate()
+
+
+def _check_tree(config: Any) -> None:
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            _check_tree(value)
+    if hasattr(config, "validate"):
+        config.validate()
 
 
 def register_stub(sub: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -55,7 +76,13 @@ def parse_config(config_type: type[T], argv: list[str], prog: str, description: 
             default = load(path)
         description += (f"\n\n{CONFIG_FLAG} PATH reads a recipe file (TOML, the same field names); flags given beside "
                         "it override its values.")
-    return tyro.cli(config_type, args=argv, prog=prog, description=description, default=default)
+    token = _PARSING.set(True)
+    try:
+        config = tyro.cli(config_type, args=argv, prog=prog, description=description, default=default)
+    finally:
+        _PARSING.reset(token)
+    _check_tree(config)
+    return config
 
 
 def flag_name(path: str) -> str:

@@ -22,6 +22,7 @@ import torch
 from vlaccel.bench.fidelity import compare_policies, load_observations
 from vlaccel.bench.flops import flops_by_module
 from vlaccel.bench.history import DEFAULT_LENGTHS, history_scaling
+from vlaccel.config_cli import check
 from vlaccel.bench.latency import (
     MODULES,
     ModuleTimer,
@@ -74,6 +75,10 @@ class BenchOptions:
     """Add torch.profiler's top ops of one baseline and one accelerated call per preset."""
 
     def __post_init__(self) -> None:
+        check(self)
+
+    def validate(self) -> None:
+        """Refuse out-of-range settings (``UsageError``)."""
         if min(self.repeats, self.fidelity_samples, self.calibration_samples) < 1 or self.warmup < 0:
             raise UsageError("repeats, fidelity_samples and calibration_samples must be >= 1 and warmup >= 0 (got "
                              f"{self.repeats}, {self.fidelity_samples}, {self.calibration_samples}, {self.warmup})")

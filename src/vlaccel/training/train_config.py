@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+from vlaccel.config_cli import check
 from vlaccel.errors import MissingInputError, UsageError
 from vlaccel.models.config import VISUAL_READOUT_POOLS, VISUAL_READOUT_SOURCES
 
@@ -113,7 +114,7 @@ class TrainConfig:
             self.experiment = TrainExperiment(**self.experiment)
         if self.task_weights is not None and not self.task_weights:
             self.task_weights = None  # no weights = uniform sampling, as None
-        self.validate()
+        check(self)
 
     @property
     def out_dir(self) -> Path:
