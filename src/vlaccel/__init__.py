@@ -13,7 +13,7 @@ from vlaccel.api import Handle, applied, applied_configs, apply, handle_for
 from vlaccel.config import TechniqueConfig, config_from_dict, register_handler
 from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, fingerprint, load_policy, save_policy
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY_CONFIGS = {
     "DenoiseStepsConfig": "vlaccel.techniques.denoise_steps",

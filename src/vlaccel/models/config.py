@@ -124,7 +124,7 @@ class ReferenceVLAConfig:
         """The size trained on the Meta-World suite: 64 visual tokens/frame, 8 LM layers, 4 DiT blocks.
 
         Decodes from ``x_T = 0`` (``init_noise_scale=0``), as the bundled policy does: with a fixed noise draw,
-        which tasks succeed depended on the seed of that draw (README, "Where things stand").
+        which tasks succeed depended on the seed of that draw (docs/reference_policy.md, "What we tried").
         """
         return cls(init_noise_scale=0.0)
 

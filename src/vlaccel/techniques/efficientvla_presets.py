@@ -11,7 +11,7 @@ Layer pruning calibrates on real observations (see :mod:`vlaccel.techniques.laye
 no layer pruning. On reference-v5 of the bundled policy every layer-pruning setting we tried (6 or 7 of 8
 layers, with or without MLP pruning) cost window-open most of its successes, and this one lost nothing
 measurable; on reference-v8 it loses 3.5 points (push 18 episodes) against the paper setting's 28.5 (README,
-"Where things stand").
+"Results"; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ LAYER_FRACTION = 22 / 32
 TOKEN_FRACTION = 56 / 256
 CACHE_INTERVAL = 5
 MLP_RATIO = 0.25
-# ``efficientvla-keep-layers``: chosen on selection seeds 2000-2019 for reference-v5 (README); 28 of 64 tokens
+# ``efficientvla-keep-layers``: chosen on selection seeds 2000-2019 for reference-v5 (docs/architecture.md); 28 of 64 tokens
 KEEP_LAYERS_TOKEN_FRACTION = 28 / 64
 
 

@@ -4,7 +4,7 @@ Chunk = one observation; the episode's first 2 frames are kept raw (sinks: the f
 the reference policy starts with, ``train-reference --window-anchor 2``), then a 2-frame raw window and 4
 summaries: at most P + 2 q + 4 + (q - 1) + 2 q tokens per layer for q tokens per frame (132-token sinks and
 window on the reference policy's 66-token frames). Evicting the first frames is a shift the policy never saw:
-with streaming retention it solved reach-v3 on 4/20 seeds without them and 11/20 with the first frame (README).
+with streaming retention it solved reach-v3 on 4/20 seeds without them and 11/20 with the first frame (docs/architecture.md).
 """
 
 from __future__ import annotations
