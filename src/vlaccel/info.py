@@ -49,6 +49,24 @@ def describe(policy) -> dict:
     }
 
 
+def release(policy) -> dict:
+    """The release names of the policy (its model card's ``version``) and of the gate ``kv-efficient`` would use
+    (``gate.json``'s ``version``); None where a card or gate has none, e.g. a policy trained here."""
+    from vlaccel.models.io import CARD, fingerprint
+    from vlaccel.techniques.kv_efficient.gate import gate_files, policy_gate_dir, shipped_gate_dir
+
+    def read(path) -> dict:
+        return json.loads(path.read_text()) if path is not None and path.exists() else {}
+
+    folder = getattr(policy, "source_dir", None)
+    card = read(folder / CARD) if folder is not None else {}
+    gate_dir = policy_gate_dir(policy)
+    if gate_dir is None and read(gate_files(shipped_gate_dir())[1]).get("fingerprint") == fingerprint(policy):
+        gate_dir = shipped_gate_dir()
+    gate = read(gate_files(gate_dir)[1]) if gate_dir is not None else {}
+    return {"policy": card.get("version"), "kv_gate": gate.get("version")}
+
+
 def run(args: argparse.Namespace) -> int:
     from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, load_policy
     from vlaccel.models.io import WEIGHTS, bundled_dir
@@ -61,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         name = args.preset or "default"
         policy, source = ReferenceVLA(ReferenceVLAConfig.preset(name)), f"random '{name}' preset"
-    info = {"source": source, **describe(policy), "versions": versions(("torch", "transformers", "diffusers"))}
+    info = {"source": source, "release": release(policy), **describe(policy),
+            "versions": versions(("torch", "transformers", "diffusers"))}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -76,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(k, f"{n / 1e6:.2f} M", f"{info['flops_per_predict_action'].get(k, 0) / 1e9:.3f}")
     console = Console()
     console.print(table)
+    console.print(f"release: policy {info['release']['policy']}, KV-Efficient gate {info['release']['kv_gate']}")
     console.print(f"tokens per frame: {info['tokens_per_frame']} ({info['visual_tokens_per_frame']} visual + "
                   f"proprio + cognition); LM {info['lm']}; action head {info['action_head']}")
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))

@@ -69,3 +69,18 @@ def test_info_reports_the_versions_it_ran_with(capsys):
     assert info["versions"]["torch"] == torch.__version__
     assert main(["info", "--preset", "tiny"]) == 0
     assert f"transformers {transformers.__version__}, diffusers {diffusers.__version__}" in capsys.readouterr().out
+
+
+def test_info_names_the_releases_of_the_bundled_policy_and_its_gate_and_none_for_a_random_one(capsys):
+    import json as json_
+
+    from vlaccel.models.io import CARD, bundled_dir
+    from vlaccel.techniques.kv_efficient.gate import shipped_gate_dir
+
+    card = json_.loads((bundled_dir("reference") / CARD).read_text())
+    gate = json_.loads((shipped_gate_dir() / "gate.json").read_text())
+    assert gate["policy_version"] == card["version"]  # the shipped gate belongs to the shipped policy
+    assert main(["info", "--policy", "reference", "--json"]) == 0
+    assert json_.loads(capsys.readouterr().out)["release"] == {"policy": card["version"], "kv_gate": gate["version"]}
+    assert main(["info", "--preset", "tiny", "--json"]) == 0
+    assert json_.loads(capsys.readouterr().out)["release"] == {"policy": None, "kv_gate": None}
