@@ -39,7 +39,6 @@ class ProgressBar:
     # ------------------------------------------------------------------ context
     def __enter__(self) -> ProgressBar:
         self._start = time.perf_counter()
-        self._completed_at_start = self.completed
         if not self.enabled:
             return self
         from rich.console import Console
