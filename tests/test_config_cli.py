@@ -102,6 +102,17 @@ def test_a_recipe_that_does_not_exist_or_has_a_typo_is_one_line_exit_2(tmp_path,
     assert err.startswith("vlaccel train-reference: error: ") and "['stepz']" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(("extra", "message"), [(["--config", "b.toml"], "--config given twice"),
+                                                ([], "--config needs a path")])
+def test_config_flag_twice_or_without_a_path_is_one_line_exit_2(tmp_path, capsys, extra, message):
+    recipe = tmp_path / "a.toml"
+    recipe.write_text("steps = 3\n")
+    argv = ["--config", str(recipe), *extra] if extra else ["--steps", "3", "--config"]
+    assert main(["train-reference", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vlaccel train-reference: error: ") and message in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["train-reference", "--experiment.freeze-head"], "set freeze_backbone too"),
     (["bench", "--repeats", "0"], "must be >= 1"),

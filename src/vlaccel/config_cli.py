@@ -14,6 +14,8 @@ import inspect
 import shlex
 from typing import Any, Callable, TypeVar
 
+from vlaccel.errors import UsageError
+
 T = TypeVar("T")
 
 CONFIG_FLAG = "--config"
@@ -51,13 +53,14 @@ def split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
         arg = argv[i]
         if arg == CONFIG_FLAG or arg.startswith(CONFIG_FLAG + "="):
             if path is not None:
-                raise SystemExit(f"{CONFIG_FLAG} given twice")
+                raise UsageError(f"{CONFIG_FLAG} given twice ({path} and {arg}); pass one recipe and set the rest "
+                                 "with flags")
             if "=" in arg:
                 path = arg.split("=", 1)[1]
             elif i + 1 < len(argv):
                 path, i = argv[i + 1], i + 1
             else:
-                raise SystemExit(f"{CONFIG_FLAG} needs a path")
+                raise UsageError(f"{CONFIG_FLAG} needs a path: {CONFIG_FLAG} RECIPE.toml")
         else:
             rest.append(arg)
         i += 1

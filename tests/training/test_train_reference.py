@@ -148,6 +148,33 @@ def test_windows_of_a_long_memory_task_always_keep_its_cue_frames(tmp_path):
     assert saw_context and batch.images.shape[1] <= 2 + 3 + 4 + 3
 
 
+def test_window_go_prob_draws_windows_over_the_reach_after_go(tmp_path):
+    from vlaccel.sim.data import load_demos
+    from vlaccel.training.batches import go_frame, window_frames
+
+    make_demos(tmp_path, n=3, frames=100, size=8, task="reach-memory-long")
+    make_demos(tmp_path, n=1, frames=20, size=8, task="push-v3")
+    demos = load_demos(tmp_path)
+    long = [d for d in demos if d.task == "reach-memory-long"]
+    push = next(d for d in demos if d.task == "push-v3")
+    assert go_frame(push) is None and all(89 <= go_frame(d) <= 99 for d in long)  # go step in [356, 396]
+
+    def windows(go_prob, seed=0):
+        rng = np.random.default_rng(seed)
+        return [window_frames(d, rng, 3, 2, 4, go_prob) for _ in range(40) for d in long]
+
+    assert windows(0.0) == [window_frames(d, rng, 3, 2, 4) for rng in [np.random.default_rng(0)]
+                            for _ in range(40) for d in long]  # 0 = the sampler as it was, draw for draw
+    reach_share = {p: np.mean([w[-1] >= go_frame(d) for w, d in zip(windows(p), long * 40)]) for p in (0.0, 1.0)}
+    assert reach_share[1.0] == 1.0 and reach_share[0.0] < 0.3, reach_share
+    for w, d in zip(windows(1.0), long * 40):  # still anchors + cue + context before 3 consecutive frames
+        assert w[-3:] == list(range(w[-3], w[-3] + 3)) and w[-1] < d.num_frames and w[:2] == [0, 1]
+    rng = np.random.default_rng(0)
+    assert window_frames(push, rng, 3, 2, 4, 1.0) == window_frames(push, np.random.default_rng(0), 3, 2, 4)
+    with pytest.raises(ValueError, match="window_go_prob is a probability"):
+        TrainConfig(window_go_prob=1.5)
+
+
 def test_init_starts_from_saved_policy(tmp_path):
     make_demos(tmp_path / "demos", n=1, frames=3)
     base = dict(data=str(tmp_path / "demos"), preset="tiny", batch_size=2, shift_pad=0, bf16=False, warmup=1)

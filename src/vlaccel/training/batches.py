@@ -178,13 +178,33 @@ def cue_frames(demo) -> list[int]:
     return list(range(-(-times.cue_start // fe), min(-(-times.cue_end // fe), demo.num_frames)))
 
 
-def window_frames(demo, rng: np.random.Generator, frames: int, anchor: int, context: int) -> list[int]:
+def go_frame(demo) -> int | None:
+    """The first policy frame of ``demo`` at or after a long-horizon memory task's go signal; None for every
+    other task."""
+    from vlaccel.sim.tasks import get_task
+
+    spec = get_task(demo.task)
+    if spec.cue is None:
+        return None
+    return -(-spec.cue.draw(demo.task, demo.seed).go_step // int(demo.frame_every))
+
+
+def window_frames(demo, rng: np.random.Generator, frames: int, anchor: int, context: int,
+                  go_prob: float = 0.0) -> list[int]:
     """The frames one window sample keeps, ascending: ``frames`` consecutive frames starting anywhere, the
     episode's first ``anchor`` frames and, on a long-horizon memory task, the cue frames (:func:`cue_frames`)
     and up to ``context`` random frames from between them, all before the window. Everything else the
-    policy would see at inference in between is left out."""
+    policy would see at inference in between is left out.
+
+    ``go_prob``: on a long-horizon memory task, the probability that the window is drawn among those that
+    hold at least one frame at or after the go signal (the reach that acts on the cue; drawn uniformly,
+    only some 15 of an episode's ~100 frames are)."""
     n = demo.num_frames
-    s = int(rng.integers(0, max(1, n - frames + 1)))
+    go = go_frame(demo) if go_prob > 0 else None
+    if go is not None and go < n and rng.random() < go_prob:
+        s = int(rng.integers(max(0, go - frames + 1), max(1, n - frames + 1)))
+    else:
+        s = int(rng.integers(0, max(1, n - frames + 1)))
     window = list(range(s, min(s + frames, n)))
     keep = set(range(min(anchor, s)))
     cue = [f for f in cue_frames(demo) if f < s]
@@ -199,7 +219,7 @@ def window_frames(demo, rng: np.random.Generator, frames: int, anchor: int, cont
 
 def sample_windows(demos: list, batch_size: int, chunk: int, rng: np.random.Generator, frames: int,
                    anchor: int = 0, probs: np.ndarray | None = None, layout: dict | None = None,
-                   context: int = 0) -> HistoryBatch:
+                   context: int = 0, go_prob: float = 0.0) -> HistoryBatch:
     """Short windows of ``frames`` consecutive frames starting anywhere in an episode (more episodes per step).
 
     Each frame keeps the position it has in the whole episode (``frame_index``), so the distance to the
@@ -207,11 +227,12 @@ def sample_windows(demos: list, batch_size: int, chunk: int, rng: np.random.Gene
     the window (at their own positions): a window is then a subset of the history the policy sees at
     inference, and information shown only at the start of an episode (the memory task's goal) stays in
     every sample. A long-horizon memory task's cue frames are kept the same way, with up to ``context``
-    random frames in between (:func:`window_frames`). Whole-prefix batches (:func:`sample_batch`) teach the
+    random frames in between, and ``go_prob`` of them are drawn to cover the reach after the go signal
+    (:func:`window_frames`). Whole-prefix batches (:func:`sample_batch`) teach the
     use of all old frames.
     """
     picks = pick_demos(demos, batch_size, rng, probs)
-    frame_lists = [window_frames(d, rng, frames, anchor, context) for d in picks]
+    frame_lists = [window_frames(d, rng, frames, anchor, context, go_prob) for d in picks]
     width = max(anchor + frames, *(len(f) for f in frame_lists))
     return _gather(picks, frame_lists, width, chunk, with_index=True, layout=layout)
 

@@ -236,7 +236,7 @@ def _fit(cfg: TrainConfig, run: _Run, demos: list, probs: np.ndarray | None, lay
                 break
             if run.rng.random() < cfg.window_prob:
                 batch = sample_windows(demos, cfg.window_batch, chunk, run.rng, cfg.window_frames, cfg.window_anchor,
-                                       probs, layout, cfg.window_context)
+                                       probs, layout, cfg.window_context, cfg.window_go_prob)
             else:
                 batch = sample_batch(demos, cfg.batch_size, chunk, run.rng, cfg.max_frames, probs, layout)
             for group in run.opt.param_groups:

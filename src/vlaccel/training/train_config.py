@@ -78,6 +78,8 @@ class TrainConfig:
     """The episode's first frames kept in front of every window."""
     window_context: int = 0
     """Memory tasks: up to this many random earlier frames join each window (cue frames always do)."""
+    window_go_prob: float = 0.0
+    """Memory tasks: the share of windows drawn to cover the reach after the go signal (0: windows anywhere)."""
     lr: float = 3e-4
     """Peak learning rate of the cosine schedule (it decays to a tenth)."""
     weight_decay: float = 0.01
@@ -154,6 +156,8 @@ class TrainConfig:
         if x.visual_readout_source not in VISUAL_READOUT_SOURCES or x.visual_readout_pool not in VISUAL_READOUT_POOLS:
             raise UsageError(f"experiment.visual_readout_source must be one of {VISUAL_READOUT_SOURCES} and "
                              f"visual_readout_pool one of {VISUAL_READOUT_POOLS}")
+        if not 0 <= self.window_go_prob <= 1:
+            raise UsageError(f"window_go_prob is a probability: it must be in [0, 1], got {self.window_go_prob}")
         if self.preset not in ("tiny", "default"):
             raise UsageError(f"preset must be 'tiny' or 'default', got {self.preset!r}")
 

@@ -1,0 +1,101 @@
+"""How much of the training signal falls on ``reach-memory-long``'s reach, and how well a policy fits it there.
+
+Two measurements:
+
+1. The sampler: for a recipe's window settings (``window_prob``, ``window_frames``, ``window_anchor``,
+   ``window_context``, batch sizes), the share of loss frames (frames whose action chunk is trained) that are
+   long-task frames before the go signal, long-task frames after it, and frames of the other tasks. Drawn from
+   the recipe's own samplers over the demos in DEMOS (frame indices only; nothing is rendered).
+2. The fit: on the first EPISODES long-task demos, one whole-history forward (the full cache, as at inference)
+   and the policy's sampled action chunk at every frame against the expert's, split before and after go
+   (mean squared error per action step, action units), and the norm of the chunk's summed xyz action error
+   (action units: how far off the expert's path the chunk would move the hand, before the env's action scale).
+
+    .venv/bin/python examples/long_task_training_signal.py POLICY [DEMOS [EPISODES]]
+
+DEMOS defaults to data/demos, EPISODES to 10. The recipe is read from POLICY's model card.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vlaccel
+from vlaccel.sim.data import load_demos
+from vlaccel.training.batches import _gather, go_frame, window_frames
+
+TASK = "reach-memory-long"
+
+
+def sampler_shares(demos: list, t: dict, steps: int, rng: np.random.Generator) -> dict[str, float]:
+    """Share of loss frames per phase over ``steps`` sampler draws of recipe ``t``."""
+    counts = {"core": 0, "long_before_go": 0, "long_after_go": 0}
+    samples_with_reach = samples = 0
+    for _ in range(steps):
+        if rng.random() < t["window_prob"]:
+            picks = [demos[i] for i in rng.integers(0, len(demos), t["window_batch"])]
+            lists = [window_frames(d, rng, t["window_frames"], t["window_anchor"], t["window_context"],
+                                   t.get("window_go_prob", 0.0)) for d in picks]
+        else:
+            picks = [demos[i] for i in rng.integers(0, len(demos), t["batch_size"])]
+            lists = [list(range(int(rng.integers(1, d.num_frames + 1)))) for d in picks]
+        for d, frames in zip(picks, lists):
+            samples += 1
+            if d.task != TASK:
+                counts["core"] += len(frames)
+                continue
+            go = go_frame(d)
+            after = sum(f >= go for f in frames)
+            counts["long_after_go"] += after
+            counts["long_before_go"] += len(frames) - after
+            samples_with_reach += after > 0
+    total = sum(counts.values())
+    return {**{k: v / total for k, v in counts.items()}, "samples_with_reach": samples_with_reach / samples}
+
+
+@torch.no_grad()
+def fit(policy, demo, gen: torch.Generator) -> dict[str, np.ndarray]:
+    """Per frame of ``demo``: squared action error [F] and chunk displacement error [F] (m), full history."""
+    chunk = policy.config.action_chunk
+    batch = _gather([demo], [list(range(demo.num_frames))], demo.num_frames, chunk, with_index=True)
+    pixels = policy.normalize_pixels(batch.images).unsqueeze(2)  # [1, F, 1, 3, H, W]
+    ids, mask = policy.batch_instruction_ids(batch.instructions)
+    z = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.frame_index)[0]  # [F, D]
+    pred = policy.action_head.sample(z.float(), generator=gen)  # [F, chunk, A]
+    expert, valid = batch.actions[0], batch.action_mask[0]  # [F, chunk, A], [F, chunk]
+    sq = ((pred - expert).pow(2).mean(-1) * valid).sum(-1) / valid.sum(-1).clamp(min=1)  # [F]
+    moved = ((pred - expert)[..., :3] * valid[..., None]).sum(1)  # [F, 3] summed xyz action error
+    return {"sq": sq.numpy(), "moved": moved.norm(dim=-1).numpy()}
+
+
+def main() -> None:
+    policy_name = sys.argv[1] if len(sys.argv) > 1 else "reference"
+    root = sys.argv[2] if len(sys.argv) > 2 else "data/demos"
+    episodes = int(sys.argv[3]) if len(sys.argv) > 3 else 10
+    torch.set_num_threads(2)
+    policy = vlaccel.load_policy(policy_name).eval()
+    recipe = json.loads((Path(policy_name) / "model_card.json").read_text())["training"]
+    demos = load_demos(root)
+    shares = sampler_shares(demos, recipe, 2000, np.random.default_rng(0))
+    print(f"recipe: window_prob {recipe['window_prob']}, window_frames {recipe['window_frames']}, anchor "
+          f"{recipe['window_anchor']}, context {recipe['window_context']}, window_batch {recipe['window_batch']}, "
+          f"go_prob {recipe.get('window_go_prob', 0.0)}, batch_size {recipe['batch_size']}; {len(demos)} demos")
+    print("share of loss frames: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items() if k != "samples_with_reach")
+          + f"; long-task samples with a frame after go: {shares['samples_with_reach']:.1%} of all samples")
+    gen = torch.Generator().manual_seed(0)
+    rows = {"before": {"sq": [], "moved": []}, "after": {"sq": [], "moved": []}}
+    for demo in [d for d in demos if d.task == TASK][:episodes]:
+        out, go = fit(policy, demo, gen), go_frame(demo)
+        for key in ("sq", "moved"):
+            rows["before"][key].extend(out[key][:go])
+            rows["after"][key].extend(out[key][go:])
+    for phase, r in rows.items():
+        print(f"{phase:6} go: {len(r['sq'])} frames, action MSE {np.mean(r['sq']):.4f} (median {np.median(r['sq']):.4f}), "
+              f"summed xyz action error median {np.median(r['moved']):.3f}")
+
+
+if __name__ == "__main__":
+    main()
