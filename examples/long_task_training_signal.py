@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import vlaccel
+from vlaccel.models.io import BUNDLED, bundled_dir
 from vlaccel.sim.data import load_demos
 from vlaccel.training.batches import _gather, go_frame, window_frames
 
@@ -41,7 +42,8 @@ def sampler_shares(demos: list, t: dict, steps: int, rng: np.random.Generator) -
                                    t.get("window_go_prob", 0.0)) for d in picks]
         else:
             picks = [demos[i] for i in rng.integers(0, len(demos), t["batch_size"])]
-            lists = [list(range(int(rng.integers(1, d.num_frames + 1)))) for d in picks]
+            caps = [d.num_frames if t["max_frames"] is None else min(d.num_frames, t["max_frames"]) for d in picks]
+            lists = [list(range(int(rng.integers(1, cap + 1)))) for cap in caps]
         for d, frames in zip(picks, lists):
             samples += 1
             if d.task != TASK:
@@ -58,7 +60,8 @@ def sampler_shares(demos: list, t: dict, steps: int, rng: np.random.Generator) -
 
 @torch.no_grad()
 def fit(policy, demo, gen: torch.Generator) -> dict[str, np.ndarray]:
-    """Per frame of ``demo``: squared action error [F] and chunk displacement error [F] (m), full history."""
+    """Per frame of ``demo``, full history: mean squared action error [F] and the norm of the chunk's summed xyz
+    action error [F] (action units)."""
     chunk = policy.config.action_chunk
     batch = _gather([demo], [list(range(demo.num_frames))], demo.num_frames, chunk, with_index=True)
     pixels = policy.normalize_pixels(batch.images).unsqueeze(2)  # [1, F, 1, 3, H, W]
@@ -77,7 +80,8 @@ def main() -> None:
     episodes = int(sys.argv[3]) if len(sys.argv) > 3 else 10
     torch.set_num_threads(2)
     policy = vlaccel.load_policy(policy_name).eval()
-    recipe = json.loads((Path(policy_name) / "model_card.json").read_text())["training"]
+    folder = bundled_dir(policy_name) if policy_name in BUNDLED else Path(policy_name)
+    recipe = json.loads((folder / "model_card.json").read_text())["training"]
     demos = load_demos(root)
     shares = sampler_shares(demos, recipe, 2000, np.random.default_rng(0))
     print(f"recipe: window_prob {recipe['window_prob']}, window_frames {recipe['window_frames']}, anchor "

@@ -165,15 +165,20 @@ def sample_batch(demos: list, batch_size: int, chunk: int, rng: np.random.Genera
     return _gather(picks, [list(range(n)) for n in lengths], max(lengths), chunk, with_index=False, layout=layout)
 
 
-def cue_frames(demo) -> list[int]:
-    """The frames of ``demo`` that show a long-horizon memory task's cue (its drawn ``CueSchedule`` window);
-    empty for every other task."""
+def _cue_times(demo):
+    """The drawn ``CueTimes`` of a long-horizon memory task's demo; None for every other task."""
     from vlaccel.sim.tasks import get_task
 
     spec = get_task(demo.task)
-    if spec.cue is None:
+    return None if spec.cue is None else spec.cue.draw(demo.task, demo.seed)
+
+
+def cue_frames(demo) -> list[int]:
+    """The frames of ``demo`` that show a long-horizon memory task's cue (its drawn ``CueSchedule`` window);
+    empty for every other task."""
+    times = _cue_times(demo)
+    if times is None:
         return []
-    times = spec.cue.draw(demo.task, demo.seed)
     fe = int(demo.frame_every)
     return list(range(-(-times.cue_start // fe), min(-(-times.cue_end // fe), demo.num_frames)))
 
@@ -181,12 +186,8 @@ def cue_frames(demo) -> list[int]:
 def go_frame(demo) -> int | None:
     """The first policy frame of ``demo`` at or after a long-horizon memory task's go signal; None for every
     other task."""
-    from vlaccel.sim.tasks import get_task
-
-    spec = get_task(demo.task)
-    if spec.cue is None:
-        return None
-    return -(-spec.cue.draw(demo.task, demo.seed).go_step // int(demo.frame_every))
+    times = _cue_times(demo)
+    return None if times is None else -(-times.go_step // int(demo.frame_every))
 
 
 def window_frames(demo, rng: np.random.Generator, frames: int, anchor: int, context: int,
