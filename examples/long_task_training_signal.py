@@ -10,6 +10,12 @@ Two measurements:
    and the policy's sampled action chunk at every frame against the expert's, split before and after go
    (mean squared error per action step, action units), and the norm of the chunk's summed xyz action error
    (action units: how far off the expert's path the chunk would move the hand, before the env's action scale).
+3. The context: at every frame after go, the same fit with three histories, all at their episode positions:
+   the full history (the full cache at inference), the training window's shape (the first ``window_anchor``
+   frames, the cue frames and the last ``window_frames`` frames, no holding frames in between) and that shape
+   without the cue frames (what a window-only cache keeps). Each frame's sampled chunk uses the same noise
+   under all three, so the differences are paired. If the training shape fits much better than the full
+   history, the ~90 holding frames that training windows leave out are what the reach gets wrong.
 
     .venv/bin/python examples/long_task_training_signal.py POLICY [DEMOS [EPISODES]]
 
@@ -26,7 +32,7 @@ import torch
 import vlaccel
 from vlaccel.models.io import BUNDLED, bundled_dir
 from vlaccel.sim.data import load_demos
-from vlaccel.training.batches import _gather, go_frame, window_frames
+from vlaccel.training.batches import _gather, cue_frames, go_frame, prefix_length, window_frames
 
 TASK = "reach-memory-long"
 
@@ -42,8 +48,7 @@ def sampler_shares(demos: list, t: dict, steps: int, rng: np.random.Generator) -
                                    t.get("window_go_prob", 0.0)) for d in picks]
         else:
             picks = [demos[i] for i in rng.integers(0, len(demos), t["batch_size"])]
-            caps = [d.num_frames if t["max_frames"] is None else min(d.num_frames, t["max_frames"]) for d in picks]
-            lists = [list(range(int(rng.integers(1, cap + 1)))) for cap in caps]
+            lists = [list(range(prefix_length(d, rng, t["max_frames"], t.get("prefix_go_prob", 0.0)))) for d in picks]
         for d, frames in zip(picks, lists):
             samples += 1
             if d.task != TASK:
@@ -74,6 +79,43 @@ def fit(policy, demo, gen: torch.Generator) -> dict[str, np.ndarray]:
     return {"sq": sq.numpy(), "moved": moved.norm(dim=-1).numpy()}
 
 
+CONTEXTS = ("full history", "anchors + cue + window", "anchors + window (no cue)")
+
+
+def context_frames(demo, frame: int, context: str, anchor: int, frames: int) -> list[int]:
+    """The frames, ascending, that history ``context`` (one of ``CONTEXTS``) holds at ``frame``."""
+    if context == CONTEXTS[0]:
+        return list(range(frame + 1))
+    keep = set(range(min(anchor, frame + 1))) | set(range(max(0, frame - frames + 1), frame + 1))
+    if context == CONTEXTS[1]:
+        keep.update(f for f in cue_frames(demo) if f <= frame)
+    return sorted(keep)
+
+
+@torch.no_grad()
+def fit_after_go(policy, demo, anchor: int, frames: int, seed: int) -> dict[str, np.ndarray]:
+    """Per context of ``CONTEXTS``: mean squared action error [R] at each of the R frames at or after go,
+    the frame's chunk sampled with the same noise under every context."""
+    chunk = policy.config.action_chunk
+    reach = list(range(go_frame(demo), demo.num_frames))
+    out = {}
+    for context in CONTEXTS:
+        if context == CONTEXTS[0]:  # attention is causal: one forward over the episode is every frame's full history
+            lists, rows, last = [list(range(demo.num_frames))], torch.zeros(len(reach), dtype=torch.long), torch.tensor(reach)
+        else:
+            lists = [context_frames(demo, f, context, anchor, frames) for f in reach]
+            rows, last = torch.arange(len(reach)), torch.tensor([len(x) - 1 for x in lists])
+        batch = _gather([demo] * len(lists), lists, max(map(len, lists)), chunk, with_index=True)
+        pixels = policy.normalize_pixels(batch.images).unsqueeze(2)  # [S, W, 1, 3, H, W]
+        ids, mask = policy.batch_instruction_ids(batch.instructions)
+        z = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.frame_index)  # [S, W, D]
+        z_now = z[rows, last]  # [R, D]: the cognition feature of the frame being acted on
+        pred = policy.action_head.sample(z_now.float(), generator=torch.Generator().manual_seed(seed))  # [R, chunk, A]
+        expert, valid = batch.actions[rows, last], batch.action_mask[rows, last]  # [R, chunk, A], [R, chunk]
+        out[context] = (((pred - expert).pow(2).mean(-1) * valid).sum(-1) / valid.sum(-1).clamp(min=1)).numpy()
+    return out
+
+
 def main() -> None:
     policy_name = sys.argv[1] if len(sys.argv) > 1 else "reference"
     root = sys.argv[2] if len(sys.argv) > 2 else "data/demos"
@@ -86,7 +128,8 @@ def main() -> None:
     shares = sampler_shares(demos, recipe, 2000, np.random.default_rng(0))
     print(f"recipe: window_prob {recipe['window_prob']}, window_frames {recipe['window_frames']}, anchor "
           f"{recipe['window_anchor']}, context {recipe['window_context']}, window_batch {recipe['window_batch']}, "
-          f"go_prob {recipe.get('window_go_prob', 0.0)}, batch_size {recipe['batch_size']}; {len(demos)} demos")
+          f"go_prob {recipe.get('window_go_prob', 0.0)}, batch_size {recipe['batch_size']}, prefix go_prob "
+          f"{recipe.get('prefix_go_prob', 0.0)}; {len(demos)} demos")
     print("share of loss frames: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items() if k != "samples_with_reach")
           + f"; long-task samples with a frame after go: {shares['samples_with_reach']:.1%} of all samples")
     gen = torch.Generator().manual_seed(0)
@@ -99,6 +142,17 @@ def main() -> None:
     for phase, r in rows.items():
         print(f"{phase:6} go: {len(r['sq'])} frames, action MSE {np.mean(r['sq']):.4f} (median {np.median(r['sq']):.4f}), "
               f"summed xyz action error median {np.median(r['moved']):.3f}")
+    ctx = {c: [] for c in CONTEXTS}
+    for i, demo in enumerate([d for d in demos if d.task == TASK][:episodes]):
+        for c, sq in fit_after_go(policy, demo, recipe["window_anchor"], recipe["window_frames"], seed=i).items():
+            ctx[c].extend(sq)
+    base = np.asarray(ctx[CONTEXTS[0]])
+    print(f"after go, by history ({len(base)} frames, the same noise per frame):")
+    for c, sq in ctx.items():
+        sq = np.asarray(sq)
+        diff = "" if c == CONTEXTS[0] else (f"; lower than the full history's on {np.mean(sq < base):.0%} of frames, "
+                                            f"median ratio {np.median(sq / np.maximum(base, 1e-12)):.2f}")
+        print(f"  {c:27} action MSE {sq.mean():.4f} (median {np.median(sq):.4f}){diff}")
 
 
 if __name__ == "__main__":

@@ -175,6 +175,32 @@ def test_window_go_prob_draws_windows_over_the_reach_after_go(tmp_path):
         TrainConfig(window_go_prob=1.5)
 
 
+def test_prefix_go_prob_draws_prefixes_that_end_in_the_reach_after_go(tmp_path):
+    from vlaccel.sim.data import load_demos
+    from vlaccel.training.batches import go_frame, prefix_length
+
+    make_demos(tmp_path, n=3, frames=100, size=8, task="reach-memory-long")
+    make_demos(tmp_path, n=1, frames=20, size=8, task="push-v3")
+    demos = load_demos(tmp_path)
+    long = [d for d in demos if d.task == "reach-memory-long"]
+    push = next(d for d in demos if d.task == "push-v3")
+
+    def lengths(go_prob, cap=None, seed=0):
+        rng = np.random.default_rng(seed)
+        return [prefix_length(d, rng, cap, go_prob) for _ in range(40) for d in long]
+
+    rng = np.random.default_rng(0)
+    assert lengths(0.0) == [int(rng.integers(1, d.num_frames + 1)) for _ in range(40) for d in long]  # as it was
+    ends_in_reach = {p: np.mean([h > go_frame(d) for h, d in zip(lengths(p), long * 40)]) for p in (0.0, 1.0)}
+    assert ends_in_reach[1.0] == 1.0 and ends_in_reach[0.0] < 0.3, ends_in_reach
+    assert max(lengths(1.0)) <= 100 and max(lengths(1.0, cap=95)) <= 95
+    assert all(h <= 50 for h in lengths(1.0, cap=50))  # go beyond the cap: uniform within the cap, as before
+    rng = np.random.default_rng(0)
+    assert prefix_length(push, rng, None, 1.0) == prefix_length(push, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="prefix_go_prob is a probability"):
+        TrainConfig(prefix_go_prob=-0.1)
+
+
 def test_init_starts_from_saved_policy(tmp_path):
     make_demos(tmp_path / "demos", n=1, frames=3)
     base = dict(data=str(tmp_path / "demos"), preset="tiny", batch_size=2, shift_pad=0, bf16=False, warmup=1)
@@ -417,8 +443,8 @@ def test_the_empty_command_line_is_the_default_config():
     assert _replay("vlaccel train-reference") == TrainConfig()
 
 
-@pytest.mark.parametrize("recipe", sorted(Path(__file__).parents[2].glob("recipes/reference/*.toml")),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).parents[2].glob("recipes/*/*.toml")),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_release_recipe_parses_and_replays_through_its_command_line(recipe):
     from vlaccel.training.flags import command_line, parse_args
     from vlaccel.training.train_config import load_recipe

@@ -152,16 +152,26 @@ def demo_probabilities(demos: list, task_weights: dict[str, float] | None) -> np
     return w / w.sum()
 
 
+def prefix_length(demo, rng: np.random.Generator, max_frames: int | None = None, go_prob: float = 0.0) -> int:
+    """The length h of one whole-episode prefix of ``demo``: uniform in [1, F] (F capped by ``max_frames``).
+
+    ``go_prob``: on a long-horizon memory task whose go frame is within the cap, the probability that h is
+    drawn in [go + 1, F] instead, so the prefix ends in the reach after the go signal and trains it with the
+    whole history the full cache holds at inference (uniform h ends there only some 15 % of the time)."""
+    f = len(demo.images) if max_frames is None else min(len(demo.images), max_frames)
+    go = go_frame(demo) if go_prob > 0 else None
+    if go is not None and go < f and rng.random() < go_prob:
+        return int(rng.integers(go + 1, f + 1))
+    return int(rng.integers(1, f + 1))
+
+
 def sample_batch(demos: list, batch_size: int, chunk: int, rng: np.random.Generator,
                  max_frames: int | None = None, probs: np.ndarray | None = None,
-                 layout: dict | None = None) -> HistoryBatch:
-    """Whole-episode prefixes of random length h in [1, F] (capped by ``max_frames``); ``layout``: see
+                 layout: dict | None = None, go_prob: float = 0.0) -> HistoryBatch:
+    """Whole-episode prefixes of random length h (:func:`prefix_length`); ``layout``: see
     :func:`scene_targets`."""
     picks = pick_demos(demos, batch_size, rng, probs)
-    lengths = []
-    for d in picks:
-        f = len(d.images) if max_frames is None else min(len(d.images), max_frames)
-        lengths.append(int(rng.integers(1, f + 1)))
+    lengths = [prefix_length(d, rng, max_frames, go_prob) for d in picks]
     return _gather(picks, [list(range(n)) for n in lengths], max(lengths), chunk, with_index=False, layout=layout)
 
 

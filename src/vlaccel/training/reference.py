@@ -238,7 +238,8 @@ def _fit(cfg: TrainConfig, run: _Run, demos: list, probs: np.ndarray | None, lay
                 batch = sample_windows(demos, cfg.window_batch, chunk, run.rng, cfg.window_frames, cfg.window_anchor,
                                        probs, layout, cfg.window_context, cfg.window_go_prob)
             else:
-                batch = sample_batch(demos, cfg.batch_size, chunk, run.rng, cfg.max_frames, probs, layout)
+                batch = sample_batch(demos, cfg.batch_size, chunk, run.rng, cfg.max_frames, probs, layout,
+                                     cfg.prefix_go_prob)
             for group in run.opt.param_groups:
                 group["lr"] = lr_at(run.step, cfg)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):

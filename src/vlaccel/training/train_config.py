@@ -80,6 +80,8 @@ class TrainConfig:
     """Memory tasks: up to this many random earlier frames join each window (cue frames always do)."""
     window_go_prob: float = 0.0
     """Memory tasks: the share of windows drawn to cover the reach after the go signal (0: windows anywhere)."""
+    prefix_go_prob: float = 0.0
+    """Memory tasks: the share of whole-episode prefixes drawn to end in the reach after the go signal (0: any length)."""
     lr: float = 3e-4
     """Peak learning rate of the cosine schedule (it decays to a tenth)."""
     weight_decay: float = 0.01
@@ -158,6 +160,8 @@ class TrainConfig:
                              f"visual_readout_pool one of {VISUAL_READOUT_POOLS}")
         if not 0 <= self.window_go_prob <= 1:
             raise UsageError(f"window_go_prob is a probability: it must be in [0, 1], got {self.window_go_prob}")
+        if not 0 <= self.prefix_go_prob <= 1:
+            raise UsageError(f"prefix_go_prob is a probability: it must be in [0, 1], got {self.prefix_go_prob}")
         if self.preset not in ("tiny", "default"):
             raise UsageError(f"preset must be 'tiny' or 'default', got {self.preset!r}")
 
