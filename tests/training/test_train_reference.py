@@ -148,15 +148,20 @@ def test_windows_of_a_long_memory_task_always_keep_its_cue_frames(tmp_path):
     assert saw_context and batch.images.shape[1] <= 2 + 3 + 4 + 3
 
 
-def test_window_go_prob_draws_windows_over_the_reach_after_go(tmp_path):
+def _long_task_and_push_demos(root) -> tuple[list, object]:
+    """Three 100-frame reach-memory-long demos and one push-v3 demo (8 px frames)."""
     from vlaccel.sim.data import load_demos
+
+    make_demos(root, n=3, frames=100, size=8, task="reach-memory-long")
+    make_demos(root, n=1, frames=20, size=8, task="push-v3")
+    demos = load_demos(root)
+    return [d for d in demos if d.task == "reach-memory-long"], next(d for d in demos if d.task == "push-v3")
+
+
+def test_window_go_prob_draws_windows_over_the_reach_after_go(tmp_path):
     from vlaccel.training.batches import go_frame, window_frames
 
-    make_demos(tmp_path, n=3, frames=100, size=8, task="reach-memory-long")
-    make_demos(tmp_path, n=1, frames=20, size=8, task="push-v3")
-    demos = load_demos(tmp_path)
-    long = [d for d in demos if d.task == "reach-memory-long"]
-    push = next(d for d in demos if d.task == "push-v3")
+    long, push = _long_task_and_push_demos(tmp_path)
     assert go_frame(push) is None and all(89 <= go_frame(d) <= 99 for d in long)  # go step in [356, 396]
 
     def windows(go_prob, seed=0):
@@ -176,14 +181,9 @@ def test_window_go_prob_draws_windows_over_the_reach_after_go(tmp_path):
 
 
 def test_prefix_go_prob_draws_prefixes_that_end_in_the_reach_after_go(tmp_path):
-    from vlaccel.sim.data import load_demos
     from vlaccel.training.batches import go_frame, prefix_length
 
-    make_demos(tmp_path, n=3, frames=100, size=8, task="reach-memory-long")
-    make_demos(tmp_path, n=1, frames=20, size=8, task="push-v3")
-    demos = load_demos(tmp_path)
-    long = [d for d in demos if d.task == "reach-memory-long"]
-    push = next(d for d in demos if d.task == "push-v3")
+    long, push = _long_task_and_push_demos(tmp_path)
 
     def lengths(go_prob, cap=None, seed=0):
         rng = np.random.default_rng(seed)
