@@ -10,11 +10,12 @@ Two measurements:
    and the policy's sampled action chunk at every frame against the expert's, split before and after go
    (mean squared error per action step, action units), and the norm of the chunk's summed xyz action error
    (action units: how far off the expert's path the chunk would move the hand, before the env's action scale).
-3. The context: at every frame after go, the same fit with three histories, all at their episode positions:
+3. The context: at every frame after go, the same fit with four histories, all at their episode positions:
    the full history (the full cache at inference), the training window's shape (the first ``window_anchor``
    frames, the cue frames and the last ``window_frames`` frames, no holding frames in between) and that shape
-   without the cue frames (what a window-only cache keeps). Each frame's sampled chunk uses the same noise
-   under all three, so the differences are paired. If the training shape fits much better than the full
+   without the cue frames (what a window-only cache keeps), and a streaming cache whose raw sinks (the first 43
+   frames) hold every drawn cue. Each frame's sampled chunk uses the same noise under all four, so the
+   differences are paired. If the training shape fits much better than the full
    history, the ~90 holding frames that training windows leave out are what the reach gets wrong.
 
     .venv/bin/python examples/long_task_training_signal.py POLICY [DEMOS [EPISODES]]
@@ -79,14 +80,16 @@ def fit(policy, demo, gen: torch.Generator) -> dict[str, np.ndarray]:
     return {"sq": sq.numpy(), "moved": moved.norm(dim=-1).numpy()}
 
 
-CONTEXTS = ("full history", "anchors + cue + window", "anchors + window (no cue)")
+CONTEXTS = ("full history", "anchors + cue + window", "anchors + window (no cue)", "first 43 frames + window")
+CUE_SINKS = 43  # frames: every drawn cue ends by frame 42 (cue step <= 160, shown 12 env steps, 4 per frame)
 
 
 def context_frames(demo, frame: int, context: str, anchor: int, frames: int) -> list[int]:
     """The frames, ascending, that history ``context`` (one of ``CONTEXTS``) holds at ``frame``."""
     if context == CONTEXTS[0]:
         return list(range(frame + 1))
-    keep = set(range(min(anchor, frame + 1))) | set(range(max(0, frame - frames + 1), frame + 1))
+    sinks = CUE_SINKS if context == CONTEXTS[3] else anchor
+    keep = set(range(min(sinks, frame + 1))) | set(range(max(0, frame - frames + 1), frame + 1))
     if context == CONTEXTS[1]:
         keep.update(f for f in cue_frames(demo) if f <= frame)
     return sorted(keep)
