@@ -66,8 +66,9 @@ def sampler_shares(demos: list, t: dict, steps: int, rng: np.random.Generator) -
 
 @torch.no_grad()
 def fit(policy, demo, gen: torch.Generator) -> dict[str, np.ndarray]:
-    """Per frame of ``demo``, full history: mean squared action error [F] and the norm of the chunk's summed xyz
-    action error [F] (action units)."""
+    """Per frame of ``demo``, full history: mean squared action error [F], the norm of the chunk's summed xyz
+    action error [F] (action units) and the cognition features [F, D] (every frame's full-history feature:
+    attention is causal)."""
     chunk = policy.config.action_chunk
     batch = _gather([demo], [list(range(demo.num_frames))], demo.num_frames, chunk, with_index=True)
     pixels = policy.normalize_pixels(batch.images).unsqueeze(2)  # [1, F, 1, 3, H, W]
@@ -77,7 +78,7 @@ def fit(policy, demo, gen: torch.Generator) -> dict[str, np.ndarray]:
     expert, valid = batch.actions[0], batch.action_mask[0]  # [F, chunk, A], [F, chunk]
     sq = ((pred - expert).pow(2).mean(-1) * valid).sum(-1) / valid.sum(-1).clamp(min=1)  # [F]
     moved = ((pred - expert)[..., :3] * valid[..., None]).sum(1)  # [F, 3] summed xyz action error
-    return {"sq": sq.numpy(), "moved": moved.norm(dim=-1).numpy()}
+    return {"sq": sq.numpy(), "moved": moved.norm(dim=-1).numpy(), "z": z}
 
 
 CONTEXTS = ("full history", "anchors + cue + window", "anchors + window (no cue)", "first 43 frames + window")
@@ -96,25 +97,26 @@ def context_frames(demo, frame: int, context: str, anchor: int, frames: int) -> 
 
 
 @torch.no_grad()
-def fit_after_go(policy, demo, anchor: int, frames: int, seed: int) -> dict[str, np.ndarray]:
+def fit_after_go(policy, demo, z_full: torch.Tensor, anchor: int, frames: int, seed: int) -> dict[str, np.ndarray]:
     """Per context of ``CONTEXTS``: mean squared action error [R] at each of the R frames at or after go,
-    the frame's chunk sampled with the same noise under every context."""
+    the frame's chunk sampled with the same noise under every context. ``z_full`` [F, D]: the full-history
+    cognition features (:func:`fit`'s), which are the first context's."""
     chunk = policy.config.action_chunk
     reach = list(range(go_frame(demo), demo.num_frames))
+    whole = _gather([demo], [list(range(demo.num_frames))], demo.num_frames, chunk, with_index=True)
+    expert, valid = whole.actions[0, reach], whole.action_mask[0, reach]  # [R, chunk, A], [R, chunk]
     out = {}
     for context in CONTEXTS:
-        if context == CONTEXTS[0]:  # attention is causal: one forward over the episode is every frame's full history
-            lists, rows, last = [list(range(demo.num_frames))], torch.zeros(len(reach), dtype=torch.long), torch.tensor(reach)
+        if context == CONTEXTS[0]:
+            z_now = z_full[reach]  # [R, D]
         else:
             lists = [context_frames(demo, f, context, anchor, frames) for f in reach]
-            rows, last = torch.arange(len(reach)), torch.tensor([len(x) - 1 for x in lists])
-        batch = _gather([demo] * len(lists), lists, max(map(len, lists)), chunk, with_index=True)
-        pixels = policy.normalize_pixels(batch.images).unsqueeze(2)  # [S, W, 1, 3, H, W]
-        ids, mask = policy.batch_instruction_ids(batch.instructions)
-        z = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.frame_index)  # [S, W, D]
-        z_now = z[rows, last]  # [R, D]: the cognition feature of the frame being acted on
+            batch = _gather([demo] * len(lists), lists, max(map(len, lists)), chunk, with_index=True)
+            pixels = policy.normalize_pixels(batch.images).unsqueeze(2)  # [R, W, 1, 3, H, W]
+            ids, mask = policy.batch_instruction_ids(batch.instructions)
+            z = policy.history_cognition(ids, mask, pixels, batch.proprio, batch.frame_index)  # [R, W, D]
+            z_now = z[torch.arange(len(reach)), [len(x) - 1 for x in lists]]  # [R, D]: the frame being acted on
         pred = policy.action_head.sample(z_now.float(), generator=torch.Generator().manual_seed(seed))  # [R, chunk, A]
-        expert, valid = batch.actions[rows, last], batch.action_mask[rows, last]  # [R, chunk, A], [R, chunk]
         out[context] = (((pred - expert).pow(2).mean(-1) * valid).sum(-1) / valid.sum(-1).clamp(min=1)).numpy()
     return out
 
@@ -137,18 +139,17 @@ def main() -> None:
           + f"; long-task samples with a frame after go: {shares['samples_with_reach']:.1%} of all samples")
     gen = torch.Generator().manual_seed(0)
     rows = {"before": {"sq": [], "moved": []}, "after": {"sq": [], "moved": []}}
-    for demo in [d for d in demos if d.task == TASK][:episodes]:
+    ctx = {c: [] for c in CONTEXTS}
+    for i, demo in enumerate([d for d in demos if d.task == TASK][:episodes]):
         out, go = fit(policy, demo, gen), go_frame(demo)
         for key in ("sq", "moved"):
             rows["before"][key].extend(out[key][:go])
             rows["after"][key].extend(out[key][go:])
+        for c, sq in fit_after_go(policy, demo, out["z"], recipe["window_anchor"], recipe["window_frames"], i).items():
+            ctx[c].extend(sq)
     for phase, r in rows.items():
         print(f"{phase:6} go: {len(r['sq'])} frames, action MSE {np.mean(r['sq']):.4f} (median {np.median(r['sq']):.4f}), "
               f"summed xyz action error median {np.median(r['moved']):.3f}")
-    ctx = {c: [] for c in CONTEXTS}
-    for i, demo in enumerate([d for d in demos if d.task == TASK][:episodes]):
-        for c, sq in fit_after_go(policy, demo, recipe["window_anchor"], recipe["window_frames"], seed=i).items():
-            ctx[c].extend(sq)
     base = np.asarray(ctx[CONTEXTS[0]])
     print(f"after go, by history ({len(base)} frames, the same noise per frame):")
     for c, sq in ctx.items():
