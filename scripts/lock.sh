@@ -19,4 +19,4 @@ if [ -n "${PIP_FIND_LINKS:-}" ] && ls "$PIP_FIND_LINKS"/torch-2.13.0+cpu-*.whl >
 fi
 "$UV" pip compile pyproject.toml --extra all --resolution lowest-direct --python-version 3.11 \
   --override requirements/torch-cpu.txt "${torch_source[@]}" --no-annotate --no-emit-find-links \
-  --custom-compile-command "bash scripts/lock.sh" -o requirements/lock.txt
+  --custom-compile-command "bash scripts/lock.sh" --upgrade -o requirements/lock.txt

@@ -1,4 +1,6 @@
-"""The lock (requirements/lock.txt) is the oldest stack pyproject.toml allows, so the lower bounds are tested."""
+"""The lower bounds pyproject.toml gives are tested stacks: requirements/lock.txt pins them (all but torch, which is
+the local CPU wheel constraints.txt pins), and requirements/lerobot-stack.txt (LeRobot 0.6.1's stack, the third CI
+leg) holds torch's lower bound and the transformers one."""
 
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ def _direct_requirements() -> list[Requirement]:
 def test_every_lower_bound_is_the_locked_version():
     lock = _pins(ROOT / "requirements" / "lock.txt")
     for req in _direct_requirements():
+        if canonicalize_name(req.name) == "torch":  # the lock holds the CPU wheel; see the LeRobot-stack test
+            continue
         lower = [Version(s.version) for s in req.specifier if s.operator == ">="]
         assert len(lower) == 1, f"{req}: give exactly one '>=' lower bound (the oldest version tested)"
         locked = lock[canonicalize_name(req.name)]
@@ -48,3 +52,24 @@ def test_the_lock_holds_the_cpu_torch_that_constraints_pin():
     pinned = _pins(ROOT / "constraints.txt")["torch"]
     assert lock["torch"] == Version(f"{pinned}+cpu")
     assert not [name for name in lock if name.startswith("nvidia-")]  # no CUDA wheels
+
+
+def _lerobot_stack() -> dict[str, Version]:
+    pins = {}
+    for line in (ROOT / "requirements" / "lerobot-stack.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"requirements/lerobot-stack.txt: pin {line} exactly (==)"
+            pins[canonicalize_name(req.name)] = Version(spec.version)
+    return pins
+
+
+def test_lerobot_stack_holds_the_torch_and_transformers_lower_bounds():
+    stack = _lerobot_stack()
+    lower = {canonicalize_name(r.name): Version(s.version) for r in _direct_requirements() for s in r.specifier
+             if s.operator == ">="}
+    assert stack["torch"] == lower["torch"], "torch's lower bound must be the torch the LeRobot leg tests"
+    assert stack["transformers"] == lower["transformers"]
+    assert stack["lerobot"] == Version("0.6.1")
