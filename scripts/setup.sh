@@ -5,8 +5,8 @@
 #                                   local CPU torch 2.13.0 on Python 3.11)
 #   bash scripts/setup.sh --newest  .venv-newest: the newest versions pyproject.toml allows (torch stays pinned)
 #   bash scripts/setup.sh --lerobot .venv-lerobot: LeRobot 0.6.1's own stack on Python 3.12
-#                                   (requirements/lerobot-stack.txt), then vlaccel installed into it with no flag;
-#                                   fails if that changed any package LeRobot pinned (pip check)
+#                                   (requirements/lerobot-stack.txt), then vlaccel installed into it with no flag,
+#                                   and its LeRobot plugin; fails if that changed any package of LeRobot's stack
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pip_install() { "$venv/bin/pip" install -q --disable-pip-version-check "$@"; }
@@ -25,6 +25,7 @@ if [ "$venv" = .venv-lerobot ]; then
   pip_install -r requirements/lerobot-stack.txt
   "$venv/bin/pip" freeze --exclude-editable > "$venv/lerobot-before.txt"
   pip_install -e ".[dev,sim,plot]"  # no --no-deps, no constraints: what a LeRobot user would type
+  pip_install -e plugins/lerobot_policy_vlaccel  # the LeRobot plugin (lerobot-eval imports lerobot_policy_*)
   "$venv/bin/pip" check
   # nothing LeRobot's resolution chose may have moved
   "$venv/bin/pip" freeze --exclude-editable | grep -F -x -v -f - "$venv/lerobot-before.txt" \

@@ -1,0 +1,1 @@
+"""Integrations with other projects' commands (LeRobot); each module imports its project only when used."""
