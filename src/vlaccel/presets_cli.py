@@ -12,8 +12,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("presets", help="list the presets and what each resolves to for a policy")
     p.add_argument("--policy", default="reference",
                    help="'reference' (the bundled policy), 'tiny' or 'default' (a random reference VLA of that size), "
-                        "the folder of a saved policy, or a folder / config.json of a transformers model (built "
-                        "from its config on the meta device: sizes only, no weights)")
+                        "the folder of a saved policy, a folder / config.json of a transformers model, a LeRobot "
+                        "policy folder (config.json with \"type\": smolvla, pi0 or pi05), or a named flow-matching "
+                        "VLA of `vlaccel bench --model` (lerobot-smolvla, lerobot-pi05, pi0, ...); models other than "
+                        "the reference are built from their config on the meta device: sizes only, no weights")
     p.add_argument("--preset", nargs="*", default=None, help="only these presets (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run)
@@ -24,18 +26,31 @@ def build_target(spec: str) -> tuple[Any, str]:
     from vlaccel.errors import MissingInputError
     from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, load_policy
 
+    from vlaccel.bench.flow_subjects import MODELS, build_model
+
     if spec in ("tiny", "default"):
         return ReferenceVLA(getattr(ReferenceVLAConfig, spec)()), f"random '{spec}' ReferenceVLA"
+    if spec in MODELS:
+        return _on_meta(build_model, spec), f"{spec} (random-weight sizes)"
     path = Path(spec)
     config_file = path if path.suffix == ".json" else path / "config.json"
     if config_file.is_file():
         data = json.loads(config_file.read_text())
+        if isinstance(data, dict) and data.get("type") in ("smolvla", "pi0", "pi05"):  # a LeRobot policy folder
+            return _on_meta(build_model, str(config_file.parent)), f"LeRobot {data['type']} from {config_file}"
         if "model_type" in data:  # a transformers config, not a vlaccel policy
             return transformers_model(data), f"{data.get('architectures', ['?'])[0]} from {config_file}"
     if spec != "reference" and not path.exists():
         raise MissingInputError(f"--policy {spec!r} is not 'reference', 'tiny', 'default', a saved policy folder or a "
                                 "transformers config.json")
     return load_policy(spec), ("bundled reference policy" if spec == "reference" else spec)
+
+
+def _on_meta(build: Any, *args: Any) -> Any:
+    import torch
+
+    with torch.device("meta"):
+        return build(*args)
 
 
 def transformers_model(config: dict[str, Any]) -> Any:

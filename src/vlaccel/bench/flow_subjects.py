@@ -17,8 +17,10 @@ A folder is loaded as the user saved it: a LeRobot policy folder (``config.json`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FlowSubject", "MODELS", "build_subject", "model_names"]
+__all__ = ["FlowSubject", "MODELS", "build_model", "build_subject", "model_names", "resolve_spec"]
 
 #: --model name -> (family, size)
 MODELS: dict[str, tuple[str, str]] = {
@@ -57,13 +59,13 @@ class FlowSubject:
     shape: dict[str, Any] = dataclasses.field(default_factory=dict)  # cameras, prompt tokens, ... for the report
 
 
-def build_subject(spec: str, device: str = "cpu", calibration: int = 2) -> FlowSubject:
-    """The subject ``spec`` names: a key of :data:`MODELS` or a saved model folder."""
+def resolve_spec(spec: str) -> tuple[str, str | None, Path | None]:
+    """``(family, size, folder)`` of ``spec``: a key of :data:`MODELS` (size set) or a saved model folder."""
     from vlaccel.errors import MissingInputError, UnknownNameError
 
     if spec in MODELS:
         family, size = MODELS[spec]
-        return _BUILDERS[family](spec, size, None, device, calibration)
+        return family, size, None
     path = Path(spec)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -76,6 +78,8 @@ def build_subject(spec: str, device: str = "cpu", calibration: int = 2) -> FlowS
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise MissingInputError(f"{config_file}: not a JSON config ({err}); pass a folder saved by LeRobot's or "
                                 "transformers' save_pretrained") from None
+    if not isinstance(config, dict):
+        raise MissingInputError(f"{config_file}: a config is a JSON object, got {type(config).__name__}")
     family = {"smolvla": "lerobot-smolvla", "pi0": "lerobot-pi0", "pi05": "lerobot-pi05"}.get(config.get("type"))
     if family is None and config.get("model_type") == "pi0":
         family = "transformers-pi0"
@@ -83,22 +87,56 @@ def build_subject(spec: str, device: str = "cpu", calibration: int = 2) -> FlowS
         raise UnknownNameError(f"{config_file}: a flow-matching VLA vlaccel can bench has \"type\" smolvla / pi0 / "
                                f"pi05 (LeRobot) or \"model_type\" pi0 (transformers); got type={config.get('type')!r}, "
                                f"model_type={config.get('model_type')!r}")
-    return _BUILDERS[family](str(path), None, path, device, calibration)
+    return family, None, path
+
+
+def build_model(spec: str) -> nn.Module:
+    """The model ``spec`` names, in eval mode (random weights for a name, the saved ones for a folder). Under
+    ``torch.device("meta")`` it allocates nothing: sizes only, for ``vlaccel presets``. What the model's code prints
+    while it is built (SmolVLA prints its layer count) goes to stderr: stdout carries a command's JSON."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return _build_model(spec)
+
+
+def _build_model(spec: str) -> nn.Module:
+    family, size, folder = resolve_spec(spec)
+    if folder is not None:
+        if family == "transformers-pi0":
+            from transformers import PI0ForConditionalGeneration
+
+            if torch.get_default_device().type == "meta":
+                from transformers import PI0Config
+
+                return PI0ForConditionalGeneration(PI0Config.from_pretrained(folder)).eval()
+            return PI0ForConditionalGeneration.from_pretrained(folder).eval()
+        return _lerobot_folder_policy(folder)
+    if family == "transformers-pi0":
+        from vlaccel.models.pi0_configs import build_pi0
+
+        return build_pi0(size)
+    if family == "lerobot-smolvla":
+        from vlaccel.models.lerobot_smolvla import build_smolvla
+
+        return build_smolvla(size)
+    from vlaccel.models.lerobot_pi import build_lerobot_pi
+
+    return build_lerobot_pi(family.removeprefix("lerobot-"), size)
+
+
+def build_subject(spec: str, device: str = "cpu", calibration: int = 2) -> FlowSubject:
+    """The subject ``spec`` names: a key of :data:`MODELS` or a saved model folder."""
+    family, size, folder = resolve_spec(spec)
+    model = build_model(spec).to(device)
+    return _SUBJECTS[family](spec, model, size, folder is not None, device, calibration)
 
 
 # --- transformers pi0 ------------------------------------------------------------------------------------------
-def _transformers_pi0(name: str, size: str | None, folder: Path | None, device: str, calibration: int) -> FlowSubject:
-    from vlaccel.models.pi0_configs import CAMERAS, PROMPT_TOKENS, build_pi0, pi0_inputs
+def _transformers_pi0(name: str, model: Any, size: str | None, saved: bool, device: str,
+                      calibration: int) -> FlowSubject:
+    from vlaccel.models.pi0_configs import CAMERAS, PROMPT_TOKENS, pi0_inputs
 
-    if folder is not None:
-        from transformers import PI0ForConditionalGeneration
-
-        model = PI0ForConditionalGeneration.from_pretrained(folder).eval()
-        shape = {"cameras": 3, "prompt_tokens": 48}
-    else:
-        model = build_pi0(size)
-        shape = {"cameras": CAMERAS[size], "prompt_tokens": PROMPT_TOKENS[size]}
-    model = model.to(device)
+    shape = {"cameras": 3, "prompt_tokens": 48} if saved else {"cameras": CAMERAS[size],
+                                                                "prompt_tokens": PROMPT_TOKENS[size]}
     inputs = {k: v.to(device) for k, v in pi0_inputs(model, seed=0, **shape).items()}
     root = model.model
     return FlowSubject(
@@ -115,47 +153,45 @@ def _lerobot_folder_policy(folder: Path) -> Any:
 
     config = PreTrainedConfig.from_pretrained(folder)
     config.device = "cpu"
-    return get_policy_class(config.type).from_pretrained(folder, config=config).eval()
+    cls = get_policy_class(config.type)
+    if torch.get_default_device().type == "meta":
+        return cls(config).eval()
+    return cls.from_pretrained(folder, config=config).eval()
 
 
-def _lerobot_smolvla(name: str, size: str | None, folder: Path | None, device: str, calibration: int) -> FlowSubject:
-    from vlaccel.models.lerobot_smolvla import CAMERAS, build_smolvla, smolvla_batch, smolvla_noise
+def _cameras(policy: Any) -> int:
+    return sum(1 for k in policy.config.input_features if k.startswith("observation.image"))
 
-    policy = build_smolvla(size) if folder is None else _lerobot_folder_policy(folder)
-    policy = policy.to(device)
+
+def _lerobot_smolvla(name: str, policy: Any, size: str | None, saved: bool, device: str,
+                     calibration: int) -> FlowSubject:
+    from vlaccel.models.lerobot_smolvla import smolvla_batch, smolvla_noise
+
     batch, noise = smolvla_batch(policy, seed=0), smolvla_noise(policy, seed=0).to(device)
     vlm = policy.model.vlm_with_expert.vlm.model
-    cameras = sum(1 for k in policy.config.input_features if k.startswith("observation.image"))
     return FlowSubject(
         name, policy, lambda: policy.predict_action_chunk(batch, noise=noise),
         [smolvla_batch(policy, seed=100 + i) for i in range(calibration)],
         vision=[vlm.vision_model, vlm.connector], expert=(policy.model, "denoise_step"),
         prefix_cache=(policy.model.vlm_with_expert, "forward"),
-        shape={"cameras": cameras if folder is not None else CAMERAS[size],
-               "flow_steps": policy.config.num_steps, "chunk": policy.config.chunk_size})
+        shape={"cameras": _cameras(policy), "flow_steps": policy.config.num_steps, "chunk": policy.config.chunk_size})
 
 
-def _lerobot_pi(kind: str) -> Callable[..., FlowSubject]:
-    def build(name: str, size: str | None, folder: Path | None, device: str, calibration: int) -> FlowSubject:
-        from vlaccel.models.lerobot_pi import CAMERAS, action_noise, build_lerobot_pi, pi_batch
+def _lerobot_pi(name: str, policy: Any, size: str | None, saved: bool, device: str, calibration: int) -> FlowSubject:
+    from vlaccel.models.lerobot_pi import action_noise, pi_batch
 
-        policy = build_lerobot_pi(kind, size) if folder is None else _lerobot_folder_policy(folder)
-        policy = policy.to(device)
-        batch, noise = pi_batch(policy, seed=0), action_noise(policy, seed=0).to(device)
-        paligemma = policy.model.paligemma_with_expert.paligemma.model
-        cameras = sum(1 for k in policy.config.input_features if k.startswith("observation.image"))
-        return FlowSubject(
-            name, policy, lambda: policy.predict_action_chunk(batch, noise=noise),
-            [pi_batch(policy, seed=100 + i) for i in range(calibration)],
-            vision=[paligemma.vision_tower, paligemma.multi_modal_projector], expert=(policy.model, "denoise_step"),
-            prefix_cache=(policy.model.paligemma_with_expert, "forward"),
-            shape={"cameras": cameras if folder is not None else CAMERAS[size],
-                   "flow_steps": policy.config.num_inference_steps, "chunk": policy.config.chunk_size})
-
-    return build
+    batch, noise = pi_batch(policy, seed=0), action_noise(policy, seed=0).to(device)
+    paligemma = policy.model.paligemma_with_expert.paligemma.model
+    return FlowSubject(
+        name, policy, lambda: policy.predict_action_chunk(batch, noise=noise),
+        [pi_batch(policy, seed=100 + i) for i in range(calibration)],
+        vision=[paligemma.vision_tower, paligemma.multi_modal_projector], expert=(policy.model, "denoise_step"),
+        prefix_cache=(policy.model.paligemma_with_expert, "forward"),
+        shape={"cameras": _cameras(policy), "flow_steps": policy.config.num_inference_steps,
+               "chunk": policy.config.chunk_size})
 
 
-_BUILDERS: dict[str, Callable[..., FlowSubject]] = {
+_SUBJECTS: dict[str, Callable[..., FlowSubject]] = {
     "transformers-pi0": _transformers_pi0, "lerobot-smolvla": _lerobot_smolvla,
-    "lerobot-pi0": _lerobot_pi("pi0"), "lerobot-pi05": _lerobot_pi("pi05"),
+    "lerobot-pi0": _lerobot_pi, "lerobot-pi05": _lerobot_pi,
 }
