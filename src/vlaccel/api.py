@@ -4,7 +4,8 @@
 is invalid), then applies them in each technique's ``order``. If an apply step itself fails, the steps
 already done are undone, so a model is never left half-transformed. ``Handle.remove()`` undoes in
 reverse order and leaves the model bit-identical to before; handles are removed in the reverse order of their
-``apply`` calls (a later one first), else ``remove`` refuses. Applying or removing ends a running history
+``apply`` calls (a later one first), else ``remove`` refuses. ``apply`` also measures which state-dict entries
+each technique changed (:func:`applied_changes`), so that saving writes the plain weights or refuses. Applying or removing ends a running history
 episode (the next ``step`` asks for a ``reset``): its cache was built by the techniques of before.
 """
 
@@ -17,9 +18,10 @@ from typing import Any
 from vlaccel.adapters.base import CAPABILITY_NAMES, get_adapter
 from vlaccel.config import TechniqueConfig, handler_for
 
-__all__ = ["apply", "applied", "Handle", "applied_configs", "handle_for", "resolve_configs"]
+__all__ = ["apply", "applied", "Handle", "applied_configs", "applied_changes", "handle_for", "resolve_configs"]
 
 _STATE_ATTR = "_vlaccel_applied"
+_CHANGES_ATTR = "_vlaccel_state_changes"  # technique type -> what its apply changed in the state dict
 
 
 class Handle:
@@ -59,9 +61,7 @@ class Handle:
         get_adapter(self.model).end_episode(self.model, "the episode ended when vlaccel techniques were removed")
         for cfg, state in reversed(self._entries):
             state.remove()
-            registry.pop(type(cfg), None)
-        if not registry:  # nothing of vlaccel's is left on the model
-            del self.model.__dict__[_STATE_ATTR]
+            _forget(self.model, type(cfg))
         self.removed = True
 
     def __repr__(self) -> str:
@@ -72,6 +72,51 @@ class Handle:
 def applied_configs(model: Any) -> list[TechniqueConfig]:
     """Configs currently applied to ``model`` (in application order)."""
     return [cfg for cfg, _ in getattr(model, _STATE_ATTR, {}).values()]
+
+
+def applied_changes(model: Any) -> list[tuple[TechniqueConfig, Any, dict[str, tuple | None]]]:
+    """``(config, applied state, changed)`` per technique applied to ``model``, in application order.
+
+    ``changed`` is what that technique's apply changed in the model's state dict, measured by ``apply`` (not
+    declared by the technique): each entry whose tensor was replaced, re-cast, reshaped, edited in place, added
+    or removed, mapped to its ``(shape, dtype)`` before (``None``: the entry did not exist before). Saving
+    uses it to write the plain weights or refuse (``vlaccel.save_policy``).
+    """
+    changes = model.__dict__.get(_CHANGES_ATTR, {})
+    return [(cfg, state, changes.get(kind, {})) for kind, (cfg, state) in getattr(model, _STATE_ATTR, {}).items()]
+
+
+def _tensor_table(model: Any) -> dict[str, tuple] | None:
+    """Each state-dict entry's identity, storage, in-place version, shape and dtype (``None``: not a torch module)."""
+    state_dict = getattr(model, "state_dict", None)
+    if not callable(state_dict):
+        return None
+    table = {}
+    for name, t in state_dict(keep_vars=True).items():
+        try:
+            storage = t.data_ptr()
+        except Exception:  # noqa: BLE001 - tensor subclasses (quantized weights) without one storage
+            storage = None
+        table[name] = (id(t), type(t), storage, getattr(t, "_version", None), tuple(t.shape), t.dtype)
+    return table
+
+
+def _changed(before: dict[str, tuple] | None, after: dict[str, tuple] | None) -> dict[str, tuple | None]:
+    """The entries that differ between two :func:`_tensor_table` s, each with its ``(shape, dtype)`` before."""
+    if before is None or after is None:
+        return {}
+    names = sorted(set(before) | set(after))
+    return {n: (before[n][4], before[n][5]) if n in before else None for n in names if before.get(n) != after.get(n)}
+
+
+def _forget(model: Any, kind: type) -> None:
+    """Drop what vlaccel keeps on ``model`` for the technique ``kind`` (after its ``remove``)."""
+    for attr in (_STATE_ATTR, _CHANGES_ATTR):
+        table = model.__dict__.get(attr)
+        if table is not None:
+            table.pop(kind, None)
+            if not table:  # nothing of vlaccel's is left on the model
+                del model.__dict__[attr]
 
 
 def handle_for(model: Any) -> Handle:
@@ -116,15 +161,17 @@ def apply(model: Any, *configs: TechniqueConfig) -> Handle:
     entries: list[tuple[TechniqueConfig, Any]] = []
     try:
         for (cfg, handler), ready in zip(handlers, prepared):
+            before = _tensor_table(model)
             state = handler.apply(model, cfg, adapter, ready)
             entries.append((cfg, state))
             registry[type(cfg)] = (cfg, state)
+            model.__dict__.setdefault(_CHANGES_ATTR, {})[type(cfg)] = _changed(before, _tensor_table(model))
     except BaseException:
         for cfg, state in reversed(entries):
             state.remove()
-            registry.pop(type(cfg), None)
+            _forget(model, type(cfg))
         if not registry:
-            del model.__dict__[_STATE_ATTR]
+            model.__dict__.pop(_STATE_ATTR, None)
         raise
     adapter.end_episode(model, "the episode ended when vlaccel techniques were applied")
     return Handle(model, entries)

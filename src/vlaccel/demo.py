@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
               "success_history": with_history, "table": rows}
     from vlaccel.bench.report import dumps
 
-    (out / "demo.json").write_text(dumps(result))
+    from vlaccel import atomic
+
+    atomic.write_text(out / "demo.json", dumps(result))
     console.print(f"details: {out / 'demo.json'}")
     return 0

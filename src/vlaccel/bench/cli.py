@@ -9,6 +9,7 @@ from typing import Literal
 
 import tyro
 
+from vlaccel import atomic
 from vlaccel.bench.harness import BenchOptions
 from vlaccel.config_cli import parse_config, register_stub
 
@@ -24,10 +25,10 @@ class BenchCommand:
     """'reference' (bundled) or the folder of a saved policy."""
     preset_model: Literal["tiny", "default"] | None = None
     """Benchmark a random-weight reference VLA of this size (None: the bundled reference policy if it exists, else a random 'default'-size one)."""
-    model: Literal["pi0", "pi0-small", "pi0-tiny"] | None = None
-    """Benchmark transformers' PI0ForConditionalGeneration instead (random weights; pi0 = the published 3.5 B size, pi0-small = the same depth at narrow widths): per-part latency, FLOPs, parameters and prefix-KV bytes."""
+    model: str | None = None
+    """Benchmark a flow-matching VLA instead of the reference policy: a named random-weight model (pi0, pi0-small, pi0-tiny: transformers' PI0ForConditionalGeneration; lerobot-smolvla, lerobot-pi0, lerobot-pi05 at published size, each also as -tiny: LeRobot's policies, which need LeRobot installed), or a folder: a LeRobot policy folder (config.json + model.safetensors) or a transformers pi0 checkpoint. Per-part latency (vision / VLM prefix / expert steps), FLOPs, parameters, prefix-KV bytes, action SQNR."""
     preset: tuple[str, ...] | None = None
-    """Presets to measure (None: every registered one; with --model: the EfficientVLA presets and ddim5)."""
+    """Presets to measure (None: every registered one; with --model: the EfficientVLA presets, head-cache and ddim5)."""
     combine: tuple[str, ...] = ()
     """Also measure every --preset combined with each of these presets (e.g. bf16 compile), named 'PRESET+NAME'."""
     json: str | None = None
@@ -79,7 +80,7 @@ def run(args: BenchCommand) -> int:
     if not console.is_terminal:
         console.width = max(console.width, 150)  # logs and docs: keep the wide tables unwrapped
     if args.model:
-        return _run_pi0(args, console, to_stdout)
+        return _run_flow(args, console, to_stdout)
     if args.from_json:
         if not os.path.isfile(args.from_json):
             raise MissingInputError(f"--from-json {args.from_json}: no such file; pass the JSON a `vlaccel bench --json "
@@ -124,28 +125,30 @@ def run(args: BenchCommand) -> int:
     return _emit(result, args, console, to_stdout)
 
 
-def _run_pi0(args: BenchCommand, console, to_stdout: bool) -> int:
+def _run_flow(args: BenchCommand, console, to_stdout: bool) -> int:
     import sys
 
-    from vlaccel.bench import pi0_bench
+    from vlaccel.bench import flow_bench
     from vlaccel.bench.report import dumps
+    from vlaccel.errors import check_names
+    from vlaccel.presets import names
 
-    presets = tuple(args.preset or pi0_bench.DEFAULT_PRESETS)
-    result = pi0_bench.run_pi0_bench(args.model, presets, repeats=args.measurement.repeats,
-                                     warmup=args.measurement.warmup, device=args.measurement.device, log=console.print)
-    table = pi0_bench.to_markdown(result)
+    presets = tuple(args.preset or flow_bench.DEFAULT_PRESETS)
+    check_names("preset", [p for spec in presets for p in spec.split("+")], names())
+    result = flow_bench.run_flow_bench(args.model, presets, repeats=args.measurement.repeats,
+                                       warmup=args.measurement.warmup, device=args.measurement.device,
+                                       log=console.print)
+    table = flow_bench.to_markdown(result)
     console.print(table)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table)
+        atomic.write_text(args.markdown, table)
     if args.json:
         text = dumps(result)
         if to_stdout:
             sys.stdout.write(text + "\n")
         else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
-    return 0
+            atomic.write_text(args.json, text + "\n")
+    return 1 if any("error" in s for s in result["settings"].values()) else 0
 
 
 def _emit(result: dict, args: BenchCommand, console, to_stdout: bool) -> int:
@@ -162,15 +165,13 @@ def _emit(result: dict, args: BenchCommand, console, to_stdout: bool) -> int:
             paths.append(report.plot_history(result, args.plot))
         console.print("plots: " + ", ".join(str(p) for p in paths))
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(report.to_markdown(result))
+        atomic.write_text(args.markdown, report.to_markdown(result))
         console.print(f"markdown: {args.markdown}")
     if args.json:
         text = report.dumps(result)
         if to_stdout:
             sys.stdout.write(text + "\n")
         else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+            atomic.write_text(args.json, text + "\n")
             console.print(f"JSON: {args.json}")
     return 1 if result["errors"] else 0

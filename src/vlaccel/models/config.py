@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 from vlaccel.errors import UsageError
@@ -11,6 +12,26 @@ from vlaccel.errors import UsageError
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 VISUAL_READOUT_SOURCES = ("lm_output", "lm_input")
 VISUAL_READOUT_POOLS = ("attention", "flatten")
+
+_WIDTH = 1 << 20  # any width, count or length: far past a model that fits in memory
+_LAYERS = 1024
+_SEED = 2**63 - 1
+#: the range a saved config.json may give each integer field (inclusive)
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "image_size": (1, 1 << 14), "patch_size": (1, 1 << 14), "num_cameras": (1, 64),
+    "vision_hidden": (1, _WIDTH), "vision_layers": (1, _LAYERS), "vision_heads": (1, _WIDTH),
+    "vision_intermediate": (1, _WIDTH), "lm_hidden": (1, _WIDTH), "lm_layers": (1, _LAYERS), "lm_heads": (1, _WIDTH),
+    "lm_kv_heads": (1, _WIDTH), "lm_intermediate": (1, _WIDTH), "max_positions": (1, 1 << 24),
+    "vocab_size": (1, _WIDTH), "proprio_dim": (0, _WIDTH), "action_dim": (1, _WIDTH), "action_chunk": (1, _WIDTH),
+    "dit_width": (1, _WIDTH), "dit_depth": (1, _LAYERS), "dit_heads": (1, _WIDTH), "train_timesteps": (1, 1 << 20),
+    "inference_steps": (1, 1 << 20), "sampling_seed": (0, _SEED), "visual_readout_heads": (0, _WIDTH),
+    "init_seed": (0, _SEED),
+}
+#: the range a saved config.json may give each float field: (low, high, low included); always finite
+FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "rope_theta": (0.0, math.inf, False), "dit_mlp_ratio": (0.0, 1024.0, False), "cfg_scale": (0.0, math.inf, True),
+    "init_noise_scale": (0.0, math.inf, True), "cfg_dropout": (0.0, 1.0, True),
+}
 
 
 @dataclasses.dataclass
@@ -140,18 +161,46 @@ class ReferenceVLAConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ReferenceVLAConfig:
-        """A config from a saved ``config.json``: every field must be there. A missing one is an error, not the
-        dataclass default: a default that differs from what the file was trained with changes the actions."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: dict[str, Any], source: str = "the policy config") -> ReferenceVLAConfig:
+        """A config from a saved ``config.json`` (``source`` names it in errors): every field must be there, each of
+        its type and in its range (:data:`INT_RANGES`, :data:`FLOAT_RANGES`; floats finite). A missing field is an
+        error, not the dataclass default: a default that differs from what the file was trained with changes the
+        actions."""
+        if not isinstance(data, dict):
+            raise UsageError(f"{source} must be a JSON object of ReferenceVLAConfig fields, got {type(data).__name__}; "
+                             "save the policy again with vlaccel.save_policy")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
         if unknown:
-            raise UsageError(f"unknown ReferenceVLAConfig field(s) {unknown}")
-        missing = sorted(known - set(data))
+            raise UsageError(f"{source}: unknown ReferenceVLAConfig field(s) {unknown}; remove them (the known fields "
+                             "are those vlaccel.save_policy writes)")
+        missing = [name for name in known if name not in data]
         if missing:
-            raise UsageError(f"the policy config has no {', '.join(missing)}: every ReferenceVLAConfig field must be "
+            raise UsageError(f"{source} has no {', '.join(missing)}: every ReferenceVLAConfig field must be "
                              "given (a saved config.json lists them all; add the value the policy was trained with)")
-        return cls(**data)
+        for name in known:
+            _check_field(name, data[name], source)
+        try:
+            return cls(**data)
+        except UsageError as err:
+            raise UsageError(f"{source}: {err}; set the fields to the values the policy was trained with") from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _check_field(name: str, value: Any, source: str) -> None:
+    """Refuse a saved field of the wrong JSON type or out of its range, naming the file, the field and the fix."""
+    fix = "set it to the value the policy was trained with (vlaccel.save_policy writes a valid file)"
+    if name in INT_RANGES:
+        low, high = INT_RANGES[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise UsageError(f"{source}: {name} must be an integer in [{low}, {high}], got {value!r}; {fix}")
+    elif name in FLOAT_RANGES:
+        low, high, closed = FLOAT_RANGES[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or not (low <= value if closed else low < value) or value > high:
+            bound = f"{'>=' if closed else '>'} {low:g}" + (f" and <= {high:g}" if math.isfinite(high) else "")
+            raise UsageError(f"{source}: {name} must be a finite number {bound}, got {value!r}; {fix}")
+    elif not isinstance(value, str):
+        raise UsageError(f"{source}: {name} must be a string, got {value!r}; {fix}")

@@ -10,7 +10,6 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 
 def at_least(low: int) -> Callable[[str], int]:
@@ -156,7 +155,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"[red]{summary['errors']} episodes raised[/red] (counted as failures; see 'error' in {args.out})"
         )
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+        from vlaccel import atomic
+
+        atomic.write_text(args.json, json.dumps(summary, indent=2))
         console.print(f"summary JSON: {args.json}")
     return 0

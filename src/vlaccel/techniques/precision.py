@@ -3,8 +3,9 @@
 Not a method of either paper: lower precision is the first thing a user reaches for, and it composes with the
 structural techniques. Each floating parameter and buffer of the chosen parts is replaced by a cast copy
 (``tensor.data = tensor.data.to(dtype)``); the float32 originals are kept by the handle, so ``remove()`` puts
-the very same tensors back (bit-identical outputs after). Memory while applied: the cast copies *plus* the
-originals, the price of an exact ``remove()``.
+the very same tensors back (bit-identical outputs after), and ``vlaccel.save_policy`` saves them (the plain policy)
+while the cast is applied. Memory while applied: the cast copies *plus* the originals, the price of an exact
+``remove()``.
 
 Parts come from the adapter (``module_parts``): for the reference VLA ``vision`` (encoder + projector),
 ``language_model`` (+ the proprio projection) and ``action_head`` (DiT + the visual readout that conditions it);
@@ -129,6 +130,10 @@ class _Applied:
             h.remove()
         for tensor, data in self.originals:
             tensor.data = data
+
+    def plain_tensors(self) -> dict[int, torch.Tensor]:
+        """For saving the plain policy: ``id(cast parameter or buffer)`` -> the float32 data ``remove()`` restores."""
+        return {id(tensor): data for tensor, data in self.originals}
 
 
 def _own_dtype(module: nn.Module) -> torch.dtype | None:

@@ -64,6 +64,10 @@ class _Applied:
         for linear, weight in self.originals:
             linear.weight = weight
 
+    def plain_tensors(self) -> dict[int, nn.Parameter]:
+        """For saving the plain policy: ``id(quantized weight)`` -> the float ``Parameter`` ``remove()`` restores."""
+        return {id(linear.weight): weight for linear, weight in self.originals}
+
 
 def _linears(model: Any, config: QuantizeConfig, adapter: Any) -> list[nn.Linear]:
     chosen, _ = choose_parts(model, adapter, config.parts, "QuantizeConfig")

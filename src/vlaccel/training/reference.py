@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from vlaccel import atomic
 from vlaccel.errors import MissingInputError, UsageError
 from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, load_policy, save_policy
 from vlaccel.models.io import bundled_dir
@@ -40,7 +43,7 @@ from vlaccel.training.distillation import ActionDistillation
 from vlaccel.training.flags import command_line
 from vlaccel.training.train_config import SCENE_TARGETS, TrainConfig, TrainExperiment
 
-__all__ = ["SCENE_TARGETS", "TrainConfig", "TrainExperiment", "batch_loss", "lr_at", "train"]
+__all__ = ["SCENE_TARGETS", "TrainConfig", "TrainExperiment", "batch_loss", "load_checkpoint", "lr_at", "train"]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -201,7 +204,7 @@ class _Run:
         """Continue from the checkpoint in ``run_dir``, if there is one."""
         if not self.path.exists():
             return
-        ckpt = torch.load(self.path, weights_only=False)
+        ckpt = load_checkpoint(self.path)
         self.policy.load_state_dict(ckpt["model"])
         if "probes" in ckpt:  # checkpoints from before the waypoint loss have none: the probes start fresh
             missing, unexpected = self.probes.load_state_dict(ckpt["probes"], strict=False)
@@ -216,11 +219,38 @@ class _Run:
         log(f"resumed from {self.path} at step {self.step}")
 
     def save(self) -> None:
-        """Write the checkpoint (atomically enough for a resume: one torch.save)."""
-        torch.save({"model": self.policy.state_dict(), "probes": self.probes.state_dict(),
-                    "optimizer": self.opt.state_dict(), "step": self.step, "history": self.history,
-                    "numpy_rng": self.rng.bit_generator.state, "torch_gen": self.gen.get_state(),
-                    "torch_rng": torch.get_rng_state(), "train_config": dataclasses.asdict(self.cfg)}, self.path)
+        """Write the checkpoint atomically (a temp file, then ``os.replace``): a run killed while saving keeps the
+        previous checkpoint. Only tensors and plain Python values, so :func:`load_checkpoint` reads it weights-only."""
+        state = {"model": self.policy.state_dict(), "probes": self.probes.state_dict(),
+                 "optimizer": self.opt.state_dict(), "step": self.step, "history": self.history,
+                 "numpy_rng": self.rng.bit_generator.state, "torch_gen": self.gen.get_state(),
+                 "torch_rng": torch.get_rng_state(), "train_config": dataclasses.asdict(self.cfg)}
+        with atomic.replacing(self.path) as tmp:
+            torch.save(state, tmp)
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "history", "numpy_rng", "torch_gen", "torch_rng")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A ``train-reference`` checkpoint, loaded weights-only (``torch.load(weights_only=True)``): tensors and plain
+    Python values. A file that needs anything else (a pickled object, which could run code when loaded) is refused
+    with one ``UsageError`` line naming it, as is an unreadable or truncated one."""
+    again = "delete it (training starts over) or pass another --run-dir"
+    try:
+        ckpt = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f"it names {found.group(1)}" if found else str(err).splitlines()[0]
+        raise UsageError(f"{path} is not a weights-only checkpoint ({what}); loading it could run code, so it is "
+                         f"refused: {again}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"{path} is not a readable checkpoint ({first}); it may be truncated: {again}") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UsageError(f"{path} is not a train-reference checkpoint (no {', '.join(missing)}): {again}")
+    return ckpt
 
 
 def _fit(cfg: TrainConfig, run: _Run, demos: list, probs: np.ndarray | None, layout: dict | None,

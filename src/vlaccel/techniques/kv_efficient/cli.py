@@ -146,7 +146,9 @@ def run(args: GateCommand) -> int:
                 Console().print(f"window {cfg.window} tokens, budget {budget} summaries per layer")
                 Console().print(format_table(comparison))
                 Console().print(format_table(comparison, by_task=True))
-        (Path(out) / "comparison.json").write_text(json.dumps(result["comparison"], indent=2) + "\n")
+        from vlaccel import atomic
+
+        atomic.write_json(Path(out) / "comparison.json", result["comparison"], indent=2)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0

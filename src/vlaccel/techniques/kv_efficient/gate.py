@@ -164,14 +164,18 @@ def gate_files(path: str | Path) -> tuple[Path, Path]:
 
 
 def save_gate(gate: KVGate, folder: str | Path) -> Path:
-    """Write ``gate.safetensors`` + ``gate.json`` into ``folder``; returns the folder."""
+    """Write ``gate.safetensors`` + ``gate.json`` into ``folder`` (through a temp folder: a failed save leaves
+    no half-written gate); returns the folder."""
     from safetensors.torch import save_file
 
+    from vlaccel import atomic
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in gate.state_dict().items()}
-    save_file(state, str(folder / GATE_WEIGHTS), metadata={"format": "pt", "fingerprint": str(gate.fingerprint)})
-    (folder / GATE_META).write_text(json.dumps({"sizes": gate.sizes, **gate.meta}, indent=2, sort_keys=True) + "\n")
+    meta = json.dumps({"sizes": gate.sizes, **gate.meta}, indent=2, sort_keys=True) + "\n"
+    with atomic.folder(folder) as tmp:
+        save_file(state, str(tmp / GATE_WEIGHTS), metadata={"format": "pt", "fingerprint": str(gate.fingerprint)})
+        (tmp / GATE_META).write_text(meta)
     return folder
 
 
