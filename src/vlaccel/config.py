@@ -38,6 +38,7 @@ TECHNIQUES = Registry("technique", "vlaccel.techniques", {
     "kv_efficient": "vlaccel.techniques.kv_efficient.config:KVEfficientConfig",
     "precision": "vlaccel.techniques.precision:PrecisionConfig",
     "compile": "vlaccel.techniques.compile:CompileConfig",
+    "cross_kv_reuse": "vlaccel.techniques.cross_kv_reuse:CrossKVReuseConfig",
     "quantize": "vlaccel.techniques.quantize:QuantizeConfig",
 })
 

@@ -34,6 +34,7 @@ PRESETS = Registry("preset", "vlaccel.presets", {
     "ddim5": "vlaccel.presets:ddim5",
     "bf16": "vlaccel.presets:bf16",
     "compile": "vlaccel.presets:compiled",
+    "cross-kv": "vlaccel.presets:cross_kv",
     "fast": "vlaccel.presets:fast",
     "efficientvla": f"{_EVLA}:efficientvla",
     "efficientvla-keep-layers": f"{_EVLA}:efficientvla_keep_layers",
@@ -164,6 +165,14 @@ def compiled() -> list[TechniqueConfig]:
     from vlaccel.techniques.compile import CompileConfig
 
     return [CompileConfig()]
+
+
+@describe_as("the action expert's projections of the cached prefix computed once per chunk, not at every flow step "
+             "(exact; SmolVLA's cross-attention layers)")
+def cross_kv() -> list[TechniqueConfig]:
+    from vlaccel.techniques.cross_kv_reuse import CrossKVReuseConfig
+
+    return [CrossKVReuseConfig()]
 
 
 #: the action head's DDIM steps in ``fast``, chosen on selection seeds 2000-2019 (docs/benchmarks.md): 3 kept

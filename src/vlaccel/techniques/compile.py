@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from vlaccel.config import TechniqueConfig
-from vlaccel.techniques.parts import as_names, choose_parts
+from vlaccel.techniques.parts import as_names
 
 __all__ = ["CompileConfig", "CompiledForward", "graph_breaks", "MODES", "BACKENDS"]
 
@@ -76,20 +76,22 @@ class CompileConfig(TechniqueConfig):
 
 
 class CompiledForward:
-    """A module's instance ``forward``: ``inner`` (the forward it replaced) compiled on first call.
+    """A module's instance ``forward`` (or another method an adapter names, ``ModelAdapter.compile_sites``):
+    ``inner`` (the callable it replaced) compiled on first call.
 
-    ``inner`` is the class's unbound ``forward`` (called with the module) or a callable a technique set on the
-    instance. A deep copy of the model gets its own, uncompiled one bound to the copied module.
+    ``inner`` is ``None`` for the class's own method (bound to ``module`` when compiled) or a callable a technique set
+    on the instance. A deep copy of the model gets its own, uncompiled one bound to the copied object.
     """
 
-    def __init__(self, module: nn.Module, inner: Callable[..., Any] | None, options: dict[str, Any]):
-        self.module, self.inner, self.options = module, inner, dict(options)
+    def __init__(self, module: Any, inner: Callable[..., Any] | None, options: dict[str, Any],
+                 method: str = "forward"):
+        self.module, self.inner, self.options, self.method = module, inner, dict(options), method
         self.compiled: Callable[..., Any] | None = None
 
     def _target(self) -> Callable[..., Any]:
         if self.inner is not None:
             return self.inner
-        return type(self.module).forward.__get__(self.module)
+        return getattr(type(self.module), self.method).__get__(self.module)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.compiled is None:
@@ -97,19 +99,20 @@ class CompiledForward:
         return self.compiled(*args, **kwargs)
 
     def __deepcopy__(self, memo: dict) -> CompiledForward:
-        return CompiledForward(copy.deepcopy(self.module, memo), copy.deepcopy(self.inner, memo), self.options)
+        return CompiledForward(copy.deepcopy(self.module, memo), copy.deepcopy(self.inner, memo), self.options,
+                               self.method)
 
 
 class _Applied:
     def __init__(self) -> None:
-        self.replaced: list[tuple[nn.Module, Any]] = []  # (module, its previous instance forward or None)
+        self.replaced: list[tuple[Any, str, Any]] = []  # (object, method name, its previous instance attribute)
 
     def remove(self) -> None:
-        for module, previous in reversed(self.replaced):
+        for owner, method, previous in reversed(self.replaced):
             if previous is None:
-                del module.forward
+                del owner.__dict__[method]
             else:
-                module.forward = previous
+                owner.__dict__[method] = previous
         self.replaced.clear()
 
 
@@ -121,12 +124,18 @@ def _cpp_compiler() -> str | None:
     return next((path for c in candidates if (path := shutil.which(c))), None)
 
 
-def _chosen_modules(model: Any, config: CompileConfig, adapter: Any) -> list[nn.Module]:
-    chosen, _ = choose_parts(model, adapter, config.parts, "CompileConfig")
-    modules: list[nn.Module] = []
-    for part in chosen.values():
-        modules += [m for m in part if all(m is not seen for seen in modules)]
-    return modules
+def _chosen_sites(model: Any, config: CompileConfig, adapter: Any) -> list[tuple[Any, str]]:
+    """(object, method) pairs to compile: the adapter's compile sites of the chosen parts, each once."""
+    sites = adapter.compile_sites(model)
+    names = list(sites) if config.parts is None else list(config.parts)
+    unknown = [p for p in names if p not in sites]
+    if unknown:
+        raise ValueError(f"CompileConfig.parts {unknown} are not parts of {type(model).__name__}; its parts are "
+                         f"{sorted(sites)}")
+    chosen: list[tuple[Any, str]] = []
+    for part in names:
+        chosen += [(o, m) for o, m in sites[part] if all(o is not seen or m != n for seen, n in chosen)]
+    return chosen
 
 
 class CompileHandler:
@@ -136,14 +145,14 @@ class CompileHandler:
             raise RuntimeError("CompileConfig(backend='inductor') on the CPU generates C++ and needs a compiler, and "
                                "none was found (CXX, c++, g++, clang++): install one (e.g. apt install g++) or "
                                "leave CompileConfig out")
-        _chosen_modules(model, config, adapter)
+        _chosen_sites(model, config, adapter)
 
     def apply(self, model: Any, config: CompileConfig, adapter: Any, prepared: None = None) -> _Applied:
         state = _Applied()
-        for module in _chosen_modules(model, config, adapter):
-            previous = module.__dict__.get("forward")
-            state.replaced.append((module, previous))
-            module.forward = CompiledForward(module, previous, config.options())
+        for owner, method in _chosen_sites(model, config, adapter):
+            previous = owner.__dict__.get(method)
+            state.replaced.append((owner, method, previous))
+            owner.__dict__[method] = CompiledForward(owner, previous, config.options(), method)
         return state
 
 
