@@ -167,3 +167,12 @@ def test_forward_cache_reads_either_name_and_refuses_two_different_caches():
     model = build("llama")
     kwargs = replace_forward_cache(model, {"cache": a, "past_key_values": a, "use_cache": True}, b)
     assert kwargs == {cache_keyword(model): b, "use_cache": True}
+
+
+def test_the_reference_policy_has_one_vision_layout_on_every_release(tiny_policy):
+    """transformers 5.5 nests SigLIP's encoder in ``.vision_model``, 5.20 does not; the policy's keys are the same."""
+    from vlaccel.transformers_compat import siglip_vision_encoder
+
+    keys = [k for k in tiny_policy.state_dict() if k.startswith("vision.")]
+    assert keys and all(k.startswith(("vision.embeddings.", "vision.encoder.", "vision.post_layernorm.")) for k in keys)
+    assert siglip_vision_encoder is not None and hasattr(tiny_policy.vision, "embeddings")

@@ -1,4 +1,6 @@
-"""The one place that knows what transformers calls the KV cache argument.
+"""The one place that knows what differs between the transformers releases vlaccel supports (5.5.4 to 5.x).
+
+The KV cache argument (below), and the SigLIP vision model's layout (:func:`siglip_vision_encoder`).
 
 transformers up to 5.23 passes the cache to every model, decoder layer and attention forward as
 ``past_key_values`` and returns it as ``output.past_key_values``; 5.24 renamed both to ``cache``
@@ -80,3 +82,18 @@ def output_cache(output: Any) -> Any:
 
         return next((item for item in output if isinstance(item, Cache)), None)
     return None
+
+
+def siglip_vision_encoder(config: Any) -> Any:
+    """A SigLIP vision encoder whose ``embeddings``, ``encoder`` and ``post_layernorm`` sit at its top level on every
+    release, so a policy that holds it has the same state-dict keys (and the same file) everywhere.
+
+    transformers 5.20 puts them on ``SiglipVisionModel`` itself; 5.5 wraps them one level deeper, in
+    ``SiglipVisionModel.vision_model`` (a ``SiglipVisionTransformer``, itself a pretrained model with the same
+    ``forward(pixel_values) -> last_hidden_state``). This returns that inner model where it exists.
+    """
+    from transformers import SiglipVisionModel
+
+    model = SiglipVisionModel(config)
+    inner = getattr(model, "vision_model", None)
+    return inner if inner is not None else model

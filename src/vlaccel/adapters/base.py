@@ -28,11 +28,14 @@ CAPABILITY_NAMES = {
     "sampler": "an action sampler whose step count vlaccel can set",
     "history": "a KV cache vlaccel can give a cache factory to",
     "frames": "observations of a fixed number of tokens (frames)",
+    "cross_kv": "an action expert that re-projects a cached prefix in cross-attention at every flow step",
 }
 
 #: built-in adapters, tried in this order after run-time registrations and entry points
 ADAPTERS = Registry("adapter", "vlaccel.adapters", {
     "reference": "vlaccel.adapters.reference:ReferenceVLAAdapter",
+    "lerobot_pi": "vlaccel.adapters.lerobot_pi:LeRobotPI0Adapter",
+    "lerobot_smolvla": "vlaccel.adapters.lerobot_smolvla:SmolVLAAdapter",
     "pi0": "vlaccel.adapters.pi0:PI0Adapter",
     "hf_vlm": "vlaccel.adapters.hf_vlm:HFVLMAdapter",
     "hf_decoder": "vlaccel.adapters.hf_decoder:HFDecoderAdapter",
@@ -91,6 +94,28 @@ class ModelAdapter:
         slot of :meth:`decoder_layers`' layer i, e.g. pi0's action expert reading the VLM's prefix KV. Layer
         pruning removes their layers in pairs with the decoder's; token pruning narrows what their layers read."""
         return []
+
+    def layer_groups(self, model: Any) -> list[list[int]]:
+        """Indices of :meth:`decoder_layers` that layer pruning keeps or removes only together (e.g. SmolVLA's aligned
+        (self-attn, cross-attn) pairs). Default: every layer on its own."""
+        return [[i] for i in range(len(self.decoder_layers(model)))]
+
+    def hidden_state_taps(self, model: Any, owner: nn.Module) -> list[tuple[nn.Module, str]]:
+        """Where layer-importance calibration reads the hidden states of the stack ``owner`` (holds ``.layers``):
+        L + 1 ``(module, "input" | "output")`` pairs: the input of layer 0, then each layer's output. Default: the
+        layers' own forwards; a model whose loop calls the layers' parts instead names those parts."""
+        layers = owner.layers
+        return [(layers[0], "input"), *[(layer, "output") for layer in layers]]
+
+    def layers_changed(self, model: Any) -> None:
+        """Called after layer pruning changed the layer lists (and after it restored them): a model that keeps its
+        own layer counts outside the decoder configs updates them here. Default: nothing to do."""
+
+    def token_prune_handler(self, model: Any) -> Any:
+        """A handler (``validate``/``apply``, as a technique's, and ``DEFAULT_LAYER``, what ``layer=None`` resolves
+        to) running token pruning on a model whose own layer loop bypasses decoder-layer hooks; None (default): the
+        generic hook-based pruning."""
+        return None
 
     def visual_tokens(self, model: Any) -> int:
         """Visual tokens of one image - the budget token pruning selects from (a model given several images per
@@ -166,6 +191,12 @@ class ModelAdapter:
         modules that are *called* (each gets an input-casting pre-hook, or its forward compiled); a group's
         parameters and buffers are what changes dtype."""
         return {"model": [model]}
+
+    def compile_sites(self, model: Any) -> dict[str, list[tuple[Any, str]]]:
+        """Named groups of ``(object, method name)`` that ``CompileConfig`` compiles (an instance attribute replaces
+        each, removed with the technique). Default: the ``forward`` of every module of :meth:`module_parts`.
+        Override where the model's work is one method calling many small modules (SmolVLA's own layer loop)."""
+        return {part: [(m, "forward") for m in modules] for part, modules in self.module_parts(model).items()}
 
     def end_episode(self, model: Any, reason: str) -> None:
         """End a running history episode (``apply`` and ``remove`` call this: an episode's cache and a technique's

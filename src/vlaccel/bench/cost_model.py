@@ -14,7 +14,8 @@ s slots per summary)::
 
 FLOPs of one step that appends q tokens to a cache holding T slots, counted the way
 ``torch.utils.flop_counter`` counts them (matmuls only; SDPA over the full q x (T + q) score block, causal
-sparsity not discounted; GQA keys repeated to H heads)::
+sparsity not discounted; GQA keys repeated to H heads; RoPE angles left out: transformers 5.20 computes them
+elementwise, 0 counted FLOPs, 5.5 as a matmul counted under the LM's ``rotary_emb``, d_h per position)::
 
     attention = L * 4 * H * d_h * q * (T + q)                               (QK^T and AV; ~ 4 H d_h T per token)
     dense     = L * q * 2 * (D*H*d_h + 2*D*H_kv*d_h + H*d_h*D + 3*D*I)      (projections + gated MLP: unchanged)

@@ -28,7 +28,11 @@ def register_cpu_sdpa_formula() -> None:
 
         @register_flop_formula(op, get_raw=True)
         def _sdpa_cpu_flop(query, key, value, *args, out_val=None, **kwargs):  # noqa: ANN001
-            return sdpa_flop_count(query.shape, key.shape, value.shape)
+            # grouped-query attention: keys/values with fewer heads count as repeated to the query's heads, as
+            # torch 2.13's sdpa_flop_count does itself (torch 2.11's asserts equal head counts)
+            heads = query.shape[-3]
+            return sdpa_flop_count(query.shape, (*key.shape[:-3], heads, *key.shape[-2:]),
+                                   (*value.shape[:-3], heads, *value.shape[-2:]))
 
     _REGISTERED = True
 

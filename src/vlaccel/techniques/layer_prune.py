@@ -26,7 +26,10 @@ VLM's layer i cached): layers go in pairs. The same indices are removed from bot
 renumbered alike, so expert layer j keeps reading the VLM layer it was trained against. A pair's importance is
 the sum of its two layers' Eq. 1 scores, each measured on its own stack during the same calibration runs (the
 VLM over the prefix, the expert over every flow step's [state][action chunk] block); MLP channels are pruned in
-the VLM's kept layers only. ``remove()`` restores the list, the config values
+the VLM's kept layers only. Layers an adapter groups (``ModelAdapter.layer_groups``: SmolVLA's aligned
+(self-attn, cross-attn) pairs) go only together, a group's importance being the sum of its layers'; a model whose
+own loop calls the layers' parts names where Eq. 1's hidden states are read (``hidden_state_taps``) and updates its
+own layer counts (``layers_changed``). ``remove()`` restores the list, the config values
 and every ``layer_idx``. Structural, so it is applied before the hook-based techniques (``order = 10``);
 token pruning's ``layer`` then counts kept layers.
 """
@@ -114,7 +117,11 @@ class LayerPruneConfig(TechniqueConfig):
         if self.keep_fraction is None:
             return self
         total = planned_layers(model, adapter, pending)
-        return dataclasses.replace(self, keep_layers=self.kept_count(total), keep_fraction=None)
+        keep = self.kept_count(total)
+        size = len(adapter.layer_groups(model)[0]) if total == len(adapter.decoder_layers(model)) else 1
+        if size > 1:  # whole groups only: the nearest multiple of the group size, at least one group
+            keep = min(total, max(size, size * int(keep / size + 0.5)))
+        return dataclasses.replace(self, keep_layers=keep, keep_fraction=None)
 
     def layers_after(self, layers: int) -> int:
         return self.kept_count(layers)
@@ -175,7 +182,8 @@ def calibrate(model: Any, observations: Sequence[dict[str, Any]], mlp: bool = Fa
     layers = adapter.decoder_layers(model)
     if not observations:
         raise ValueError("calibrate() needs at least one observation")
-    stacks = [_StackCapture(layers), *[_StackCapture(stack.layers) for stack in adapter.coupled_decoders(model)]]
+    owners = [adapter.decoder_owner(model), *adapter.coupled_decoders(model)]
+    stacks = [_StackCapture(adapter.hidden_state_taps(model, owner)) for owner in owners]
     act_sum = [None] * len(layers) if mlp else None
     act_count = [0] * len(layers)
 
@@ -210,23 +218,27 @@ def calibrate(model: Any, observations: Sequence[dict[str, Any]], mlp: bool = Fa
 
 
 class _StackCapture:
-    """Hooks capturing one decoder stack's layer-0 input and every layer's output during calibration runs."""
+    """Hooks capturing one decoder stack's layer-0 input and every layer's output during calibration runs, at the
+    adapter's ``hidden_state_taps`` (L + 1 ``(module, "input" | "output")``: by default the layers themselves)."""
 
-    def __init__(self, layers: Sequence[nn.Module]):
-        self.layers = layers
-        self.captured: list[list[torch.Tensor]] = [[] for _ in range(len(layers) + 1)]
+    def __init__(self, taps: Sequence[tuple[nn.Module, str]]):
+        self.taps = list(taps)
+        self.captured: list[list[torch.Tensor]] = [[] for _ in self.taps]
         self.handles: list[Any] = []
 
     def install(self) -> None:
-        self.handles.append(self.layers[0].register_forward_pre_hook(self._grab_input, with_kwargs=True))
-        self.handles += [layer.register_forward_hook(self._grab_output(i)) for i, layer in enumerate(self.layers)]
+        for i, (module, kind) in enumerate(self.taps):
+            self.handles.append(module.register_forward_pre_hook(self._grab_input(i), with_kwargs=True)
+                                if kind == "input" else module.register_forward_hook(self._grab_output(i)))
 
-    def _grab_input(self, _mod, args, kwargs):
-        self.captured[0].append((args[0] if args else kwargs["hidden_states"]).detach())
+    def _grab_input(self, i):
+        def hook(_mod, args, kwargs):
+            self.captured[i].append((args[0] if args else kwargs["hidden_states"]).detach())
+        return hook
 
     def _grab_output(self, i):
         def hook(_mod, _args, output):
-            self.captured[i + 1].append((output[0] if isinstance(output, tuple) else output).detach())
+            self.captured[i].append((output[0] if isinstance(output, tuple) else output).detach())
         return hook
 
     def clear(self) -> None:
@@ -235,7 +247,7 @@ class _StackCapture:
 
     def importance(self) -> torch.Tensor:
         if not self.captured[0]:
-            raise RuntimeError(f"a calibration sample never ran this stack's {type(self.layers[0]).__name__} layers; "
+            raise RuntimeError(f"a calibration sample never ran this stack's {type(self.taps[0][0]).__name__}; "
                                "layer importance needs each stack's forwards (for pi0: sample_actions' keyword "
                                "arguments)")
         return layer_importance([torch.cat(c, dim=1) for c in self.captured])
@@ -348,13 +360,34 @@ def calibration_observations(model: Any, config: LayerPruneConfig) -> list[dict[
 
 
 # ---------------------------------------------------------------------------------------------- handler
-def layers_to_keep(importance: torch.Tensor | None, total: int, keep: int, method: str) -> list[int]:
+def layers_to_keep(importance: torch.Tensor | None, total: int, keep: int, method: str,
+                   groups: Sequence[Sequence[int]] | None = None) -> list[int]:
     """Indices (ascending) of the kept layers: drop the ``total - keep`` lowest-importance ones
-    (ties: the lower index is dropped first), or the last ones for ``method="last"``."""
-    if method == "last" or keep == total:
-        return list(range(keep))
-    order = torch.sort(importance, stable=True).indices  # ascending importance
-    return sorted(order[total - keep:].tolist())
+    (ties: the lower index is dropped first), or the last ones for ``method="last"``. With ``groups`` (the
+    adapter's ``layer_groups``, all of one size g) whole groups go: the (total - keep) / g groups of lowest summed
+    importance, or the last ones."""
+    if groups is None or all(len(g) == 1 for g in groups):
+        if method == "last" or keep == total:
+            return list(range(keep))
+        order = torch.sort(importance, stable=True).indices  # ascending importance
+        return sorted(order[total - keep:].tolist())
+    size = len(groups[0])
+    drop_groups = (total - keep) // size
+    if method == "last" or drop_groups == 0:
+        kept_groups = list(range(len(groups) - drop_groups))
+    else:
+        score = torch.stack([importance[list(g)].sum() for g in groups])  # [G]
+        kept_groups = sorted(torch.sort(score, stable=True).indices[drop_groups:].tolist())
+    return [i for g in kept_groups for i in groups[g]]
+
+
+def _group_size(groups: Sequence[Sequence[int]]) -> int:
+    """The common size of the adapter's layer groups (1 for singletons); unequal groups are refused."""
+    sizes = {len(g) for g in groups}
+    if len(sizes) != 1:
+        raise NotImplementedError(f"layer pruning needs layer groups of one size; this model's have sizes "
+                                  f"{sorted(sizes)} (a depth that is not a multiple of the group size)")
+    return sizes.pop()
 
 
 class _StackSurgery:
@@ -391,12 +424,15 @@ class _Applied:
         self.stacks = [_StackSurgery(adapter, model, adapter.decoder_owner(model), adapter.lm_config(model), keep)]
         self.stacks += [_StackSurgery(adapter, model, stack, stack.config, keep)
                         for stack in adapter.coupled_decoders(model)]
+        self.adapter, self.model = adapter, model
+        adapter.layers_changed(model)
 
     def remove(self) -> None:
         if self.mlp is not None:
             self.mlp.remove()
         for stack in reversed(self.stacks):
             stack.remove()
+        self.adapter.layers_changed(self.model)
 
 
 class LayerPruneHandler:
@@ -412,6 +448,11 @@ class LayerPruneHandler:
                              f"({total} keeps every layer)")
         if config.drop_layers is not None and not 0 <= config.drop_layers <= total - 1:
             raise ValueError(f"drop_layers={config.drop_layers} is outside [0, {total - 1}] for this {total}-layer decoder")
+        size = _group_size(adapter.layer_groups(model))
+        if (total - config.kept_count(total)) % size:
+            raise ValueError(f"{type(model).__name__} removes layers in aligned groups of {size} "
+                             f"({adapter.layer_groups(model)[0]}, ...): keep a multiple of {size} layers, e.g. "
+                             f"keep_layers={total - size * max(1, round((total - config.kept_count(total)) / size))}")
         if config.mlp_prune_ratio > 0:
             for layer in adapter.decoder_layers(model):
                 mlp_prune.mlp_parts(adapter.mlp_module(model, layer))
@@ -425,7 +466,8 @@ class LayerPruneHandler:
         if config.needs_calibration(total):
             calib = calibrate(model, calibration_observations(model, config), mlp=config.mlp_prune_ratio > 0,
                               adapter=adapter)
-        keep = layers_to_keep(None if calib is None else calib.layer_importance, total, keep_n, config.method)
+        keep = layers_to_keep(None if calib is None else calib.layer_importance, total, keep_n, config.method,
+                              adapter.layer_groups(model))
         state = _Applied(adapter, model, keep)
         if config.mlp_prune_ratio > 0:
             try:

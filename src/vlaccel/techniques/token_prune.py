@@ -122,7 +122,9 @@ class TokenPruneConfig(TechniqueConfig):
         if keep is None:
             keep = max(self.min_keep(), int(adapter.visual_tokens(model) * self.keep_fraction + 0.5))
         if layer is None:
-            layer = max(0, min(PAPER_LAYER, planned_layers(model, adapter, pending) - 2))
+            own = adapter.token_prune_handler(model)  # a model pruned by its adapter's handler names its layer
+            layer = own.DEFAULT_LAYER if own is not None else max(0, min(PAPER_LAYER, planned_layers(
+                model, adapter, pending) - 2))
         return dataclasses.replace(self, keep_tokens=keep, layer=layer, keep_fraction=None)
 
     def is_neutral(self, model: Any, adapter: Any) -> bool:
@@ -389,6 +391,7 @@ class _TokenPruner:
         past_full = mask.shape[-1] - hidden.shape[1]  # the prefix as layer 0's slot holds it (every token)
         if columns.shape[1] == past_full:
             return None  # nothing pruned in this prefix
+        self._drop_previous_step(layer, forward_cache(kwargs), columns.shape[1])
         if self.reader_mask is None or self.reader_mask[0] is not mask:  # one narrowing per step, shared by layers
             every = torch.arange(hidden.shape[1], device=mask.device).expand(columns.shape[0], -1)
             keep = torch.cat([columns, past_full + every], dim=1)  # [B, P' + S]
@@ -398,10 +401,30 @@ class _TokenPruner:
         kwargs["attention_mask"] = self.reader_mask[1]
         return args, kwargs
 
+    def _drop_previous_step(self, layer, cache: Any, prefix: int) -> None:
+        """Leave ``layer``'s cache slot holding the ``prefix`` kept prefix tokens only.
+
+        After each flow step pi0's ``sample_actions`` crops the cache back to the prefix: transformers 5.20 removes
+        the tokens the step added from every slot (``crop(prefix_length - get_seq_length())``), but 5.5 (LeRobot
+        0.6.1's 5.5.4) crops every slot to layer 0's absolute prefix length (``crop(prefix_length)``), so a slot
+        of a layer > K, which holds fewer prefix tokens, keeps (part of) the previous step's state and action
+        tokens. A negative ``crop`` removes that many tokens on both releases; on 5.20 there is none to remove.
+        """
+        if cache is None:
+            return
+        slot = cache.layers[self.adapter.attention_module(self.model, layer).layer_idx]
+        stale = slot.get_seq_length() - prefix
+        if stale > 0:
+            slot.crop(-stale)
+
 
 class TokenPruneHandler:
     def validate(self, model: Any, config: TokenPruneConfig, adapter: Any, pending: tuple = ()) -> None:
         from vlaccel.techniques.layer_prune import planned_layers
+
+        own = adapter.token_prune_handler(model)  # a model whose own layer loop bypasses layer hooks (SmolVLA)
+        if own is not None:
+            return own.validate(model, config, adapter, pending)
 
         n = adapter.visual_tokens(model)  # raises for models without visual tokens
         self._check_layer(config, planned_layers(model, adapter, pending))
@@ -422,6 +445,9 @@ class TokenPruneHandler:
                              "and pruning needs at least one layer after the scoring layer")
 
     def apply(self, model: Any, config: TokenPruneConfig, adapter: Any, prepared: None = None) -> Any:
+        own = adapter.token_prune_handler(model)
+        if own is not None:
+            return own.apply(model, config, adapter, prepared)
         pruner = _TokenPruner(model, config, adapter)
         pruner.install()  # also when neutral: keeping every token goes through the same hooks
         return pruner

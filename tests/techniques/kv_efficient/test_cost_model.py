@@ -31,7 +31,11 @@ def test_predicted_flops_and_bytes_match_counted(tiny_policy, setting):
         for frame, image in enumerate(random_frames(tiny_policy.config.image_size, 6), start=1):
             _, per_module = count_flops(lambda image=image: tiny_policy.step(image, np.zeros(4, np.float32)))
             predicted = step_cost(shape, cfg, prefix, q, q, frame, gate)
-            assert per_module["LlamaModel"] == predicted["lm_flops"], frame
+            # RoPE angles are left out of the model: transformers 5.5 computes them as a matmul inv_freq @
+            # position_ids (d_h FLOPs per position and call, counted under rotary_emb, also where the cache
+            # re-rotates summaries), 5.20 as an elementwise product FlopCounterMode does not count
+            lm = per_module["LlamaModel"] - per_module.get("LlamaModel.rotary_emb", 0)
+            assert lm == predicted["lm_flops"], frame
             assert tiny_policy.cache.kv_bytes() == predicted["kv_bytes"], frame
     if setting != "full":
         assert predicted["tokens_after"] < prefix + 6 * q  # the model says the cache is bounded, and it was

@@ -143,7 +143,13 @@ class ChunkedGatedLayer(CacheLayerMixin):
         return self.stored + query_length, self.get_seq_length() - self.stored
 
     def get_max_length(self) -> int:
+        """No maximum (``-1``, as ``DynamicLayer``): the abstract method of transformers >= 5.20's ``CacheLayerMixin``."""
         return -1
+
+    def get_max_cache_shape(self) -> int:
+        """The same under its name before transformers PR #46862 (released after 5.5.4, renamed by 5.20):
+        abstract in 5.5's ``CacheLayerMixin``, so the layer cannot be built there without it; unused on 5.20."""
+        return self.get_max_length()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
                ) -> tuple[torch.Tensor, torch.Tensor]:
