@@ -213,7 +213,116 @@ def pi0_single_actions(model) -> Any:
     return np.concatenate([pi0_actions(model, s) for s in (0, 1)])
 
 
+# --- LeRobot pi0 / pi0.5 (PI0Policy, PI05Policy, tiny random builds): a "sequence" is one predict_action_chunk call
+def _lerobot_pi_cases() -> tuple[TechniqueCase, ...]:
+    def calibrate(policy) -> None:
+        from vlaccel.models.lerobot_pi import action_noise, pi_batch
+        from vlaccel.techniques.layer_prune import set_calibration_observations
+
+        samples = [{**pi_batch(policy, s), "noise": action_noise(policy, s)} for s in (11, 12)]
+        set_calibration_observations(policy, samples)
+
+    layers = lambda p: p.model.paligemma_with_expert.paligemma.config.text_config.num_hidden_layers  # noqa: E731
+
+    def per_image(policy) -> int:
+        from vlaccel.adapters import get_adapter
+
+        return get_adapter(policy).visual_tokens(policy)
+
+    return (
+        TechniqueCase("denoise_steps", neutral=lambda p: _denoise(p.config.num_inference_steps),
+                      lossy=lambda p: _denoise(4)),
+        TechniqueCase("layer_prune", neutral=lambda p: _layer_prune(layers(p)),
+                      lossy=lambda p: _layer_prune(layers(p) - 1, mlp=0.25), prepare=calibrate),
+        *[TechniqueCase(f"token_prune_{method}", neutral=lambda p, k=method: _token_prune(per_image(p), k),
+                        lossy=lambda p, k=method: _token_prune(6, k), stateful=True)
+          for method in ("efficientvla", "fastv", "random", "diversity")],
+        TechniqueCase("head_cache", neutral=lambda p: _head_cache(1), lossy=lambda p: _head_cache(5), stateful=True),
+        PRECISION_CASE,
+    )
+
+
+def _lerobot_pi_subject(kind: str) -> Subject:
+    from vlaccel.models.lerobot_pi import build_lerobot_pi
+
+    return Subject(f"lerobot-{kind}", lambda: build_lerobot_pi(kind, "tiny"), lerobot_pi_single_chunks,
+                   lerobot_pi_chunk, _lerobot_pi_cases())
+
+
+def lerobot_pi_chunk(policy, seed: int = 0) -> Any:
+    """The action chunk [1, chunk, action_dim] of one ``predict_action_chunk`` on observation ``seed`` (fixed noise)."""
+    from vlaccel.models.lerobot_pi import predict_chunk
+
+    return predict_chunk(policy, seed).float().numpy()
+
+
+def lerobot_pi_single_chunks(policy) -> Any:
+    import numpy as np
+
+    return np.concatenate([lerobot_pi_chunk(policy, s) for s in (0, 1)])
+
+
+# --- LeRobot SmolVLA (tiny random SmolVLAPolicy): a "sequence" is one predict_action_chunk with fixed noise; its
+# token pruning acts before the VLM (layer=0: SmolVLA's own layer loop has no hookable layer output)
+def _smolvla_cases() -> tuple[TechniqueCase, ...]:
+    from vlaccel.techniques import TokenPruneConfig
+
+    def calibrate(policy) -> None:
+        from vlaccel.models.lerobot_smolvla import smolvla_batch
+        from vlaccel.techniques.layer_prune import set_calibration_observations
+
+        set_calibration_observations(policy, [smolvla_batch(policy, s) for s in (11, 12)])
+
+    layers, per_image = 4, 16  # the tiny build's layer pairs x 2 and image tokens per camera
+    return (
+        TechniqueCase("denoise_steps", neutral=lambda p: _denoise(p.config.num_steps), lossy=lambda p: _denoise(4)),
+        TechniqueCase("layer_prune", neutral=lambda p: _layer_prune(layers),
+                      lossy=lambda p: _layer_prune(layers - 2, mlp=0.25), prepare=calibrate),
+        *[TechniqueCase(f"token_prune_{method}",
+                        neutral=lambda p, k=method: TokenPruneConfig(keep_tokens=per_image, layer=0, method=k),
+                        lossy=lambda p, k=method: TokenPruneConfig(keep_tokens=6, layer=0, method=k), stateful=True)
+          for method in ("efficientvla", "fastv", "random", "diversity")],
+        TechniqueCase("head_cache", neutral=lambda p: _head_cache(1), lossy=lambda p: _head_cache(5), stateful=True),
+        PRECISION_CASE,
+    )
+
+
+_SMOLVLA: list[Any] = []  # the tiny policy, built once; each test gets a deep copy
+
+
+def _build_smolvla() -> Any:
+    import copy
+
+    from vlaccel.models.lerobot_smolvla import build_smolvla
+
+    if not _SMOLVLA:
+        _SMOLVLA.append(build_smolvla("tiny"))
+    return copy.deepcopy(_SMOLVLA[0])
+
+
+def smolvla_chunk(policy, seed: int = 0) -> Any:
+    """The action chunk [1, chunk, action_dim] of one ``predict_action_chunk`` on observation ``seed`` (fixed noise)."""
+    from vlaccel.models.lerobot_smolvla import smolvla_batch, smolvla_noise
+
+    return policy.predict_action_chunk(smolvla_batch(policy, seed), noise=smolvla_noise(policy, seed)).float().numpy()
+
+
+def smolvla_single_chunks(policy) -> Any:
+    import numpy as np
+
+    return np.concatenate([smolvla_chunk(policy, s) for s in (0, 1)])
+
+
+def _smolvla_subject() -> Subject:
+    return Subject("lerobot-smolvla", _build_smolvla, smolvla_single_chunks, smolvla_chunk, _smolvla_cases())
+
+
 def subjects() -> list[Subject]:
+    import importlib.util
+
     from tests.hf_models import FAMILIES
 
-    return [_reference_subject(), *[_hf_subject(f) for f in FAMILIES], _pi0_subject()]
+    lerobot = [_lerobot_pi_subject(k) for k in ("pi0", "pi05")] if importlib.util.find_spec("lerobot") else []
+    if importlib.util.find_spec("lerobot"):
+        lerobot.append(_smolvla_subject())
+    return [_reference_subject(), *[_hf_subject(f) for f in FAMILIES], _pi0_subject(), *lerobot]

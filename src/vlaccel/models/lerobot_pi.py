@@ -7,8 +7,9 @@ Sizes:
 
 * ``full``: the published shapes, PaliGemma (SigLIP So400m/14 at 224 px, 256 tokens per camera; Gemma 2B, 18
   layers) with the Gemma 300M action expert (18 layers), 3.5 B parameters (the 257,152-token vocabulary included),
-  50-action chunks, 10 flow steps. About 14 GB in float32 with both unused ``lm_head``s; over a minute to build.
-* ``tiny``: the test suite's, about 0.2 M parameters, a few seconds to build. LeRobot hard-codes the shapes
+  50-action chunks, 10 flow steps. About 14 GB in float32, 0.8 B parameters of it the vocabulary (the VLM's
+  embeddings and two ``lm_head``s inference never calls: ``vocab=`` cuts it); minutes to build on a 2-core CPU.
+* ``tiny``: the test suite's, about 0.3 M parameters, a few seconds to build. LeRobot hard-codes the shapes
   (``get_gemma_config`` knows only ``gemma_2b`` / ``gemma_300m``; ``PaliGemmaWithExpertModel.__init__`` sets the
   257,152 vocabulary and the SigLIP widths right before it instantiates ``PaliGemmaForConditionalGenerationWithPiGemma``
   and ``PiGemmaForCausalLM``), so :func:`shrunk` replaces those three module attributes of the modeling module
@@ -32,7 +33,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["LEROBOT_CHECKED", "SIZES", "CAMERAS", "PROMPT_TOKENS", "TinyShapes", "shrunk", "build_lerobot_pi",
+__all__ = ["LEROBOT_CHECKED", "SIZES", "CAMERAS", "PROMPT_TOKENS", "Shapes", "TINY", "shrunk", "build_lerobot_pi",
            "pi_batch", "action_noise", "predict_chunk"]
 
 LEROBOT_CHECKED = "0.6.1"  # the LeRobot release whose construction code the shrinking below was checked against
@@ -40,30 +41,34 @@ _MODELING = {"pi0": "lerobot.policies.pi0.modeling_pi0", "pi05": "lerobot.polici
 
 
 @dataclasses.dataclass(frozen=True)
-class TinyShapes:
-    """The shapes a shrunk pi0 / pi0.5 gets (everything else as LeRobot builds it)."""
+class Shapes:
+    """The shapes a shrunk pi0 / pi0.5 gets; ``None`` keeps LeRobot's own (``vocab`` alone: the published widths
+    and depths with a smaller vocabulary, whose size the compute of a chunk does not depend on)."""
 
-    vocab: int = 300
-    vlm_width: int = 64
-    vlm_mlp: int = 128
-    expert_width: int = 32
-    expert_mlp: int = 64
-    depth: int = 4  # VLM and expert alike (LeRobot pairs them layer by layer)
-    heads: int = 8  # LeRobot's joint training forward reshapes to 8 heads
-    head_dim: int = 16
-    vision_width: int = 32
-    vision_mlp: int = 64
-    vision_layers: int = 1
-    vision_heads: int = 2
-    patch: int = 8
-    image: int = 32  # 16 tokens per camera
+    vocab: int | None = None
+    vlm_width: int | None = None
+    vlm_mlp: int | None = None
+    expert_width: int | None = None
+    expert_mlp: int | None = None
+    depth: int | None = None  # VLM and expert alike (LeRobot pairs them layer by layer)
+    heads: int | None = None  # LeRobot's joint training forward reshapes to 8 heads
+    head_dim: int | None = None
+    vision_width: int | None = None
+    vision_mlp: int | None = None
+    vision_layers: int | None = None
+    vision_heads: int | None = None
+    patch: int | None = None
+
+
+TINY = Shapes(vocab=300, vlm_width=64, vlm_mlp=128, expert_width=32, expert_mlp=64, depth=4, heads=8, head_dim=16,
+              vision_width=32, vision_mlp=64, vision_layers=1, vision_heads=2, patch=8)
 
 
 #: size -> (policy-config keyword arguments, shapes to shrink to or None for LeRobot's own)
-SIZES: dict[str, tuple[dict[str, Any], TinyShapes | None]] = {
+SIZES: dict[str, tuple[dict[str, Any], Shapes | None]] = {
     "full": ({}, None),
     "tiny": ({"chunk_size": 8, "n_action_steps": 8, "max_state_dim": 8, "max_action_dim": 8,
-              "image_resolution": (32, 32), "tokenizer_max_length": 12}, TinyShapes()),
+              "image_resolution": (32, 32), "tokenizer_max_length": 12}, TINY),  # 16 tokens per camera
 }
 CAMERAS = {"full": 3, "tiny": 2}  # pi0's base + two wrist cameras; the tests use two
 PROMPT_TOKENS = {"full": 24, "tiny": 8}  # valid tokens of the right-padded prompt
@@ -71,7 +76,7 @@ STATE_DIM = {"full": 8, "tiny": 6}  # the robot's state / action size before LeR
 
 
 @contextlib.contextmanager
-def shrunk(kind: str, shapes: TinyShapes) -> Iterator[None]:
+def shrunk(kind: str, shapes: Shapes) -> Iterator[None]:
     """While open, policies of ``kind`` ("pi0" / "pi05") build at ``shapes``: ``get_gemma_config``,
     ``PaliGemmaForConditionalGenerationWithPiGemma`` and ``PiGemmaForCausalLM`` of its modeling module are replaced
     by wrappers that edit the config LeRobot prepared, then call the original. Restored on exit."""
@@ -84,26 +89,29 @@ def shrunk(kind: str, shapes: TinyShapes) -> Iterator[None]:
     originals = {n: getattr(module, n) for n in names}
     gemma_config, vlm_class, expert_class = (originals[n] for n in names)
 
+    def given(obj: Any, **values: Any) -> None:
+        for name, value in values.items():
+            if value is not None:
+                setattr(obj, name, value)
+
     def tiny_gemma_config(variant: str) -> Any:
         cfg = gemma_config(variant)  # validates the variant name as LeRobot does
         wide = variant == "gemma_2b"
-        return type(cfg)(width=shapes.vlm_width if wide else shapes.expert_width,
-                         depth=shapes.depth, mlp_dim=shapes.vlm_mlp if wide else shapes.expert_mlp,
-                         num_heads=shapes.heads, num_kv_heads=1, head_dim=shapes.head_dim)
+        given(cfg, width=shapes.vlm_width if wide else shapes.expert_width, depth=shapes.depth,
+              mlp_dim=shapes.vlm_mlp if wide else shapes.expert_mlp, num_heads=shapes.heads, head_dim=shapes.head_dim)
+        return cfg
 
     def tiny_vlm(config: Any) -> Any:
-        config._vocab_size = shapes.vocab  # noqa: SLF001 - where LeRobot itself sets it
-        config.text_config.vocab_size = shapes.vocab
-        config.image_token_index = shapes.vocab  # unused by pi0 (images are embedded apart), kept out of the vocab
-        vision = config.vision_config
-        vision.hidden_size, vision.intermediate_size = shapes.vision_width, shapes.vision_mlp
-        vision.num_hidden_layers, vision.num_attention_heads = shapes.vision_layers, shapes.vision_heads
-        vision.patch_size = shapes.patch
-        vision.projection_dim = config.text_config.hidden_size
+        # where LeRobot sets the vocabulary; the image token id is unused by pi (images are embedded apart)
+        given(config, _vocab_size=shapes.vocab, image_token_index=shapes.vocab)
+        given(config.text_config, vocab_size=shapes.vocab)
+        given(config.vision_config, hidden_size=shapes.vision_width, intermediate_size=shapes.vision_mlp,
+              num_hidden_layers=shapes.vision_layers, num_attention_heads=shapes.vision_heads,
+              patch_size=shapes.patch, projection_dim=config.text_config.hidden_size)
         return vlm_class(config=config)
 
     def tiny_expert(config: Any) -> Any:
-        config.vocab_size = shapes.vocab
+        given(config, vocab_size=shapes.vocab)
         return expert_class(config=config)
 
     replacements = {"get_gemma_config": tiny_gemma_config,
@@ -129,9 +137,11 @@ def _features(size: str, cameras: int) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def build_lerobot_pi(kind: str = "pi0", size: str = "tiny", seed: int = 0, cameras: int | None = None,
-                     **config_kwargs: Any) -> Any:
+                     vocab: int | None = None, **config_kwargs: Any) -> Any:
     """A random-weight LeRobot ``PI0Policy`` (``kind="pi0"``) or ``PI05Policy`` (``"pi05"``) of ``size`` (a key of
     :data:`SIZES`), float32, on the CPU, in eval mode; ``cameras`` image inputs (default :data:`CAMERAS`).
+    ``vocab`` replaces the vocabulary size (``full``: 257,152, 0.8 B parameters in the VLM's embeddings and the two
+    unused ``lm_head``s; a bench on a machine short of memory can cut it, a chunk's compute is the same).
     ``config_kwargs`` go to the policy config (e.g. ``num_inference_steps``)."""
     from lerobot.policies.factory import get_policy_class, make_policy_config
 
@@ -140,9 +150,13 @@ def build_lerobot_pi(kind: str = "pi0", size: str = "tiny", seed: int = 0, camer
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; one of {sorted(SIZES)}")
     base, shapes = SIZES[size]
+    if vocab is not None:
+        shapes = dataclasses.replace(shapes or Shapes(), vocab=vocab)
     inputs, outputs = _features(size, CAMERAS[size] if cameras is None else cameras)
     config = make_policy_config(kind, **{"dtype": "float32", "device": "cpu", **base, **config_kwargs},
                                 input_features=inputs, output_features=outputs)
+    if torch.get_default_device().type == "meta":  # sizes only (vlaccel presets): __init__ moves to config.device
+        config.device = "meta"
     torch.manual_seed(seed)
     with shrunk(kind, shapes) if shapes is not None else contextlib.nullcontext():
         policy = get_policy_class(kind)(config)
