@@ -83,9 +83,11 @@ class ReferenceVLA(nn.Module):
 
     def _build_modules(self, config: ReferenceVLAConfig) -> None:
         """The policy's modules, in the order that fixes which random draws each one's initial weights get."""
-        from transformers import LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
+        from transformers import LlamaConfig, LlamaModel, SiglipVisionConfig
 
-        self.vision = SiglipVisionModel(SiglipVisionConfig(
+        from vlaccel.transformers_compat import siglip_vision_encoder
+
+        self.vision = siglip_vision_encoder(SiglipVisionConfig(
             hidden_size=config.vision_hidden, intermediate_size=config.vision_intermediate,
             num_hidden_layers=config.vision_layers, num_attention_heads=config.vision_heads,
             image_size=config.image_size, patch_size=config.patch_size, num_channels=3, vision_use_head=False,
