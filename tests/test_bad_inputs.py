@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import vlaccel
 from vlaccel.errors import MissingInputError, UsageError
-from vlaccel.techniques import DenoiseStepsConfig, LayerPruneConfig
+from vlaccel.techniques import DenoiseStepsConfig, KVEfficientConfig, LayerPruneConfig
 
 INSTR = "open the drawer"
 
@@ -20,6 +22,12 @@ INSTR = "open the drawer"
 def _load_edited(field, value):
     """A call loading the saved policy with ``config.json``'s ``field`` set to ``value`` (checked before building)."""
     return lambda p, t: vlaccel.load_policy(_saved(p, t, lambda d: d.__setitem__(field, value)))
+
+
+def _write(folder, name, text):
+    """``folder`` after writing ``text`` into its file ``name``."""
+    (folder / name).write_text(text)
+    return folder
 
 
 def _image(policy, dtype=np.uint8, size=None):
@@ -39,6 +47,40 @@ def _saved(policy, tmp_path, edit=None, weights_bytes=None, config_bytes=None):
         raw = (folder / "model.safetensors").read_bytes()
         (folder / "model.safetensors").write_bytes(raw[:weights_bytes])
     return folder
+
+
+def _gate(policy, tmp_path, meta=None, state=None, weights_bytes=None):
+    """A copy of a gate trained for ``policy``, its ``gate.json`` edited by ``meta(dict)`` and its tensors by
+    ``state(dict)``, or its weights file cut to ``weights_bytes``; returns the folder."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.techniques.kv_efficient.helpers import tiny_gate
+
+    folder = Path(shutil.copytree(tiny_gate(policy), tmp_path / "gate"))
+    if meta is not None:
+        data = json.loads((folder / "gate.json").read_text())
+        meta(data)
+        (folder / "gate.json").write_text(json.dumps(data))
+    if state is not None:
+        tensors = load_file(str(folder / "gate.safetensors"))
+        state(tensors)
+        save_file(tensors, str(folder / "gate.safetensors"))
+    if weights_bytes is not None:
+        raw = (folder / "gate.safetensors").read_bytes()
+        (folder / "gate.safetensors").write_bytes(raw[:weights_bytes])
+    return folder
+
+
+def _apply_gate(**edits):
+    """A call applying KV-Efficient with a gate edited by ``edits`` (see ``_gate``)."""
+    def call(policy, tmp_path):
+        folder = _gate(policy, tmp_path, **edits)
+        return vlaccel.apply(policy, KVEfficientConfig(window=policy.config.tokens_per_frame, budget=1, gate=str(folder)))
+    return call
+
+
+def _first_tensor(edit):
+    return lambda tensors: edit(tensors, sorted(tensors)[0])
 
 
 # (id, call(policy, tmp_path), error type, message pattern)
@@ -109,6 +151,34 @@ CASES = [
     ("save-layer-pruned", lambda p, t: (vlaccel.apply(p, LayerPruneConfig(keep_layers=1, method="last")),
                                         vlaccel.save_policy(p, t / "pruned")), UsageError,
      "LayerPruneConfig is applied and changed this policy's parameters"),
+    # a gate file is checked whole before the cache uses it; every refusal names the file
+    ("gate-nan-weights", _apply_gate(state=_first_tensor(lambda d, k: d[k].view(-1)[0].fill_(float("nan")))),
+     UsageError, r"gate.safetensors: \S+ has non-finite values"),
+    ("gate-inf-weights", _apply_gate(state=_first_tensor(lambda d, k: d[k].view(-1)[-1].fill_(float("inf")))),
+     UsageError, r"gate.safetensors: \S+ has non-finite values"),
+    ("gate-missing-tensor", _apply_gate(state=_first_tensor(lambda d, k: d.pop(k))), UsageError,
+     r"gate.safetensors does not hold the tensors .* \(missing: \['"),
+    ("gate-extra-tensor", _apply_gate(state=lambda d: d.__setitem__("extra", torch.zeros(2))), UsageError,
+     r"gate.safetensors does not hold the tensors .*unexpected: \['extra'\]"),
+    ("gate-tensor-reshaped", _apply_gate(state=_first_tensor(lambda d, k: d.__setitem__(k, d[k].reshape(-1)[:1]))),
+     UsageError, r"gate.safetensors: \S+ is \[1\] but gate.json's sizes imply"),
+    ("gate-truncated", _apply_gate(weights_bytes=100), UsageError,
+     r"gate.safetensors is not a readable safetensors file"),
+    ("gate-size-negative", _apply_gate(meta=lambda d: d["sizes"].__setitem__("agg_hidden", -8)), UsageError,
+     r"gate.json: sizes.agg_hidden must be an integer in \[1, \d+\], got -8"),
+    ("gate-size-text", _apply_gate(meta=lambda d: d["sizes"].__setitem__("lstm_hidden", "8")), UsageError,
+     r"gate.json: sizes.lstm_hidden must be an integer"),
+    ("gate-size-missing", _apply_gate(meta=lambda d: d["sizes"].pop("head_dim")), UsageError,
+     r"gate.json: 'sizes' must hold .*missing: \['head_dim'\]"),
+    ("gate-size-unknown", _apply_gate(meta=lambda d: d["sizes"].__setitem__("depth", 2)), UsageError,
+     r"gate.json: 'sizes' must hold .*unknown: \['depth'\]"),
+    ("gate-utility-nan", _apply_gate(meta=lambda d: d["sizes"].__setitem__("init_utility", float("nan"))), UsageError,
+     r"gate.json: sizes.init_utility must be a number in \(0, 1\), got nan"),
+    ("gate-json-a-list", _apply_gate(meta=lambda d: (d.clear(), d.update({"x": 1}))), UsageError,
+     r"gate.json has no 'sizes'"),
+    ("gate-json-torn", lambda p, t: vlaccel.apply(p, KVEfficientConfig(
+        window=p.config.tokens_per_frame, budget=1,
+        gate=str(_write(_gate(p, t), "gate.json", "{")))), UsageError, r"gate.json is not valid JSON"),
 ]
 
 
@@ -152,3 +222,62 @@ def test_a_saved_config_round_trips_every_field(tiny_policy, tmp_path, frames):
     """The complement of config-missing-field: a complete file loads to the same actions."""
     loaded = vlaccel.load_policy(_saved(tiny_policy, tmp_path))
     np.testing.assert_array_equal(loaded.predict_action(frames[0], INSTR), tiny_policy.predict_action(frames[0], INSTR))
+
+
+# (argv, what the one-line refusal says): numbers out of range and unwritable outputs, refused before any work
+# (nothing is loaded or measured: each row returns in well under a second)
+COMMAND_CASES = [
+    (["train-reference", "--steps", "-5"], "--steps must be an integer >= 0, got -5"),
+    (["train-reference", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+    (["train-reference", "--threads", "0"], "--threads must be an integer >= 1, got 0"),
+    (["train-reference", "--lr", "nan"], "--lr must be a number > 0, got nan"),
+    (["train-reference", "--window-prob", "1.5"], "--window-prob must be a number >= 0 and <= 1, got 1.5"),
+    (["train-reference", "--checkpoint-every", "0"], "--checkpoint-every must be an integer >= 1, got 0"),
+    (["train-reference", "--minutes", "-1"], "--minutes must be a number > 0, got -1.0"),
+    (["train-reference", "--aux-weight", "-1"], "auxiliary loss weights must be >= 0"),
+    (["train-reference", "--experiment.distill-frames", "0"],
+     "--experiment.distill-frames must be an integer >= 1, got 0"),
+    (["train-reference", "--out", "{file}/policy"], "--out {file}/policy: {file} is a file, not a folder"),
+    (["train-kv-gate", "--steps", "-5"], "--steps must be an integer >= 1, got -5"),
+    (["train-kv-gate", "--holdout", "1.5"], "--holdout must be a number >= 0 and <= 1, got 1.5"),
+    (["train-kv-gate", "--threads", "0"], "--threads must be an integer >= 1, got 0"),
+    (["train-kv-gate", "--lr", "0"], "--lr must be a number > 0, got 0.0"),
+    (["train-kv-gate", "--budget", "0"], "--budget must be an integer >= 1, got 0"),
+    (["train-kv-gate", "--target-retention", "2"], "--target-retention must be a number >= 0 and <= 1, got 2.0"),
+    (["train-kv-gate", "--eval-budgets", "4", "0"], "--eval-budgets must be integers >= 1"),
+    (["train-kv-gate", "--synthetic", "2", "--out", "{file}/gate"], "--out {file}/gate: {file} is a file"),
+    (["bench", "--threads", "0"], "--threads must be an integer >= 1, got 0"),
+    (["bench", "--repeats", "0"], "--repeats must be an integer >= 1, got 0"),
+    (["bench", "--history-window", "0"], "--history-window must be an integer >= 1, got 0"),
+    (["bench", "--history-lengths", "4", "-1"], "--history-lengths must be one or more integers >= 1"),
+    (["bench", "--preset-model", "tiny", "--json", "{file}/r.json"], "--json {file}/r.json: {file} is a file"),
+    (["bench", "--preset-model", "tiny", "--markdown", "{file}/r.md"], "--markdown {file}/r.md: {file} is a file"),
+    (["bench", "--preset-model", "tiny", "--plot", "{file}"], "--plot {file}: it is a file; pass a folder"),
+    (["eval", "--episodes", "1", "--out", "{file}/r.jsonl"], "--out {file}/r.jsonl: {file} is a file"),
+    (["eval", "--episodes", "1", "--out", "{tmp}/r.jsonl", "--video", "{file}/gifs"],
+     "--video {file}/gifs: {file} is a file"),
+]
+
+
+@pytest.mark.parametrize("argv, match", COMMAND_CASES, ids=[" ".join(c[0]) for c in COMMAND_CASES])
+def test_commands_refuse_bad_numbers_and_outputs_first(argv, match, tmp_path, capsys, monkeypatch):
+    from vlaccel import cli
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the command started work before refusing its input")
+
+    monkeypatch.setattr("vlaccel.load_policy", no_work)
+    monkeypatch.setattr("vlaccel.models.load_policy", no_work)
+    monkeypatch.setattr("vlaccel.training.reference._load_demos", no_work)
+    monkeypatch.setattr("vlaccel.bench.harness.resolve_policy", no_work)
+    monkeypatch.setattr("vlaccel.sim.evaluate.load_policy", no_work)
+    (tmp_path / "file").write_text("")
+    fill = {"file": str(tmp_path / "file"), "tmp": str(tmp_path)}
+    try:
+        code = cli.main([arg.format(**fill) for arg in argv])
+    except SystemExit as exit_info:  # a parse error (tyro) exits
+        code = exit_info.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert match.format(**fill) in err
+    assert len(err.splitlines()) == 1

@@ -115,7 +115,7 @@ def test_config_flag_twice_or_without_a_path_is_one_line_exit_2(tmp_path, capsys
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["train-reference", "--experiment.freeze-head"], "set freeze_backbone too"),
-    (["bench", "--repeats", "0"], "must be >= 1"),
+    (["bench", "--repeats", "0"], "--repeats must be an integer >= 1"),
 ])
 def test_contradictory_fields_are_one_line_usage_errors_whatever_the_tyro_version(argv, message, capsys):
     assert main(argv) == 2

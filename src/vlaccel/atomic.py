@@ -12,11 +12,12 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["replacing", "write_text", "write_json", "folder"]
+__all__ = ["replacing", "write_text", "write_json", "folder", "check_writable"]
 
 
 def _temp_name(path: Path) -> Path:
@@ -102,3 +103,27 @@ def folder(path: str | Path) -> Iterator[Path]:
         raise
     _fsync(path)
     _fsync(path.parent)
+
+
+def check_writable(path: str | Path, what: str, folder: bool = False) -> Path:
+    """Refuse (``UsageError`` naming ``what``, e.g. ``--json``) an output path that cannot be written, before any
+    work: a file where a folder is needed or the reverse, or a nearest existing folder that refuses a new file
+    (tried with a temporary file, removed at once). Creates nothing else; returns ``Path(path)``."""
+    from vlaccel.errors import UsageError
+
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path}: it is a file; pass a folder")
+    if not folder and path.is_dir():
+        raise UsageError(f"{what} {path}: it is a folder; pass a file path")
+    parent = path if folder and path.is_dir() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} {path}: {parent} is a file, not a folder; pass a path in a writable folder")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as err:
+        raise UsageError(f"{what} {path}: cannot write in {parent} ({err.strerror or err}); pass a path in a "
+                         "writable folder") from None
+    return path

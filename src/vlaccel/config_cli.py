@@ -11,6 +11,7 @@ import argparse
 import contextvars
 import dataclasses
 import inspect
+import math
 import shlex
 from typing import Any, Callable, TypeVar
 
@@ -30,6 +31,30 @@ def check(config: Any) -> None:
     ``parse_config`` has built the whole config."""
     if not _PARSING.get():
         config.validate()
+
+
+def check_number(config: Any, name: str, low: float | None = None, high: float | None = None, *,
+                 integer: bool = False, above: bool = False, prefix: str = "") -> None:
+    """Refuse ``config.name`` unless it is a finite number (an integer with ``integer``) ``>= low`` (``> low`` with
+    ``above``) and ``<= high``; ``None`` passes (an optional field left unset). The ``UsageError`` names the flag."""
+    value = getattr(config, name)
+    if value is None:
+        return
+    kind = "an integer" if integer else "a number"
+    bounds = [f"{'>' if above else '>='} {low}"] if low is not None else []
+    bounds += [f"<= {high}"] if high is not None else []
+    ok = (isinstance(value, int) if integer else isinstance(value, (int, float))) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (low is None or (value > low if above else value >= low))
+    if not ok or (high is not None and value > high):
+        raise UsageError(f"{flag_name(prefix + name)} must be {' '.join([kind, ' and '.join(bounds)]).strip()}, "
+                         f"got {value!r}")
+
+
+def check_numbers(config: Any, ranges: dict[str, tuple], prefix: str = "") -> None:
+    """``check_number`` for each ``field: (low, high, kind)`` of ``ranges``; kind is ``"int"`` (an integer),
+    ``"float"`` (a number) or ``"float>"`` (a number above ``low``, e.g. a learning rate > 0)."""
+    for name, (low, high, kind) in ranges.items():
+        check_number(config, name, low, high, integer=kind == "int", above=kind == "float>", prefix=prefix)
 
 
 def _check_tree(config: Any) -> None:

@@ -11,7 +11,7 @@ import tyro
 
 from vlaccel import atomic
 from vlaccel.bench.harness import BenchOptions
-from vlaccel.config_cli import parse_config, register_stub
+from vlaccel.config_cli import check, check_numbers, parse_config, register_stub
 
 COMMAND = "bench"
 
@@ -44,6 +44,24 @@ class BenchCommand:
     measurement: tyro.conf.OmitArgPrefixes[BenchOptions] = dataclasses.field(default_factory=BenchOptions)
     """Measurement settings."""
 
+    def __post_init__(self) -> None:
+        check(self)
+
+    def validate(self) -> None:
+        """Refuse a number out of range (``UsageError`` naming the flag) before anything is loaded."""
+        check_numbers(self, {"threads": (1, None, "int")})
+
+    def check_outputs(self) -> None:
+        """Refuse ``--json``, ``--markdown`` or ``--plot`` paths that cannot be written, before measuring."""
+        from vlaccel.atomic import check_writable
+
+        if self.json not in (None, "-"):
+            check_writable(self.json, "--json")
+        if self.markdown is not None:
+            check_writable(self.markdown, "--markdown")
+        if self.plot is not None:
+            check_writable(self.plot, "--plot", folder=True)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     register_stub(sub, COMMAND, "speedup, FLOPs, KV memory and fidelity of presets vs the baseline policy")
@@ -68,6 +86,7 @@ def run(args: BenchCommand) -> int:
     from vlaccel.errors import MissingInputError, UsageError
 
     options = args.measurement
+    args.check_outputs()
     if options.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda requested but torch.cuda.is_available() is False (CPU-only torch?); "
                          "pass --device cpu or install a CUDA build of torch")

@@ -22,7 +22,7 @@ import torch
 from vlaccel.bench.fidelity import compare_policies, load_observations
 from vlaccel.bench.flops import flops_by_module
 from vlaccel.bench.history import DEFAULT_LENGTHS, history_scaling
-from vlaccel.config_cli import check
+from vlaccel.config_cli import check, check_numbers
 from vlaccel.bench.latency import (
     MODULES,
     ModuleTimer,
@@ -79,11 +79,14 @@ class BenchOptions:
 
     def validate(self) -> None:
         """Refuse out-of-range settings (``UsageError``)."""
-        if min(self.repeats, self.fidelity_samples, self.calibration_samples) < 1 or self.warmup < 0:
-            raise UsageError("repeats, fidelity_samples and calibration_samples must be >= 1 and warmup >= 0 (got "
-                             f"{self.repeats}, {self.fidelity_samples}, {self.calibration_samples}, {self.warmup})")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UsageError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        check_numbers(self, {"repeats": (1, None, "int"), "warmup": (0, None, "int"),
+                             "fidelity_samples": (1, None, "int"), "calibration_samples": (1, None, "int"),
+                             "history_repeats": (1, None, "int"), "history_window": (1, None, "int")})
+        lengths = self.history_lengths
+        if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
+            raise UsageError(f"--history-lengths must be one or more integers >= 1, got {list(lengths or ())}")
 
 
 class Progress:

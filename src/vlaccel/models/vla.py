@@ -280,7 +280,21 @@ class ReferenceVLA(nn.Module):
         if self.cache is None or not self.episode_active:
             why = f" ({self._ended_because})" if self._ended_because else ""
             raise RuntimeError(f"call policy.reset(instruction) before policy.step(image){why}")
-        return self._observe(self.pixels_from_images(image), self.proprio_tensor(proprio))
+        pixels, state = self.pixels_from_images(image), self.proprio_tensor(proprio)
+        self._check_positions()
+        try:
+            return self._observe(pixels, state)
+        except BaseException as err:
+            self._end_after_failure(err)
+            raise
+
+    def _end_after_failure(self, err: BaseException) -> None:
+        """A ``step`` that failed part-way (an exception in a module, KeyboardInterrupt, out of memory) may have
+        stored its frame in the KV cache and advanced a technique's per-episode state: the episode ends, and the
+        next ``step`` names the failure (``reset`` starts a clean one)."""
+        detail = str(err).splitlines()[0] if str(err) else ""
+        self.end_episode(f"the episode ended because an earlier step failed with {type(err).__name__}"
+                         f"{': ' + detail if detail else ''}")
 
     @torch.no_grad()
     def predict_action(self, image: np.ndarray | Sequence[np.ndarray], instruction: str,

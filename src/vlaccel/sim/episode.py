@@ -135,8 +135,7 @@ def run_episode(job: dict) -> dict:
         )
         frames = res.pop("frames", None)
         if video and frames:
-            _write_gif(video, frames)
-            res["video"] = video
+            res.update(_saved_video(video, frames))
         rec.update(res)
         rec["error"] = None
     except Exception as e:  # noqa: BLE001  (any failure is recorded; the run goes on)
@@ -170,6 +169,16 @@ def _set_torch_threads(n: int) -> None:
         return
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+def _saved_video(path: str, frames: list[np.ndarray]) -> dict:
+    """``{"video": path}`` once the GIF is written, or ``{"video_error": why}``: a GIF that cannot be written
+    (a full disk, an unwritable folder) never turns the finished episode's result into a failure."""
+    try:
+        _write_gif(path, frames)
+    except Exception as e:  # noqa: BLE001  (recorded beside the result)
+        return {"video": None, "video_error": f"{path}: {type(e).__name__}: {e}"}
+    return {"video": path}
 
 
 def _write_gif(path: str, frames: list[np.ndarray]) -> None:

@@ -1,11 +1,20 @@
-"""The results file: one JSON line per finished episode, appended as it finishes and read back on a rerun."""
+"""The results file: one JSON line per finished episode, appended as it finishes and read back on a rerun.
+
+One run at a time per file: :func:`results_lock` holds ``FILE.lock`` (the running process's pid) while a run
+reads and appends, so a second run on the same file is refused instead of running every episode again.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+
+from vlaccel.errors import UsageError
 
 REQUIRED = ("task", "seed", "preset", "history")
 
@@ -53,3 +62,73 @@ def terminate_last_line(path: Path) -> None:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":
                 f.write(b"\n")
+
+
+#: a lock file with no pid yet is being written by the run that created it, unless it is older than this
+_UNWRITTEN_LOCK_S = 10.0
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file of the results file ``path``: ``PATH.lock`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _holder(lock: Path) -> int | None:
+    """The pid holding ``lock`` if that process still runs (-1: a lock just created, pid not yet written);
+    None when the lock is stale (its process is gone) or already gone."""
+    try:
+        text, age = lock.read_text().strip(), time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    if not text.isdigit():
+        return -1 if age < _UNWRITTEN_LOCK_S else None
+    pid = int(text)
+    return pid if _pid_alive(pid) else None
+
+
+@contextlib.contextmanager
+def results_lock(path: str | Path) -> Iterator[Path]:
+    """Hold the results file ``path`` for this process: create ``PATH.lock`` (``O_CREAT | O_EXCL``) holding
+    this pid, removed on exit. A lock whose process is gone (a killed run) is taken over; one whose process runs
+    is refused with ``UsageError`` naming the file and that process."""
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(5):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pid = _holder(lock)
+            if pid is not None:
+                who = f"process {pid}" if pid > 0 else "a process that is starting"
+                raise UsageError(f"{path} is in use by another run ({who}, lock file {lock}); wait for it to "
+                                 f"finish or pass another --out (delete {lock} only if that process is not "
+                                 "writing it)") from None
+            lock.unlink(missing_ok=True)  # stale: its run was killed
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise UsageError(f"could not take the lock file {lock} for {path}; another run keeps recreating it")
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            if lock.read_text().strip() == str(os.getpid()):
+                lock.unlink()

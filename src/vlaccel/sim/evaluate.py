@@ -37,9 +37,10 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from vlaccel.atomic import check_writable
 from vlaccel.errors import UsageError, check_names
 from vlaccel.sim.episode import as_action_chunk, rollout, run_episode
-from vlaccel.sim.episode_store import load_records, record_key, terminate_last_line
+from vlaccel.sim.episode_store import load_records, record_key, results_lock, terminate_last_line
 from vlaccel.sim.identity import condition_identity, loaded_policy_fingerprint, policy_fingerprint
 from vlaccel.sim.policies import PolicySpec, get_policy, load_policy, policy_label
 from vlaccel.sim.progress import EvalProgress
@@ -99,7 +100,19 @@ def run_eval(
         raise UsageError(f"episodes (--episodes) and action_repeat (--action-repeat) must be positive, got "
                          f"{episodes}, {action_repeat}")
     label = policy_label(policy_spec)
-    out_path = Path(out_path)
+    out_path = check_writable(out_path, "--out")
+    if video_dir is not None:
+        check_writable(video_dir, "--video", folder=True)
+    with results_lock(out_path):
+        _run_locked(policy_spec, task_names, conditions, episodes, history, workers, out_path, ray_address,
+                    video_dir, seed0, action_repeat, image_size, progress, label)
+    return summarize(out_path)
+
+
+def _run_locked(policy_spec: PolicySpec, task_names: list[str], conditions: list[str], episodes: int,
+                history: bool, workers: int, out_path: Path, ray_address: str | None, video_dir: str | Path | None,
+                seed0: int, action_repeat: int, image_size: int, progress: bool, label: str) -> None:
+    """``run_eval``'s work, while this process holds ``out_path``'s lock: the episodes the file lacks."""
     existing = load_records(out_path)
     _check_same_policy(out_path, existing, label, action_repeat)
     loaded = load_policy(policy_spec)
@@ -123,7 +136,6 @@ def run_eval(
                 tick(rec)
 
             _execute(jobs, emit, workers, n_workers, ray_address)
-    return summarize(out_path)
 
 
 def _check_same_policy(out_path: Path, existing: list[dict], label: str, action_repeat: int) -> None:

@@ -2,8 +2,9 @@
 
 Not a method of either paper: lower precision is the first thing a user reaches for, and it composes with the
 structural techniques. Each floating parameter and buffer of the chosen parts is replaced by a cast copy
-(``tensor.data = tensor.data.to(dtype)``); the float32 originals are kept by the handle, so ``remove()`` puts
-the very same tensors back (bit-identical outputs after), and ``vlaccel.save_policy`` saves them (the plain policy)
+(``tensor.data = tensor.data.to(dtype)``); the float32 originals are kept by the handle, by module and attribute
+name, so ``remove()`` puts the very same values back (bit-identical outputs after), also after ``model.float()``
+or ``model.to(device)`` replaced a buffer (a later ``.to(device)`` or ``.half()`` applies to the originals too), and ``vlaccel.save_policy`` saves them (the plain policy)
 while the cast is applied. Memory while applied: the cast copies *plus* the originals, the price of an exact
 ``remove()``.
 
@@ -120,20 +121,58 @@ class _CastOutput:
         return output.to(self.dtype) if isinstance(output, torch.Tensor) and output.is_floating_point() else output
 
 
+class _Original:
+    """One cast parameter or buffer, tracked by its module and attribute name: ``model.float()`` or ``.to()`` after
+    ``apply`` replaces a buffer by a new tensor, so the tensor object alone would lose track of it."""
+
+    def __init__(self, owner: nn.Module, name: str, tensor: torch.Tensor, cast_to: torch.dtype):
+        self.owner, self.name, self.tensor, self.data, self.cast_to = owner, name, tensor, tensor.data, cast_to
+        self.table = "_parameters" if isinstance(tensor, nn.Parameter) else "_buffers"
+
+    def current(self) -> torch.Tensor | None:
+        """The tensor the module holds under this name now (None: removed since)."""
+        return getattr(self.owner, self.table).get(self.name)
+
+    def plain(self, current: torch.Tensor) -> torch.Tensor:
+        """The original data as the model would hold it now: on ``current``'s device, and in ``current``'s dtype
+        where the model was cast since ``apply`` (``model.half()``); after ``model.float()``, the exact original."""
+        dtype = self.data.dtype if current.dtype == self.cast_to else current.dtype
+        return self.data.to(device=current.device, dtype=dtype)
+
+
 class _Applied:
     def __init__(self) -> None:
-        self.originals: list[tuple[torch.Tensor, torch.Tensor]] = []  # (parameter or buffer, its float32 data)
+        self.originals: list[_Original] = []
         self.hooks: list[Any] = []
 
     def remove(self) -> None:
         for h in self.hooks:
             h.remove()
-        for tensor, data in self.originals:
-            tensor.data = data
+        for original in self.originals:
+            current = original.current()
+            if current is not None:
+                current.data = original.plain(current)
+            if current is not original.tensor:  # other references to the tensor cast at apply
+                original.tensor.data = original.data
 
     def plain_tensors(self) -> dict[int, torch.Tensor]:
         """For saving the plain policy: ``id(cast parameter or buffer)`` -> the float32 data ``remove()`` restores."""
-        return {id(tensor): data for tensor, data in self.originals}
+        plain = {id(o.tensor): o.data for o in self.originals}
+        for o in self.originals:  # a tensor the model replaced since (``model.float()`` makes new buffers)
+            current = o.current()
+            if current is not None and current is not o.tensor and type(current) in (torch.Tensor, nn.Parameter):
+                plain[id(current)] = o.plain(current)
+        return plain
+
+
+def _named_tensors(module: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
+    """``(owning module, attribute name, tensor)`` for every parameter and buffer under ``module``."""
+    found = []
+    for table in ("named_parameters", "named_buffers"):
+        for path, tensor in getattr(module, table)():
+            head, _, name = path.rpartition(".")
+            found.append((module.get_submodule(head) if head else module, name, tensor))
+    return found
 
 
 def _own_dtype(module: nn.Module) -> torch.dtype | None:
@@ -171,9 +210,9 @@ class PrecisionHandler:
         try:
             for modules in cast.values():
                 for module in modules:
-                    for tensor in [*module.parameters(), *module.buffers()]:
+                    for owner, name, tensor in _named_tensors(module):
                         if tensor.is_floating_point() and id(tensor) not in kept_tensors and tensor.dtype != dtype:
-                            state.originals.append((tensor, tensor.data))
+                            state.originals.append(_Original(owner, name, tensor, dtype))
                             tensor.data = tensor.data.to(dtype)
                     state.hooks.append(module.register_forward_pre_hook(_CastInputs(dtype), with_kwargs=True))
             for modules in others.values():  # the parts left as they are take their own dtype at their inputs

@@ -62,6 +62,9 @@ class _Applied:
 
     def remove(self) -> None:
         for linear, weight in self.originals:
+            current = linear.weight
+            if current is not None and current.device != weight.device:  # the model was moved since apply
+                weight.data = weight.data.to(current.device)
             linear.weight = weight
 
     def plain_tensors(self) -> dict[int, nn.Parameter]:

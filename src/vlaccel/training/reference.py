@@ -106,6 +106,10 @@ def batch_loss(policy: ReferenceVLA, batch, cfg: TrainConfig, gen: torch.Generat
 def train(cfg: TrainConfig, log=print) -> dict:
     """Train (or resume from ``cfg.run_dir``) as ``cfg`` says; saves the policy into ``cfg.out_dir`` and returns
     its model card. Everything that can be refused is refused before anything is written."""
+    from vlaccel.atomic import check_writable
+
+    check_writable(cfg.run_dir, "--run-dir", folder=True)
+    check_writable(cfg.out_dir, "--out", folder=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     demos, probs, layout = _load_demos(cfg)

@@ -9,11 +9,25 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from vlaccel.config_cli import check
+from vlaccel.config_cli import check, check_numbers
 from vlaccel.errors import MissingInputError, UsageError
 from vlaccel.models.config import VISUAL_READOUT_POOLS, VISUAL_READOUT_SOURCES
 
 SCENE_TARGETS = ("relative", "layout")
+
+#: each numeric field's range: (low, high, kind), see ``vlaccel.config_cli.check_numbers``; the probabilities
+#: and loss weights are checked in ``validate`` with their own messages, task weights against the demos
+#: (``batches.demo_probabilities``); ``steps=0`` with ``init`` saves that policy again, unchanged
+RANGES = {
+    "steps": (0, None, "int"), "minutes": (0, None, "float>"), "batch_size": (1, None, "int"),
+    "max_frames": (1, None, "int"), "window_prob": (0, 1, "float"), "window_frames": (1, None, "int"),
+    "window_batch": (1, None, "int"), "window_anchor": (0, None, "int"), "window_context": (0, None, "int"),
+    "lr": (0, None, "float>"),
+    "weight_decay": (0, None, "float"), "warmup": (0, None, "int"), "repeat": (1, None, "int"),
+    "shift_pad": (0, None, "int"), "checkpoint_every": (1, None, "int"), "seed": (0, None, "int"),
+    "threads": (1, None, "int"),
+}
+EXPERIMENT_RANGES = {"visual_readout_heads": (0, None, "int"), "distill_frames": (1, None, "int")}
 
 
 @dataclasses.dataclass
@@ -128,6 +142,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse fields that contradict each other or are out of range (``UsageError``, naming the field to fix)."""
         x = self.experiment
+        check_numbers(self, RANGES)
+        check_numbers(x, EXPERIMENT_RANGES, prefix="experiment.")
         if x.visual_readout_heads and not self.init:
             raise UsageError("experiment.visual_readout_heads adds a readout to an existing policy: set init too "
                              "(a policy trained from scratch gets its sizes from preset)")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import tyro
 
-from vlaccel.config_cli import parse_config, register_stub
+from vlaccel.config_cli import check, check_numbers, parse_config, register_stub
+from vlaccel.errors import UsageError
 from vlaccel.techniques.kv_efficient.train import GateTrainConfig
 
 COMMAND = "train-kv-gate"
@@ -54,6 +55,18 @@ class GateCommand:
     """Print one JSON object at the end instead of tables."""
     train: tyro.conf.OmitArgPrefixes[GateTrainConfig] = dataclasses.field(default_factory=GateTrainConfig)
     """Gate training and cache settings (stored with the gate)."""
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def validate(self) -> None:
+        """Refuse a number out of its range (``UsageError`` naming the flag), before anything is loaded."""
+        check_numbers(self, {"synthetic": (1, None, "int"), "holdout": (0, 1, "float"),
+                             "eval_episodes": (0, None, "int"), "eval_frames": (1, None, "int"),
+                             "threads": (1, None, "int")})
+        bad = [b for b in self.eval_budgets or () if isinstance(b, bool) or not isinstance(b, int) or b < 1]
+        if bad:
+            raise UsageError(f"--eval-budgets must be integers >= 1, got {list(self.eval_budgets or ())}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,11 +110,14 @@ def run(args: GateCommand) -> int:
     import torch
 
     import vlaccel
+    from vlaccel import atomic
     from vlaccel.techniques.kv_efficient import KVEfficientConfig
     from vlaccel.techniques.kv_efficient.evaluate import compare_retentions, format_table, split_holdout
     from vlaccel.techniques.kv_efficient.train import train_and_save
 
     cfg = args.train
+    if not args.eval_only:
+        atomic.check_writable(args.out, "--out", folder=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = vlaccel.load_policy(args.policy)
@@ -146,8 +162,6 @@ def run(args: GateCommand) -> int:
                 Console().print(f"window {cfg.window} tokens, budget {budget} summaries per layer")
                 Console().print(format_table(comparison))
                 Console().print(format_table(comparison, by_task=True))
-        from vlaccel import atomic
-
         atomic.write_json(Path(out) / "comparison.json", result["comparison"], indent=2)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlaccel.errors import MissingInputError, UsageError
+
 __all__ = ["ChunkAggregator", "MeanAggregator", "LSTMGate", "KVGate", "load_gate", "save_gate", "gate_files",
            "GateMismatchError", "GATE_WEIGHTS", "GATE_META", "POLICY_GATE_DIR", "policy_gate_dir", "shipped_gate_dir"]
 
@@ -43,8 +45,13 @@ GATE_WEIGHTS, GATE_META = "gate.safetensors", "gate.json"
 PRIOR_OUTSIDE = -30.0  # logit prior for tokens outside a slot's segment: exp(-30) ~ 1e-13, i.e. not pooled
 
 
-class GateMismatchError(ValueError):
-    """A gate file does not fit the policy (trained for another policy, or other head sizes)."""
+class GateMismatchError(UsageError):
+    """A gate file does not fit the policy (trained for another policy, or other head sizes) or is malformed."""
+
+
+#: the fields of ``gate.json``'s ``sizes``: integer sizes, and the untrained gate's utility
+_SIZE_FIELDS = ("head_dim", "kv_heads", "slots", "agg_hidden", "lstm_hidden")
+_MAX_SIZE = 1 << 16
 
 
 def shipped_gate_dir() -> Path:
@@ -180,21 +187,15 @@ def save_gate(gate: KVGate, folder: str | Path) -> Path:
 
 
 def load_gate(path: str | Path, fingerprint: str | None = None) -> KVGate:
-    """Load a gate; with ``fingerprint`` (``vlaccel.fingerprint(policy)``) refuse one trained for another policy."""
-    from safetensors.torch import load_file
-
+    """Load a gate; with ``fingerprint`` (``vlaccel.fingerprint(policy)``) refuse one trained for another policy.
+    A malformed gate (sizes, tensors, non-finite weights) is refused with ``GateMismatchError`` naming the file."""
     weights, meta_path = gate_files(path)
     for p in (weights, meta_path):
         if not p.exists():
-            raise FileNotFoundError(f"{p} not found: {path} is not a KV-Efficient gate (train one with `vlaccel train-kv-gate`)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise GateMismatchError(f"{meta_path} is not valid JSON: {err}") from None
-    sizes = meta.pop("sizes", None)
-    if not isinstance(sizes, dict):
-        raise GateMismatchError(f"{meta_path} has no 'sizes' (head_dim, kv_heads, slots, ...): it is not a gate file "
-                                "written by vlaccel (save_gate / vlaccel train-kv-gate)")
+            raise MissingInputError(f"{p} not found: {path} is not a KV-Efficient gate (train one with "
+                                    "`vlaccel train-kv-gate`)")
+    meta = _read_meta(meta_path)
+    sizes = _check_sizes(meta_path, meta.pop("sizes", None))
     if fingerprint is not None and meta.get("fingerprint") != fingerprint:
         raise GateMismatchError(
             f"the gate at {path} was trained for policy fingerprint {meta.get('fingerprint')!r}, but this policy's "
@@ -204,6 +205,65 @@ def load_gate(path: str | Path, fingerprint: str | None = None) -> KVGate:
             "apply KVEfficientConfig in the same vlaccel.apply call (validation sees the unmodified policy)."
         )
     gate = KVGate(**sizes, meta=meta)
-    gate.load_state_dict(load_file(str(weights)))
+    gate.load_state_dict(_read_weights(weights, gate))
     return gate.eval()
 
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    """``gate.json`` as a dict, or a ``GateMismatchError`` naming the file."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise GateMismatchError(f"{meta_path} is not valid JSON ({err}); retrain the gate with "
+                                "`vlaccel train-kv-gate`") from None
+    if not isinstance(meta, dict):
+        raise GateMismatchError(f"{meta_path} must be a JSON object, got {type(meta).__name__}; retrain the gate "
+                                "with `vlaccel train-kv-gate`")
+    return meta
+
+
+def _check_sizes(meta_path: Path, sizes: Any) -> dict[str, Any]:
+    """``gate.json``'s ``sizes``: every field present, integers in range, ``init_utility`` in (0, 1)."""
+    if not isinstance(sizes, dict):
+        raise GateMismatchError(f"{meta_path} has no 'sizes' (head_dim, kv_heads, slots, ...): it is not a gate file "
+                                "written by vlaccel (save_gate / vlaccel train-kv-gate)")
+    known = (*_SIZE_FIELDS, "init_utility")
+    missing, unknown = [k for k in _SIZE_FIELDS if k not in sizes], sorted(set(sizes) - set(known))
+    if missing or unknown:
+        raise GateMismatchError(f"{meta_path}: 'sizes' must hold {list(known)} (missing: {missing or 'none'}; "
+                                f"unknown: {unknown or 'none'}); retrain the gate with `vlaccel train-kv-gate`")
+    for name in _SIZE_FIELDS:
+        value = sizes[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_SIZE:
+            raise GateMismatchError(f"{meta_path}: sizes.{name} must be an integer in [1, {_MAX_SIZE}], got "
+                                    f"{value!r}; retrain the gate with `vlaccel train-kv-gate`")
+    utility = sizes.get("init_utility", 0.5)
+    if isinstance(utility, bool) or not isinstance(utility, (int, float)) or not 0 < utility < 1:
+        raise GateMismatchError(f"{meta_path}: sizes.init_utility must be a number in (0, 1), got {utility!r}")
+    return dict(sizes)
+
+
+def _read_weights(weights: Path, gate: KVGate) -> dict[str, torch.Tensor]:
+    """``gate.safetensors``'s tensors, checked against ``gate``'s: the same names and shapes, finite values."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors raises its own error types for a torn or foreign file
+        raise GateMismatchError(f"{weights} is not a readable safetensors file ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''}); retrain the gate with "
+                                "`vlaccel train-kv-gate`") from None
+    want = {name: tuple(t.shape) for name, t in gate.state_dict().items()}
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or unexpected:
+        raise GateMismatchError(f"{weights} does not hold the tensors its gate.json sizes imply (missing: "
+                                f"{missing or 'none'}; unexpected: {unexpected or 'none'}); retrain the gate")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != want[name]:
+            raise GateMismatchError(f"{weights}: {name} is {list(tensor.shape)} but gate.json's sizes imply "
+                                    f"{list(want[name])}; retrain the gate")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise GateMismatchError(f"{weights}: {name} has non-finite values (NaN or inf); the gate's training "
+                                    "diverged: retrain it with `vlaccel train-kv-gate` (a lower --lr)")
+    return state

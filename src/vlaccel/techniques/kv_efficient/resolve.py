@@ -5,6 +5,7 @@ Every check raises before anything is changed, with an error that says how to fi
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
@@ -71,7 +72,33 @@ def resolve_gate(config: KVEfficientConfig, model: Any, adapter: Any) -> KVGate:
             ) from err
     head_dim, kv_heads = _head_sizes(adapter.lm_config(model))
     gate.check_fits(head_dim, kv_heads, config.summary_slots)
+    _warn_other_settings(gate, folder if folder is not None else shipped_gate_dir(), config, model, adapter)
     return gate
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_other_settings(gate: KVGate, folder: Any, config: KVEfficientConfig, model: Any, adapter: Any) -> None:
+    """Warn (once per gate and settings) when the cache settings that shape what the gate scores (chunk, window,
+    sinks, summary slots) differ from those ``gate.json`` records it was trained for: it still runs, but what it
+    learned to keep was for the other settings. ``budget`` is not compared: it only caps how many of the gate's
+    best-scored chunks are kept (the shipped preset keeps 4 with a gate trained at 8)."""
+    recorded = gate.meta.get("kv")
+    if not isinstance(recorded, dict):
+        return
+    applied = {"window": config.window, "chunk": resolve_chunk(config, model, adapter), "sinks": config.sinks,
+               "summary_slots": config.summary_slots}
+    differ = {k: (recorded[k], applied[k]) for k in applied if k in recorded and recorded[k] != applied[k]}
+    key = (str(folder), repr(sorted(differ.items())))
+    if not differ or key in _WARNED:
+        return
+    _WARNED.add(key)
+    trained = ", ".join(f"{k}={was}" for k, (was, _) in differ.items())
+    now = ", ".join(f"{k}={is_}" for k, (_, is_) in differ.items())
+    warnings.warn(f"the KV-Efficient gate at {folder} was trained for {trained} (its gate.json) but is applied with "
+                  f"{now}; its choices may not carry over: apply those settings, or train a gate for these "
+                  "(`vlaccel train-kv-gate`)", UserWarning, stacklevel=2)
 
 
 def check_model(config: KVEfficientConfig, model: Any, adapter: Any) -> None:

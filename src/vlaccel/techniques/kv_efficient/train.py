@@ -47,6 +47,17 @@ __all__ = ["GateTrainConfig", "Episode", "train_gate", "episodes_from_demos", "s
            "soft_attention", "episode_loss", "action_distillation"]
 
 
+#: each numeric field's range: (low, high, kind), see ``vlaccel.config_cli.check_numbers``
+GATE_TRAIN_RANGES = {
+    "window": (1, None, "int"), "budget": (1, None, "int"), "sinks": (0, None, "int"), "chunk": (1, None, "int"),
+    "summary_slots": (1, None, "int"), "max_frames": (1, None, "int"), "min_frames": (1, None, "int"),
+    "steps": (1, None, "int"), "minutes": (0, None, "float>"), "lr": (0, None, "float>"),
+    "target_retention": (0, 1, "float"), "retention_weight": (0, None, "float"),
+    "cognition_weight": (0, None, "float"), "action_weight": (0, None, "float"), "action_draws": (1, None, "int"),
+    "agg_hidden": (1, None, "int"), "lstm_hidden": (1, None, "int"), "seed": (0, None, "int"),
+}
+
+
 @dataclasses.dataclass
 class GateTrainConfig:
     """Settings of ``vlaccel train-kv-gate`` (the cache settings are stored with the gate)."""
@@ -87,6 +98,17 @@ class GateTrainConfig:
     """Hidden width of the LSTM gate."""
     seed: int = 0
     """Seed of the episode sampling, the initial weights and the random baseline."""
+
+    def __post_init__(self) -> None:
+        from vlaccel.config_cli import check
+
+        check(self)
+
+    def validate(self) -> None:
+        """Refuse a field out of its range (``UsageError`` naming the flag), before any work."""
+        from vlaccel.config_cli import check_numbers
+
+        check_numbers(self, GATE_TRAIN_RANGES)
 
     def kv_config(self) -> KVEfficientConfig:
         return KVEfficientConfig(window=self.window, chunk=self.chunk, summary_slots=self.summary_slots,
