@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import vlaccel
+from tests.lerobot.helpers import leftovers
 from vlaccel.api import resolve_configs
 from vlaccel.bench.flops import count_flops
 from vlaccel.techniques import (CompileConfig, DenoiseStepsConfig, HeadCacheConfig, KVEfficientConfig,
@@ -46,16 +47,6 @@ def calibrate(policy) -> None:
     from vlaccel.techniques.layer_prune import set_calibration_observations
 
     set_calibration_observations(policy, [smolvla_batch(policy, s) for s in (11, 12)])
-
-
-def leftovers(model) -> dict[str, object]:
-    found: dict[str, object] = {}
-    for name, module in model.named_modules():
-        for kind in ("_forward_hooks", "_forward_pre_hooks"):
-            found.update({f"{name}.{kind}.{k}": v for k, v in getattr(module, kind).items()})
-        found.update({f"{name}.{a}": v for a, v in module.__dict__.items()
-                      if a.startswith("_vlaccel_") or a in ("embed_prefix", "forward", "forward_cross_attn_layer")})
-    return found
 
 
 NEUTRAL = {

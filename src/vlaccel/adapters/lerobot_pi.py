@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from vlaccel.adapters.base import ModelAdapter
+from vlaccel.adapters.flow_steps import FlowStepCounter, counted_step
 from vlaccel.adapters.hf_vlm import patches
 from vlaccel.adapters.layer_conventions import decoder_layer_queries
 from vlaccel.adapters.pi0 import _ResetBeforePrefix
@@ -46,7 +47,6 @@ __all__ = ["LeRobotPI0Adapter", "LEROBOT_PI_CLASSES"]
 #: class name -> the LeRobot module it must come from
 LEROBOT_PI_CLASSES = {"PI0Policy": "lerobot.policies.pi0", "PI05Policy": "lerobot.policies.pi05"}
 _LAYOUT_ATTR = "_vlaccel_token_layout"
-_STEP_ATTR = "_vlaccel_flow_step"
 
 
 def _with_expert(model: Any) -> nn.Module:
@@ -133,14 +133,10 @@ class LeRobotPI0Adapter(ModelAdapter):
         return [m for layer in self.action_head_blocks(model) for m in (layer.self_attn, layer.mlp)]
 
     def track_denoise_step(self, model: Any) -> Any:
-        return _FlowStepCounter(model.model, _vlm(model).embed_tokens, model.model.action_out_proj)
+        return FlowStepCounter(model.model, _vlm(model).embed_tokens, model.model.action_out_proj)
 
     def denoise_step(self, model: Any) -> int:
-        counter = model.model.__dict__.get(_STEP_ATTR)
-        if counter is None:
-            raise RuntimeError("the flow step is counted only while a technique that reads it is applied "
-                               "(ModelAdapter.track_denoise_step)")
-        return counter.step
+        return counted_step(model.model)
 
     def inference_steps(self, model: Any) -> int:
         return int(model.config.num_inference_steps)
@@ -227,26 +223,3 @@ class _LayoutFromPrefix:
         else:
             self.root.embed_prefix = self.embedder.previous
         self.root.__dict__.pop(_LAYOUT_ATTR, None)
-
-
-class _FlowStepCounter:
-    """The Euler step of the running ``sample_actions``: 0 when the prefix is embedded (``start`` runs), +1 after
-    each step's output projection (``end`` runs). Stored on ``root`` so that a deep copy counts its own steps."""
-
-    def __init__(self, root: nn.Module, start: nn.Module, end: nn.Module):
-        if _STEP_ATTR in root.__dict__:
-            raise RuntimeError("the flow steps of this policy are already counted by another technique")
-        self.root, self.step = root, 0
-        root.__dict__[_STEP_ATTR] = self
-        self.hooks = [start.register_forward_pre_hook(self.restart), end.register_forward_hook(self.advance)]
-
-    def restart(self, module: Any, args: Any) -> None:
-        self.step = 0
-
-    def advance(self, module: Any, args: Any, output: Any) -> None:
-        self.step += 1
-
-    def remove(self) -> None:
-        for h in self.hooks:
-            h.remove()
-        self.root.__dict__.pop(_STEP_ATTR, None)

@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from vlaccel.adapters.base import ModelAdapter
+from vlaccel.adapters.flow_steps import FlowStepCounter, counted_step
 
 __all__ = ["SmolVLAAdapter"]
 
-_STEP_ATTR = "_vlaccel_flow_step"
 _MODULE = "lerobot.policies.smolvla"
 
 
@@ -143,14 +143,11 @@ class SmolVLAAdapter(ModelAdapter):
         return [layer.mlp for layer in self.action_head_blocks(model)]
 
     def track_denoise_step(self, model: Any) -> Any:
-        return _FlowStepCounter(model)
+        # 0 at state_proj (each new prefix), +1 after each action_out_proj (the end of a denoising step)
+        return FlowStepCounter(model, _flow(model).state_proj, _flow(model).action_out_proj)
 
     def denoise_step(self, model: Any) -> int:
-        counter = model.__dict__.get(_STEP_ATTR)
-        if counter is None:
-            raise RuntimeError("the flow step is counted only while a technique that reads it is applied "
-                               "(ModelAdapter.track_denoise_step)")
-        return counter.step
+        return counted_step(model)
 
     def inference_steps(self, model: Any) -> int:
         return int(model.config.num_steps)
@@ -213,28 +210,3 @@ class _RunBefore:
 
     def __call__(self, module: Any, args: Any) -> None:
         self.fn()
-
-
-class _FlowStepCounter:
-    """The Euler step of the running ``sample_actions``: 0 when the prefix is embedded (``state_proj``), +1 after
-    each ``action_out_proj`` (the end of a denoising step). Stored on the policy so that a deep copy counts its own."""
-
-    def __init__(self, policy: nn.Module):
-        if _STEP_ATTR in policy.__dict__:
-            raise RuntimeError("the flow steps of this SmolVLA are already counted by another technique")
-        self.policy, self.step = policy, 0
-        policy.__dict__[_STEP_ATTR] = self
-        flow = _flow(policy)
-        self.hooks = [flow.state_proj.register_forward_pre_hook(self.restart),
-                      flow.action_out_proj.register_forward_hook(self.advance)]
-
-    def restart(self, module: Any, args: Any) -> None:
-        self.step = 0
-
-    def advance(self, module: Any, args: Any, output: Any) -> None:
-        self.step += 1
-
-    def remove(self) -> None:
-        for h in self.hooks:
-            h.remove()
-        self.policy.__dict__.pop(_STEP_ATTR, None)

@@ -31,13 +31,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlaccel.adapters.flow_steps import FlowStepCounter, counted_step
 from vlaccel.adapters.hf_common import TransformersAdapter
 from vlaccel.adapters.hf_vlm import layout_from_ids, patches
 
 __all__ = ["PI0Adapter", "prefix_layout"]
 
 _LAYOUT_ATTR = "_vlaccel_token_layout"
-_STEP_ATTR = "_vlaccel_flow_step"
 
 
 def _root(model: Any) -> nn.Module:
@@ -122,14 +122,11 @@ class PI0Adapter(TransformersAdapter):
         return [m for layer in self.action_head_blocks(model) for m in (layer.self_attn, layer.mlp)]
 
     def track_denoise_step(self, model: Any) -> Any:
-        return _FlowStepCounter(_root(model))
+        root = _root(model)
+        return FlowStepCounter(root, root.vlm, root.dit)  # 0 at each prefix run of the VLM, +1 per expert forward
 
     def denoise_step(self, model: Any) -> int:
-        counter = _root(model).__dict__.get(_STEP_ATTR)
-        if counter is None:
-            raise RuntimeError("the flow step is counted only while a technique that reads it is applied "
-                               "(ModelAdapter.track_denoise_step)")
-        return counter.step
+        return counted_step(_root(model))
 
     def inference_steps(self, model: Any) -> int:
         if type(model).__name__ == "PI0Model":
@@ -220,26 +217,3 @@ class _ResetBeforePrefix:
 
     def __call__(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
         self.fn()
-
-
-class _FlowStepCounter:
-    """The Euler step of the running ``sample_actions``: 0 when the VLM runs a prefix, +1 after each expert
-    forward. Stored on the root module so that a deep copy counts its own steps."""
-
-    def __init__(self, root: nn.Module):
-        if _STEP_ATTR in root.__dict__:
-            raise RuntimeError("the flow steps of this pi0 are already counted by another technique")
-        self.root, self.step = root, 0
-        root.__dict__[_STEP_ATTR] = self
-        self.hooks = [root.vlm.register_forward_pre_hook(self.restart), root.dit.register_forward_hook(self.advance)]
-
-    def restart(self, module: Any, args: Any) -> None:
-        self.step = 0
-
-    def advance(self, module: Any, args: Any, output: Any) -> None:
-        self.step += 1
-
-    def remove(self) -> None:
-        for h in self.hooks:
-            h.remove()
-        self.root.__dict__.pop(_STEP_ATTR, None)
