@@ -77,3 +77,16 @@ def test_a_handle_cannot_undo_what_another_handle_removed(policy):
     vlaccel.handle_for(policy).remove()
     with pytest.raises(RuntimeError, match="already removed through another handle"):
         handle.remove()
+
+
+def test_kv_efficient_finds_the_gate_of_the_plain_policy_after_precision_was_applied():
+    """bf16 applied first changes the weights' bytes; the gate was trained for the plain policy and still fits."""
+    import vlaccel
+    from vlaccel import PrecisionConfig
+
+    policy = vlaccel.load_policy("reference")
+    first = vlaccel.apply(policy, PrecisionConfig(dtype="bfloat16"))
+    second = vlaccel.apply(policy, *vlaccel.presets.get("kv-efficient"))
+    assert [type(c).__name__ for c in vlaccel.applied_configs(policy)] == ["PrecisionConfig", "KVEfficientConfig"]
+    second.remove()
+    first.remove()

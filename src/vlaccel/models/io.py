@@ -238,6 +238,17 @@ def fingerprint(policy: torch.nn.Module, refresh: bool = False) -> str:
     return digest
 
 
+def plain_fingerprint(policy: torch.nn.Module) -> str:
+    """The :func:`fingerprint` of the plain policy (what ``remove()`` would leave): a gate trained for the policy is
+    found while an engine switch that changed the weights (precision, int8) is applied. Raises ``UsageError`` when
+    an applied technique cannot give the plain weights back (layer pruning)."""
+    from vlaccel.api import applied_changes
+
+    if not any(changed for _, _, changed in applied_changes(policy)):
+        return fingerprint(policy)
+    return _digest(plain_state_dict(policy))
+
+
 def _digest(state: dict[str, torch.Tensor]) -> str:
     """The :func:`fingerprint` of a state dict."""
     h = hashlib.sha256()

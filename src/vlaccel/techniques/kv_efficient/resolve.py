@@ -47,9 +47,14 @@ def _head_sizes(lm_cfg: Any) -> tuple[int, int]:
 def resolve_gate(config: KVEfficientConfig, model: Any, adapter: Any) -> KVGate:
     """Load ``config.gate`` (else the gate stored with the policy, else the shipped one) and check it fits ``model``
     (fingerprint and head sizes)."""
-    from vlaccel.models.io import fingerprint
+    from vlaccel.errors import UsageError
+    from vlaccel.models.io import plain_fingerprint
 
-    fp = fingerprint(model)
+    try:
+        fp = plain_fingerprint(model)  # the gate belongs to the plain weights, also under bf16 or int8
+    except UsageError as err:
+        raise UsageError(f"a KV gate is matched to the plain policy's weights, and {err}; apply KVEfficientConfig in "
+                         "the same vlaccel.apply call as that technique, or before it") from None
     folder = config.gate if config.gate is not None else policy_gate_dir(model)
     if folder is not None:
         gate = load_gate(folder, fingerprint=fp)
