@@ -23,7 +23,10 @@ from tests.contract.cases import subjects
 PAIRS = [(s, c) for s in subjects() for c in s.cases]
 
 # Minimum SQNR (dB, :func:`output_sqnr`) of each lossy setting's outputs against the unmodified model's: the value
-# measured on these tiny random models (transformers 5.24, CPU) less 3 dB. An unrelated output scores about
+# measured on these tiny random models (transformers 5.24, CPU) less 3 dB; where the releases differ, the lowest
+# of them less 3 dB. The tiny models are random: transformers 5.5 builds SigLIP one level deeper (its initial draws
+# come in another order, so the reference policy's random weights differ) and its pi0 is another implementation,
+# so the same setting scores differently there without anything being wrong. An unrelated output scores about
 # -3 dB on the transformers models (another prompt's logits) and 0 dB for all zeros, so each bound fails for
 # an output that ignores the baseline. ``None``: on a random tiny model the setting's output is unrelated to
 # the baseline's (ten vs five DDIM steps of a random DiT, a random decoder missing a quarter of its layers),
@@ -34,9 +37,9 @@ MIN_SQNR_DB: dict[str, float | None] = {
     "reference-token_prune_fastv": 26,  # measured 29.4
     "reference-token_prune_random": 29,  # measured 32.5
     "reference-token_prune_diversity": 29,  # measured 32.6
-    "reference-kv_efficient": 31,  # measured 34.7
-    "reference-kv_h2o": 31,  # measured 34.8
-    "reference-kv_streaming": 31,  # measured 34.2
+    "reference-kv_efficient": 26,  # measured 34.7 (transformers 5.20), 29.8 (5.5.4)
+    "reference-kv_h2o": 26,  # measured 34.8 (5.20), 29.8 (5.5.4)
+    "reference-kv_streaming": 26,  # measured 34.2 (5.20), 29.1 (5.5.4)
     "paligemma-layer_prune": 21,  # measured 24.7
     "paligemma-kv_mean": 16,  # measured 19.4
     "paligemma-kv_random": 16,  # measured 19.6
@@ -85,7 +88,7 @@ MIN_SQNR_DB: dict[str, float | None] = {
     "qwen2-precision_bf16": 40,  # measured 43.8
     "gemma-precision_bf16": 43,  # measured 46.6
     "pi0-denoise_steps": 25,  # measured 28.6 (4 instead of 10 Euler steps)
-    "pi0-layer_prune": 25,  # measured 28.0
+    "pi0-layer_prune": 19,  # measured 28.0 (5.20), 22.6 (5.5.4)
     "pi0-token_prune_efficientvla": 26,  # measured 29.5
     "pi0-token_prune_fastv": 23,  # measured 26.2
     "pi0-token_prune_random": 22,  # measured 25.2
