@@ -242,11 +242,22 @@ def _lerobot_pi_cases() -> tuple[TechniqueCase, ...]:
     )
 
 
+_BUILT: dict[str, Any] = {}  # LeRobot's tiny policies, built once per session (seconds each); tests get deep copies
+
+
+def _built_once(key: str, build: Callable[[], Any]) -> Any:
+    import copy
+
+    if key not in _BUILT:
+        _BUILT[key] = build()
+    return copy.deepcopy(_BUILT[key])
+
+
 def _lerobot_pi_subject(kind: str) -> Subject:
     from vlaccel.models.lerobot_pi import build_lerobot_pi
 
-    return Subject(f"lerobot-{kind}", lambda: build_lerobot_pi(kind, "tiny"), lerobot_pi_single_chunks,
-                   lerobot_pi_chunk, _lerobot_pi_cases())
+    return Subject(f"lerobot-{kind}", lambda: _built_once(kind, lambda: build_lerobot_pi(kind, "tiny")),
+                   lerobot_pi_single_chunks, lerobot_pi_chunk, _lerobot_pi_cases())
 
 
 def lerobot_pi_chunk(policy, seed: int = 0) -> Any:
@@ -287,17 +298,10 @@ def _smolvla_cases() -> tuple[TechniqueCase, ...]:
     )
 
 
-_SMOLVLA: list[Any] = []  # the tiny policy, built once; each test gets a deep copy
-
-
 def _build_smolvla() -> Any:
-    import copy
-
     from vlaccel.models.lerobot_smolvla import build_smolvla
 
-    if not _SMOLVLA:
-        _SMOLVLA.append(build_smolvla("tiny"))
-    return copy.deepcopy(_SMOLVLA[0])
+    return _built_once("smolvla", lambda: build_smolvla("tiny"))
 
 
 def smolvla_chunk(policy, seed: int = 0) -> Any:

@@ -5,6 +5,7 @@ tests/contract runs them too). Tests needing LeRobot skip where it is not instal
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -19,12 +20,18 @@ K, KEEP = 1, 6  # token pruning after VLM layer 1, 6 of 16 tokens per camera
 KINDS = ("pi0", "pi05")
 
 
-def _build(kind: str):
-    pytest.importorskip("lerobot")
+@functools.lru_cache(maxsize=None)
+def _master(kind: str):
     from vlaccel.models.lerobot_pi import build_lerobot_pi
 
     torch.set_num_threads(1)
     return build_lerobot_pi(kind, "tiny")
+
+
+def _build(kind: str):
+    """A fresh tiny policy of ``kind``: a deep copy of one built once (a build takes seconds)."""
+    pytest.importorskip("lerobot")
+    return copy.deepcopy(_master(kind))
 
 
 @pytest.fixture(params=KINDS)
