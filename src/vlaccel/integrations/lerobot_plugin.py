@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import atexit
 import functools
-import json
 import logging
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 __all__ = ["install", "uninstall", "install_from_environment", "Accelerator", "PRESET_ENV", "REPORT_ENV"]
@@ -176,7 +174,6 @@ class Accelerator:
         summary = self.summary()
         for name, t in summary["timing"].items():
             log.info("vlaccel: %s %d calls, median %.1f ms", name, t["calls"], t["median_ms"])
-        path = Path(self.report)
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(partial, path)  # a reader never sees half a report
+        from vlaccel import atomic  # imported here: LeRobot imports this plugin in every command
+
+        atomic.write_json(self.report, summary, indent=2)  # a reader never sees half a report
