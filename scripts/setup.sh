@@ -28,8 +28,11 @@ if [ "$venv" = .venv-lerobot ]; then
   pip_install -e plugins/lerobot_policy_vlaccel  # the LeRobot plugin (lerobot-eval imports lerobot_policy_*)
   "$venv/bin/pip" check
   # nothing LeRobot's resolution chose may have moved
-  "$venv/bin/pip" freeze --exclude-editable | grep -F -x -v -f - "$venv/lerobot-before.txt" \
-    | { if read -r moved; then echo "installing vlaccel changed LeRobot's stack: $moved ..." >&2; exit 1; fi; }
+  # (grep exits 1 when it selects nothing, which is the good case here)
+  moved=$("$venv/bin/pip" freeze --exclude-editable | { grep -F -x -v -f - "$venv/lerobot-before.txt" || true; })
+  if [ -n "$moved" ]; then
+    echo "installing vlaccel changed LeRobot's stack (before -> now differs for): $(echo $moved)" >&2; exit 1
+  fi
   exit 0
 fi
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
