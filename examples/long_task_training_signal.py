@@ -32,7 +32,7 @@ import torch
 
 import vlaccel
 from vlaccel.models.io import BUNDLED, bundled_dir
-from vlaccel.sim.data import load_demos
+from vlaccel.demo_files import load_demos
 from vlaccel.training.batches import _gather, cue_frames, go_frame, prefix_length, window_frames
 
 TASK = "reach-memory-long"

@@ -45,7 +45,7 @@ def test_invalid_config_changes_nothing():
 
 
 def test_context_manager_restores_on_error(tiny_policy):
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="user code failed"):
         with vlaccel.applied(tiny_policy, DenoiseStepsConfig(steps=2)):
             assert tiny_policy.action_head.inference_steps == 2
             raise KeyError("user code failed")
@@ -72,7 +72,7 @@ def test_apply_argument_errors(tiny_policy):
 def test_unsupported_model_lists_supported_ones():
     with pytest.raises(UnsupportedModelError, match="Supported: .*vlaccel ReferenceVLA.*register_adapter"):
         get_adapter(torch.nn.Linear(2, 2))
-    with pytest.raises(UnsupportedModelError):
+    with pytest.raises(UnsupportedModelError, match="no adapter for Linear"):
         vlaccel.apply(torch.nn.Linear(2, 2), DenoiseStepsConfig(steps=3))
 
 

@@ -213,10 +213,10 @@ def test_saving_into_an_existing_folder_keeps_its_companion_files(tiny_policy, t
 
 def test_an_interrupted_atomic_write_leaves_the_previous_file(tmp_path):
     target = atomic.write_text(tmp_path / "results.json", "old\n")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="stopped mid-write"):
         with atomic.replacing(target) as tmp:
             tmp.write_text("half of the ne")
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("stopped mid-write")
     assert target.read_text() == "old\n" and sorted(os.listdir(tmp_path)) == ["results.json"]
     atomic.write_json(target, {"a": 1})
     assert target.read_text() == '{"a": 1}\n' and oct(target.stat().st_mode & 0o777) != oct(0o600)
@@ -267,7 +267,7 @@ class _RunsCode:
 def test_a_checkpoint_holding_a_pickled_object_is_refused(tiny_policy, tmp_path):
     run = _run(tmp_path, tiny_policy)
     torch.save({"model": _RunsCode()}, run.path)
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(UsageError, match="not a weights-only checkpoint") as err:
         run.resume(log=print)
     message = str(err.value)
     assert "\n" not in message and str(run.path) in message and "not a weights-only checkpoint" in message
@@ -282,11 +282,11 @@ def test_a_checkpoint_killed_while_saving_keeps_the_previous_one(tiny_policy, tm
 
     def killed(obj, f, *args, **kwargs):
         Path(f).write_bytes(b"PK\3\4 torn")
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("killed while saving")
 
     monkeypatch.setattr(torch, "save", killed)
     run.step = 4
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed while saving"):
         run.save()
     assert run.path.read_bytes() == before
     assert sorted(p.name for p in run.path.parent.iterdir()) == ["checkpoint.pt"]

@@ -44,7 +44,7 @@ def _technique(name, policy):
 
 @pytest.mark.parametrize("technique", ["plain", "head-cache", "kv-efficient"])
 @pytest.mark.parametrize("stage", STAGES)
-@pytest.mark.parametrize("error", [Boom("injected"), KeyboardInterrupt()], ids=["exception", "interrupt"])
+@pytest.mark.parametrize("error", [Boom("injected"), KeyboardInterrupt("injected")], ids=["exception", "interrupt"])
 def test_a_failed_step_ends_the_episode_and_leaves_nothing_behind(tiny_policy, frames, stage, technique, error):
     config = _technique(technique, tiny_policy)
     if config is not None:
@@ -54,7 +54,7 @@ def test_a_failed_step_ends_the_episode_and_leaves_nothing_behind(tiny_policy, f
     tiny_policy.reset(INSTR)
     tiny_policy.step(frames[0])
     _fail_once(tiny_policy.get_submodule(stage), error)
-    with pytest.raises(type(error)):
+    with pytest.raises(type(error), match="^injected$"):
         tiny_policy.step(frames[1])
     with pytest.raises(RuntimeError, match=f"an earlier step failed with {type(error).__name__}"):
         tiny_policy.step(frames[1])
@@ -67,7 +67,7 @@ def test_bad_input_in_an_episode_leaves_it_running(tiny_policy, frames):
     """Inputs are checked before anything changes: a refused observation is not a failed step."""
     tiny_policy.reset(INSTR)
     first = tiny_policy.step(frames[0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="proprio has non-finite values"):
         tiny_policy.step(frames[1], [np.nan] * tiny_policy.config.proprio_dim)
     second = tiny_policy.step(frames[1])
     expected = _episode(tiny_policy, frames[:2])

@@ -17,7 +17,7 @@ import transformers
 import vlaccel
 from tests.hf_models import build, hf_inputs
 from vlaccel.adapters import get_adapter, hf_common
-from vlaccel.bench.memory import kv_storage_bytes
+from vlaccel.memory import kv_storage_bytes
 from vlaccel.techniques import KVEfficientConfig
 from vlaccel.techniques.kv_efficient import ChunkedGatedCache
 from vlaccel.transformers_compat import (

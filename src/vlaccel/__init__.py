@@ -5,40 +5,57 @@
     actions = policy.predict_action(image, instruction)
     handle.remove()
 
-Importing vlaccel changes nothing (no patching, no logging setup); techniques register lazily.
+Importing vlaccel changes nothing (no patching, no logging setup) and loads nothing else: each name below, and
+each submodule used as an attribute (``vlaccel.presets``), is imported on first use; techniques register lazily.
 """
 
-from vlaccel import presets
-from vlaccel.api import Handle, applied, applied_configs, apply, handle_for
-from vlaccel.config import TechniqueConfig, config_from_dict, register_handler
-from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, fingerprint, load_policy, save_policy
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
 
 __version__ = "0.2.0"
 
-_LAZY_CONFIGS = {
+_EXPORTS = {  # name -> the module that defines it
+    "apply": "vlaccel.api",
+    "applied": "vlaccel.api",
+    "applied_configs": "vlaccel.api",
+    "handle_for": "vlaccel.api",
+    "Handle": "vlaccel.api",
+    "TechniqueConfig": "vlaccel.config",
+    "config_from_dict": "vlaccel.config",
+    "register_handler": "vlaccel.config",
+    "VlaccelError": "vlaccel.errors",
+    "load_policy": "vlaccel.models.io",
+    "save_policy": "vlaccel.models.io",
+    "fingerprint": "vlaccel.weights",
+    "ReferenceVLA": "vlaccel.models.vla",
+    "ReferenceVLAConfig": "vlaccel.models.config",
     "DenoiseStepsConfig": "vlaccel.techniques.denoise_steps",
     "LayerPruneConfig": "vlaccel.techniques.layer_prune",
     "TokenPruneConfig": "vlaccel.techniques.token_prune",
     "HeadCacheConfig": "vlaccel.techniques.head_cache",
-    "KVEfficientConfig": "vlaccel.techniques.kv_efficient",
+    "KVEfficientConfig": "vlaccel.techniques.kv_efficient.config",
     "PrecisionConfig": "vlaccel.techniques.precision",
     "CompileConfig": "vlaccel.techniques.compile",
     "QuantizeConfig": "vlaccel.techniques.quantize",
 }
 
-
-def __getattr__(name: str):
-    # `from vlaccel import LayerPruneConfig` without importing every technique at `import vlaccel` time.
-    if name in _LAZY_CONFIGS:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY_CONFIGS[name]), name)
-    raise AttributeError(f"module 'vlaccel' has no attribute {name!r}")
+__all__ = [*_EXPORTS, "presets"]
 
 
-__all__ = [
-    "apply", "applied", "applied_configs", "handle_for", "Handle", "TechniqueConfig", "config_from_dict",
-    "register_handler",
-    "load_policy", "save_policy", "fingerprint", "ReferenceVLA", "ReferenceVLAConfig", "presets",
-    *_LAZY_CONFIGS,
-]
+def __getattr__(name: str) -> Any:
+    """An exported name, or a submodule (``vlaccel.presets``), imported on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

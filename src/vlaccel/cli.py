@@ -21,7 +21,7 @@ _COMMAND_MODULES = [
     "vlaccel.sim.cli",
     "vlaccel.training.cli",
     "vlaccel.bench.cli",
-    "vlaccel.techniques.kv_efficient.cli",
+    "vlaccel.training.kv_gate_cli",
     "vlaccel.demo",
 ]
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 # unparsed, as ``module.main(argv)``.
 _CONFIG_COMMANDS = {
     "train-reference": "vlaccel.training.cli",
-    "train-kv-gate": "vlaccel.techniques.kv_efficient.cli",
+    "train-kv-gate": "vlaccel.training.kv_gate_cli",
     "bench": "vlaccel.bench.cli",
 }
 

@@ -1,20 +1,29 @@
-"""Errors that mean "the input is wrong", as opposed to a bug in vlaccel.
+"""vlaccel's exceptions: one family under ``VlaccelError``, so ``except vlaccel.VlaccelError`` catches what vlaccel
+raised on purpose (and nothing from torch, transformers or the caller's own code).
 
-The ``vlaccel`` command prints a ``UsageError`` as one line (``vlaccel CMD: error: ...``) and exits with status 2;
-every other exception is a bug and propagates with its traceback. Raise one where a command checks what the
-user gave it: an unknown preset, task or policy, a bad combination of flags, a file or folder they named that
-is missing or unusable. The message says what is wrong and how to fix it.
+``UsageError`` and its subclasses mean "the input is wrong", as opposed to a bug in vlaccel. The ``vlaccel``
+command prints a ``UsageError`` as one line (``vlaccel CMD: error: ...``) and exits with status 2; every other
+exception, other ``VlaccelError`` subclasses included, is a bug and propagates with its traceback. Raise one where
+a command checks what the user gave it: an unknown preset, task or policy, a bad combination of flags, a file or
+folder they named that is missing or unusable. The message says what is wrong and how to fix it.
 
 Each type also subclasses the built-in exception such code raised before (``ValueError``, ``FileNotFoundError``,
-``KeyError``), so ``except ValueError`` and ``pytest.raises(FileNotFoundError)`` keep catching them.
+``KeyError``, ``TypeError``, ``RuntimeError``), so ``except ValueError`` and ``pytest.raises(FileNotFoundError)``
+keep catching them. ``tests/test_errors.py`` fails on an exception class defined in vlaccel outside this family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+__all__ = ["VlaccelError", "UsageError", "MissingInputError", "UnknownNameError", "PositionLimitError", "check_names"]
 
-class UsageError(ValueError):
+
+class VlaccelError(Exception):
+    """Base of every exception vlaccel defines; a subclass also derives from the built-in type it stands for."""
+
+
+class UsageError(VlaccelError, ValueError):
     """Bad input from the user (a value, a flag combination, a file's contents); the message says how to fix it."""
 
     def __str__(self) -> str:  # one plain line, also for the KeyError subclass (KeyError quotes its message)

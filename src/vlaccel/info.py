@@ -52,8 +52,9 @@ def describe(policy) -> dict:
 def release(policy) -> dict:
     """The release names of the policy (its model card's ``version``) and of the gate ``kv-efficient`` would use
     (``gate.json``'s ``version``); None where a card or gate has none, e.g. a policy trained here."""
-    from vlaccel.models.io import CARD, fingerprint
+    from vlaccel.models.io import CARD
     from vlaccel.techniques.kv_efficient.gate import gate_files, policy_gate_dir, shipped_gate_dir
+    from vlaccel.weights import fingerprint
 
     def read(path) -> dict:
         return json.loads(path.read_text()) if path is not None and path.exists() else {}

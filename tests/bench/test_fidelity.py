@@ -44,7 +44,7 @@ def test_missing_demos_fall_back_to_labelled_synthetic_frames(tiny_policy, tmp_p
 
 
 def test_recorded_demos_are_used_when_they_fit(tiny_policy, tmp_path):
-    data = pytest.importorskip("vlaccel.sim.data")
+    from vlaccel import demo_files as data
     size = tiny_policy.config.image_size
     rng = np.random.default_rng(0)
     for seed in range(2):
@@ -57,7 +57,7 @@ def test_recorded_demos_are_used_when_they_fit(tiny_policy, tmp_path):
 
 
 def test_calibration_and_evaluation_halves_are_disjoint(tiny_policy, tmp_path):
-    data = pytest.importorskip("vlaccel.sim.data")
+    from vlaccel import demo_files as data
     size = tiny_policy.config.image_size
     images = (np.arange(12 * size * size * 3).reshape(12, size, size, 3) % 251).astype(np.uint8)  # distinct frames
     data.save_demo(data.demo_path(tmp_path, "push", 0), images=images, states=np.zeros((12, 4)),
@@ -75,7 +75,7 @@ def test_history_episode_is_one_real_long_memory_episode_when_one_is_long_enough
     stitches only when no demo is long enough, and says so."""
     from vlaccel.bench.fidelity import episode_frames
 
-    data = pytest.importorskip("vlaccel.sim.data")
+    from vlaccel import demo_files as data
     size = tiny_policy.config.image_size
     rng = np.random.default_rng(0)
     for task, seed, frames in [("reach-memory", 0, 30), ("reach-memory-long", 4, 12), ("reach-memory-long", 7, 40)]:

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from vlaccel.bench.memory import cache_tensor_bytes, count_parameters, kv_bytes, kv_storage_bytes
+from vlaccel.memory import cache_tensor_bytes, count_parameters, kv_bytes, kv_storage_bytes
 
 
 def test_kv_bytes_after_an_episode(tiny_policy, frames):

@@ -218,7 +218,7 @@ def test_train_adds_a_readout_and_freezes_the_backbone(tmp_path):
 
 def test_the_readout_norm_penalty_adds_its_weight_times_the_readouts_share_of_the_condition(tiny_policy, tmp_path):
     from tests.training.test_train_reference import make_demos
-    from vlaccel.sim.data import load_demos
+    from vlaccel.demo_files import load_demos
     from vlaccel.training.batches import sample_batch
     from vlaccel.training.reference import TrainConfig, TrainExperiment, batch_loss
 

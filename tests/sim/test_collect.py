@@ -5,8 +5,8 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-from vlaccel.sim.collect import EXTRA_STEPS, collect
-from vlaccel.sim.data import action_targets, demo_path, load_demos
+from vlaccel.sim.collect import EXTRA_STEPS, collect  # noqa: E402 (after importorskip)
+from vlaccel.demo_files import action_targets, demo_path, load_demos  # noqa: E402 (after importorskip)
 
 pytestmark = pytest.mark.sim
 
@@ -46,7 +46,7 @@ def test_collect_writes_consistent_npz(tmp_path):
     n_real = T - (F - 1) * 4
     assert mask.sum() == n_real and not mask[n_real:].any() and np.all(acts[n_real:] == 0)
     np.testing.assert_array_equal(acts[:n_real], demo.actions[-n_real:])
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=f"frame {F} out of range"):
         action_targets(demo, F)
 
     # a rerun keeps the file (resume) instead of re-collecting it

@@ -5,8 +5,8 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-from vlaccel.sim.env import ACTION_DIM, STATE_DIM, make_env
-from vlaccel.sim.tasks import TASKS, get_task, resolve_tasks
+from vlaccel.sim.env import ACTION_DIM, STATE_DIM, make_env  # noqa: E402 (after importorskip)
+from vlaccel.sim.tasks import TASKS, get_task, resolve_tasks  # noqa: E402 (after importorskip)
 
 pytestmark = pytest.mark.sim
 
@@ -113,9 +113,9 @@ def test_memory_task_hides_goal_after_first_frames():
 def test_bad_actions_are_rejected():
     with make_env("reach-v3", seed=0) as env:
         env.reset(render=False)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="action must have shape"):
             env.step(np.zeros(3))
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="action contains non-finite values"):
             env.step(np.array([np.nan, 0, 0, 0]))
 
 

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-from vlaccel.sim.env import make_env
-from vlaccel.sim.evaluate import condition_identity, render_table, rollout, run_eval, summarize
+from vlaccel.sim.env import make_env  # noqa: E402 (after importorskip)
+from vlaccel.sim.evaluate import condition_identity, render_table, rollout, run_eval, summarize  # noqa: E402 (after importorskip)
 
 pytestmark = pytest.mark.sim
 
@@ -274,7 +274,7 @@ def test_evaluate_re_exports_what_its_parts_define():
 def test_history_rollout_records_kv_bytes_held_at_the_episode_end(tiny_policy):
     """The closed-loop table's KV column: what the cache holds when the episode ends (a bounded cache holds less)."""
     import vlaccel
-    from vlaccel.bench.memory import kv_bytes
+    from vlaccel.memory import kv_bytes
 
     assert tiny_policy.config.action_dim == 4 and tiny_policy.config.proprio_dim == 4
     with make_env("reach-v3", image_size=tiny_policy.config.image_size) as env:

@@ -46,8 +46,8 @@ def test_the_lock_holds_this_pid_and_goes_at_exit(tmp_path):
             with results_lock(out):
                 pass
     assert not lock.exists()
-    with pytest.raises(KeyboardInterrupt), results_lock(out):
-        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt, match="stopped by the user"), results_lock(out):
+        raise KeyboardInterrupt("stopped by the user")
     assert not lock.exists()
 
 

@@ -20,7 +20,7 @@ def test_wilson_hand_computed():
     assert wilson(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
     assert wilson(10, 10) == (pytest.approx(0.7225, abs=1e-4), 1.0)
     assert wilson(0, 0) == (0.0, 1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need 0 <= successes <= n, got 3 / 2"):
         wilson(3, 2)
 
 

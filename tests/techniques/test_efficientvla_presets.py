@@ -14,8 +14,8 @@ from tests.conftest import random_frames
 from vlaccel.adapters import get_adapter
 from vlaccel.bench.flops import count_flops
 from vlaccel.models import ReferenceVLA, ReferenceVLAConfig
+from vlaccel.presets.efficientvla import efficientvla_configs
 from vlaccel.techniques import HeadCacheConfig, LayerPruneConfig, TokenPruneConfig
-from vlaccel.techniques.efficientvla_presets import efficientvla_configs
 from vlaccel.techniques.layer_prune import set_calibration_observations
 
 INSTRUCTION = "push the puck to the goal"

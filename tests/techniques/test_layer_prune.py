@@ -135,7 +135,7 @@ def test_method_last_needs_no_calibration(tiny_policy):
 
 # ---------------------------------------------------------------------------------------------- calibration sources
 def test_missing_calibration_raises_before_changing_anything(tiny_policy, tmp_path, monkeypatch):
-    from vlaccel.sim.data import save_demo
+    from vlaccel.demo_files import save_demo
 
     # demos in the working directory are not a calibration source (no source found relative to the cwd)
     save_demo(tmp_path / "data" / "demos" / "reach-v3" / "seed_00000.npz",
@@ -153,7 +153,7 @@ def test_missing_calibration_raises_before_changing_anything(tiny_policy, tmp_pa
 
 
 def test_calibration_from_field_npz_demo_folder_and_policy_folder(tiny_policy, tmp_path):
-    from vlaccel.sim.data import save_demo
+    from vlaccel.demo_files import save_demo
 
     obs = _observations(tiny_policy, 3)
     want = lp.calibrate(tiny_policy, obs).layer_importance
@@ -178,8 +178,10 @@ def test_calibration_from_field_npz_demo_folder_and_policy_folder(tiny_policy, t
 
 
 def test_calibration_takes_evenly_spaced_samples():
-    assert lp._evenly_spaced(list(range(10)), 3) == [0, 4, 9]  # linspace 0, 4.5, 9 rounded half to even
-    assert lp._evenly_spaced([1, 2], 64) == [1, 2]
+    from vlaccel.calibration import evenly_spaced
+
+    assert evenly_spaced(list(range(10)), 3) == [0, 4, 9]  # linspace 0, 4.5, 9 rounded half to even
+    assert evenly_spaced([1, 2], 64) == [1, 2]
 
 
 # ---------------------------------------------------------------------------------------------- plain transformers LMs

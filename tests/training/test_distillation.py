@@ -15,7 +15,7 @@ import vlaccel
 from tests.models.test_visual_readout import _with_trained_readout
 from tests.training.test_train_reference import make_demos
 from vlaccel.models import save_policy
-from vlaccel.sim.data import load_demos
+from vlaccel.demo_files import load_demos
 from vlaccel.training.batches import sample_batch
 from vlaccel.training.distillation import ActionDistillation
 from vlaccel.training.reference import TrainConfig, TrainExperiment, train

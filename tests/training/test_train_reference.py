@@ -10,13 +10,13 @@ import pytest
 import torch
 
 import vlaccel
-from vlaccel.sim.data import demo_path, save_demo
+from vlaccel.demo_files import demo_path, save_demo
 from vlaccel.training.batches import action_chunk, demo_probabilities, random_shift, sample_batch, sample_windows
 from vlaccel.training.reference import TrainConfig, TrainExperiment, train
 
 
 INSTRUCTIONS = {"push-v3": "push the puck to the green ball", "reach-v3": "reach the red ball",
-                "reach-memory-long": "reach where the ball was"}
+                "reach-memory-long": "reach where the ball was", "reach-choice-long": "reach the ball that was green"}
 
 
 def make_demos(root, n=2, frames=5, size=32, seed=0, task="push-v3", positions=True):
@@ -52,7 +52,7 @@ def test_random_shift_keeps_shape_and_moves_content():
 
 
 def test_batches_mask_padding_frames(tmp_path):
-    from vlaccel.sim.data import load_demos
+    from vlaccel.demo_files import load_demos
 
     make_demos(tmp_path, n=2, frames=5)
     demos = load_demos(tmp_path)
@@ -96,7 +96,7 @@ def test_missing_demos_error(tmp_path):
 
 @pytest.mark.parametrize("anchor", [0, 2])
 def test_windows_keep_true_frames_positions_and_anchors(tmp_path, anchor):
-    from vlaccel.sim.data import load_demos
+    from vlaccel.demo_files import load_demos
     from vlaccel.training.batches import sample_windows
 
     make_demos(tmp_path, n=2, frames=6)
@@ -117,7 +117,7 @@ def test_windows_keep_true_frames_positions_and_anchors(tmp_path, anchor):
 
 
 def test_windows_of_a_long_memory_task_always_keep_its_cue_frames(tmp_path):
-    from vlaccel.sim.data import load_demos
+    from vlaccel.demo_files import load_demos
     from vlaccel.sim.tasks import get_task
     from vlaccel.training.batches import cue_frames
 
@@ -150,7 +150,7 @@ def test_windows_of_a_long_memory_task_always_keep_its_cue_frames(tmp_path):
 
 def _long_task_and_push_demos(root) -> tuple[list, object]:
     """Three 100-frame reach-memory-long demos and one push-v3 demo (8 px frames)."""
-    from vlaccel.sim.data import load_demos
+    from vlaccel.demo_files import load_demos
 
     make_demos(root, n=3, frames=100, size=8, task="reach-memory-long")
     make_demos(root, n=1, frames=20, size=8, task="push-v3")
@@ -226,7 +226,7 @@ def test_waypoint_targets_are_future_hand_displacements():
 
 
 def test_batches_carry_each_frames_waypoints(tmp_path):
-    from vlaccel.sim.data import load_demos
+    from vlaccel.demo_files import load_demos
     from vlaccel.training.batches import sample_windows, waypoint_targets
 
     make_demos(tmp_path, n=2, frames=6)
@@ -255,7 +255,7 @@ def test_waypoint_loss_is_logged_and_switchable(tmp_path):
 
 
 def test_batches_carry_object_and_goal_relative_to_the_hand(tmp_path):
-    from vlaccel.sim.data import load_demos
+    from vlaccel.demo_files import load_demos
     from vlaccel.training.batches import scene_targets
 
     make_demos(tmp_path, n=2, frames=6)
@@ -295,7 +295,7 @@ def test_object_loss_is_logged_switchable_and_needs_recorded_positions(tmp_path)
 
 
 def test_task_weights_set_how_often_each_tasks_demos_are_drawn(tmp_path):
-    from vlaccel.sim.data import load_demos
+    from vlaccel.demo_files import load_demos
 
     make_demos(tmp_path, n=2, task="push-v3")
     make_demos(tmp_path, n=2, task="reach-v3", seed=1)
@@ -333,14 +333,14 @@ def test_task_weights_flag_parses_pairs_and_rejects_a_missing_weight(capsys):
     assert parse_args(["--task-weights", "push-v3", "2.5", "reach-v3", "1"]).task_weights == {"push-v3": 2.5,
                                                                                                "reach-v3": 1.0}
     for bad in (["push-v3"], ["push-v3", "x"]):
-        with pytest.raises(SystemExit) as exit_info:
+        with pytest.raises(SystemExit, match="^2$") as exit_info:
             parse_args(["--task-weights", *bad])
         assert exit_info.value.code == 2
     assert "--task-weights" in capsys.readouterr().err
 
 
 def test_layout_targets_are_episode_starts_standardized_within_each_task(tmp_path):
-    from vlaccel.sim.data import load_demos
+    from vlaccel.demo_files import load_demos
     from vlaccel.training.batches import LAYOUT_MIN_STD, layout_stats, scene_targets
 
     make_demos(tmp_path, n=4, frames=5, task="push-v3")

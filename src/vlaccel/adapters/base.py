@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from vlaccel.errors import VlaccelError
 from vlaccel.registry import Registry
 
 __all__ = ["ModelAdapter", "register_adapter", "get_adapter", "supported_models", "UnsupportedModelError",
@@ -42,8 +43,8 @@ ADAPTERS = Registry("adapter", "vlaccel.adapters", {
 })
 
 
-class UnsupportedModelError(TypeError):
-    pass
+class UnsupportedModelError(VlaccelError, TypeError):
+    """No adapter serves this model: the message lists the supported models and how to add an adapter."""
 
 
 class ModelAdapter:

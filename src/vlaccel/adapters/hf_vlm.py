@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from vlaccel.adapters.hf_common import TransformersAdapter, starts_sequence
+from vlaccel.token_layout import TokenLayout
 
 _LAYOUT_ATTR = "_vlaccel_token_layout"
 
@@ -76,8 +77,6 @@ class HFVLMAdapter(TransformersAdapter):
         return model.__dict__.get(_LAYOUT_ATTR)
 
     def track_layout(self, model: Any) -> Any:
-        from vlaccel.models.vla import TokenLayout
-
         image_token, per_image = self.image_token_id(model), self.visual_tokens(model)
 
         def before_forward(module, args, kwargs):
@@ -111,8 +110,6 @@ def register_vlm(class_name: str, decoder_path: str, visual_tokens: Any) -> None
 def layout_from_ids(input_ids: torch.Tensor, image_token: int, per_image: int, cameras: bool = False) -> Any:
     """The :class:`TokenLayout` of a forward's ``input_ids`` [B, T]: one image span, the text after it as instruction.
     ``cameras=True`` (pi0): the span may hold several images, one per camera, ``per_image`` tokens each."""
-    from vlaccel.models.vla import TokenLayout
-
     t = input_ids.shape[-1]
     is_image = input_ids.reshape(-1, t) == image_token  # [B, T]
     if not bool(is_image.any()):

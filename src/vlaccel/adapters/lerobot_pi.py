@@ -41,6 +41,7 @@ from vlaccel.adapters.flow_steps import FlowStepCounter, counted_step
 from vlaccel.adapters.hf_vlm import patches
 from vlaccel.adapters.layer_conventions import decoder_layer_queries
 from vlaccel.adapters.pi0 import _ResetBeforePrefix
+from vlaccel.token_layout import TokenLayout
 
 __all__ = ["LeRobotPI0Adapter", "LEROBOT_PI_CLASSES"]
 
@@ -174,8 +175,6 @@ def prefix_layout(images: list[torch.Tensor], lang_masks: torch.Tensor, per_imag
     """The :class:`TokenLayout` of LeRobot's pi prefix: ``len(images)`` cameras x ``per_image`` tokens, then the
     language ``lang_masks`` [B, L] describes (right-padded); the instruction is the language up to the last valid
     token of any row (padding after it is left out of the relevance)."""
-    from vlaccel.models.vla import TokenLayout
-
     visual = len(images) * per_image
     length = visual + lang_masks.shape[1]
     valid = lang_masks.bool().any(0).nonzero().flatten()  # [V] positions valid in some row

@@ -10,7 +10,7 @@ They are computed for the action chunk and for the cognition feature (``policy.l
 LM output that conditions the action head). Over a set of observations, MSE and cosine are averaged per
 observation and SQNR pools the signal and error energies of all observations.
 
-Observations come from the simulator demonstrations (``vlaccel.sim.data.load_demos``) when they exist
+Observations come from the simulator demonstrations (``vlaccel.demo_files.load_demos``) when they exist
 and fit the policy; otherwise from synthetic random frames, and the returned label says so.
 """
 
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vlaccel.demo_files import load_demos
 
 __all__ = [
     "FidelityAccumulator",
@@ -118,8 +120,6 @@ def synthetic_observations(config: Any, n: int, seed: int = 0) -> list[Observati
 
 @functools.lru_cache(maxsize=2)
 def _load_demos(demos_dir: str) -> tuple[Any, ...]:
-    from vlaccel.sim.data import load_demos
-
     return tuple(load_demos(demos_dir))
 
 
@@ -127,10 +127,6 @@ def _demo_frames(config: Any, demos_dir: str | Path) -> tuple[list[Any], str | N
     """Demos that fit the policy, or ([], reason) if there are none."""
     if config.num_cameras != 1:
         return [], f"the policy wants {config.num_cameras} cameras, demos have 1"
-    try:
-        import vlaccel.sim.data  # noqa: F401
-    except ImportError as err:
-        return [], f"vlaccel.sim.data is not available ({err})"
     try:
         demos = _load_demos(str(Path(demos_dir).resolve()))
     except FileNotFoundError:

@@ -24,7 +24,7 @@ from vlaccel.bench.fidelity import sqnr_db
 from vlaccel.bench.flops import register_cpu_sdpa_formula
 from vlaccel.bench.flow_subjects import FlowSubject, build_subject
 from vlaccel.bench.latency import _Clock
-from vlaccel.bench.memory import count_parameters, kv_bytes
+from vlaccel.memory import count_parameters, kv_bytes
 from vlaccel.transformers_compat import output_cache
 
 __all__ = ["DEFAULT_PRESETS", "PARTS", "run_flow_bench", "to_markdown"]

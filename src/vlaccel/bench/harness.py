@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import os
 import platform
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from vlaccel.bench.latency import (
     ratio,
     time_alternating,
 )
-from vlaccel.bench.memory import count_parameters
+from vlaccel.memory import count_parameters
 from vlaccel.errors import UsageError, check_names
 
 __all__ = [
@@ -147,32 +146,12 @@ def default_presets() -> list[str]:
     return out
 
 
-def kv_settings(policy: Any = None) -> tuple[dict[str, list[Any]], str | None]:
-    """History-mode cache settings from the KV-Efficient module: (name -> configs, note if unavailable).
+def kv_settings(policy: Any = None) -> dict[str, list[Any]]:
+    """History-mode cache settings, name -> configs: the KV-Efficient cache and its retention baselines at one
+    budget (:func:`vlaccel.presets.kv_efficient.benchmark_settings`, the presets of the same names)."""
+    from vlaccel.presets.kv_efficient import benchmark_settings
 
-    Looks for ``benchmark_settings()`` in ``vlaccel.techniques.kv_efficient`` (the KV-Efficient cache and
-    its retention baselines, each a list of configs); falls back to the registered presets made only of
-    KV-Efficient configs.
-    """
-    import vlaccel
-
-    try:
-        module = importlib.import_module("vlaccel.techniques.kv_efficient")
-    except ModuleNotFoundError as err:
-        if err.name and "kv_efficient" in err.name:
-            return {}, "KV-Efficient module not available: the history study compares the full cache and presets only"
-        raise
-    fn = getattr(module, "benchmark_settings", None)
-    if callable(fn):
-        return {name: list(cfgs) for name, cfgs in fn(policy=policy).items()}, None
-    settings = {}
-    for name in vlaccel.presets.names():
-        configs = vlaccel.presets.get(name)
-        if configs and all(type(c).history_only for c in configs):
-            settings[name] = configs
-    if not settings:
-        return {}, "vlaccel.techniques.kv_efficient has no benchmark_settings() and no KV preset"
-    return settings, None
+    return {name: list(cfgs) for name, cfgs in benchmark_settings(policy=policy).items()}
 
 
 def calibration_setter(observations: Sequence[Any]) -> Callable[[Any], None]:
@@ -313,9 +292,7 @@ def run_benchmark(policy: Any, presets: Sequence[str] | None = None, options: Be
         except Exception as err:  # noqa: BLE001 - e.g. sized for another policy: reported, the others run
             result["errors"][name] = f"{type(err).__name__}: {err}"
     if options.history:
-        kv, note = kv_settings(policy)
-        if note:
-            result["notes"].append(note)
+        kv = kv_settings(policy)
         settings = {**{n: resolved[n] for n in result["presets"] if resolved[n]}, **kv}
         total = (len(settings) + 1) * max(options.history_lengths) * options.history_repeats
         hist = history_scaling(policy, settings, options.history_lengths, options.history_repeats,

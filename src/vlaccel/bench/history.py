@@ -24,7 +24,7 @@ import numpy as np
 
 from vlaccel.bench.fidelity import FidelityAccumulator, episode_frames
 from vlaccel.bench.latency import ModuleTimer, _Clock, policy_modules, ratio
-from vlaccel.bench.memory import cache_tensor_bytes, kv_bytes, kv_storage_bytes
+from vlaccel.memory import cache_tensor_bytes, kv_bytes, kv_storage_bytes
 
 __all__ = ["DEFAULT_LENGTHS", "history_scaling", "predicted_kv_bytes", "summarize"]
 

@@ -33,22 +33,8 @@ from vlaccel.models.config import ReferenceVLAConfig
 from vlaccel.models.dit import DiffusionActionHead
 from vlaccel.models.tokenizer import BOS, COG, load_tokenizer
 from vlaccel.models.visual_readout import build_visual_readout
+from vlaccel.token_layout import TokenLayout
 from vlaccel.transformers_compat import cache_kwargs, output_cache
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenLayout:
-    """Where each segment sits inside the block of tokens the LM is processing *right now*.
-
-    Slices index the sequence dimension of that block (not the whole cache). ``kind`` is ``"prefix"``
-    for the instruction prefill and ``"observation"`` for an observation block.
-    """
-
-    kind: str
-    instruction: slice | None = None
-    visual: slice | None = None
-    cognition: int | None = None
-    length: int = 0
 
 
 class ReferenceVLA(nn.Module):

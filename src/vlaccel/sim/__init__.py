@@ -3,24 +3,27 @@
     from vlaccel.sim import TASKS, make_env, load_demos, run_eval, summarize
     from vlaccel.sim.collect import collect
 
-Importing this package is cheap: mujoco / metaworld load on first use (with MUJOCO_GL=egl unless set).
+Importing this package loads nothing: each name below is imported from its module on first use, and mujoco /
+metaworld load on first use of the simulator (with MUJOCO_GL=egl unless set). Demo files: :mod:`vlaccel.demo_files`.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from vlaccel.sim.tasks import TASKS, TaskSpec, get_task
-
-_LAZY = {
+_LAZY = {  # name -> the module that defines it
+    "TASKS": "vlaccel.sim.tasks",
+    "TaskSpec": "vlaccel.sim.tasks",
+    "get_task": "vlaccel.sim.tasks",
     "make_env": "vlaccel.sim.env",
     "SimEnv": "vlaccel.sim.env",
     "Observation": "vlaccel.sim.env",
     "ACTION_DIM": "vlaccel.sim.env",
     "STATE_DIM": "vlaccel.sim.env",
-    "Demo": "vlaccel.sim.data",
-    "load_demos": "vlaccel.sim.data",
-    "action_targets": "vlaccel.sim.data",
+    "Demo": "vlaccel.demo_files",
+    "load_demos": "vlaccel.demo_files",
+    "action_targets": "vlaccel.demo_files",
     "run_eval": "vlaccel.sim.evaluate",
     "rollout": "vlaccel.sim.evaluate",
     "summarize": "vlaccel.sim.evaluate",
@@ -52,7 +55,5 @@ __all__ = [  # noqa: RUF022
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'vlaccel.sim' has no attribute {name!r}")

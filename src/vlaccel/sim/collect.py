@@ -30,7 +30,7 @@ import numpy as np
 
 from vlaccel.errors import UsageError
 from vlaccel.progress import progress_bar
-from vlaccel.sim.data import demo_path, save_demo
+from vlaccel.demo_files import demo_path, save_demo
 from vlaccel.sim.tasks import get_task, resolve_tasks
 
 EXTRA_STEPS = 8

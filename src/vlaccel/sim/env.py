@@ -18,6 +18,7 @@ cameras would come out flipped on both axes).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import sys
 import warnings
@@ -45,6 +46,9 @@ _WALL_MATERIAL = "wall_metal"
 """The material of the workspace's walls; long-horizon memory tasks recolour it as their go signal (a change
 of a few hundred pixels along the image's edges, visible in every frame from go on)."""
 _EXPERT_GAIN = 5.0  # proportional gain of Meta-World's reach expert (metaworld.policies.action.move)
+_TOUCH_RADIUS = 0.05
+"""How close the hand must come to a choice task's target to count as reaching it: reach-v3's own success radius,
+so reaching a target that is not the goal is exactly as decisive as reaching the goal."""
 
 
 def _lookat_quat(mujoco: Any, pos: tuple[float, ...], target: tuple[float, ...]) -> np.ndarray:
@@ -132,6 +136,10 @@ class SimEnv:
             self._wall_rgba = model.mat_rgba[self._wall_material].copy()
         self.cue_times: CueTimes | None = None
         """This episode's drawn schedule (long-horizon memory tasks; None otherwise), set by reset()."""
+        self._targets = np.asarray(spec.cue.targets if spec.cue is not None else (), dtype=np.float64).reshape(-1, 3)
+        self.wrong_choice = False
+        """True once the hand reached a choice task's target that is not the goal after the go signal (the
+        episode is then over, a failure); set by step()."""
         model.vis.quality.offsamples = 0  # must happen before the renderer creates its GL context
         self._renderer = None
         self._atexit_hook: Any = None
@@ -166,17 +174,33 @@ class SimEnv:
     def max_steps(self) -> int:
         return self.spec.max_steps
 
-    def reset(self, seed: int | None = None, render: bool = True) -> Observation:
-        """Start an episode. The same seed always gives the same initial scene."""
+    def reset(self, seed: int | None = None, render: bool = True, choice: int | None = None) -> Observation:
+        """Start an episode. The same seed always gives the same initial scene.
+
+        choice: on a choice task, make target ``choice`` the goal instead of the one drawn for the seed (the
+        schedule and everything else stay the seed's; for tests and analysis)."""
         if seed is not None:
             self.seed = int(seed)
         env = self._env
         env.seed(self.seed)
         if self.spec.cue is not None:
             self.cue_times = self.spec.cue.draw(self.spec.name, self.seed)
+        if choice is not None:
+            if not 0 <= choice < len(self._targets):
+                raise ValueError(f"task {self.spec.name!r}: choice must be in [0, {len(self._targets)}), got {choice}")
+            self.cue_times = dataclasses.replace(self.cue_times, choice=int(choice))
         self.t = 0
+        self.wrong_choice = False
         self._show_schedule()
         raw, _ = env.reset()
+        if len(self._targets):
+            # The goal is the chosen target. Meta-World drew its own goal (and, away from that, the object) from
+            # the seed; only the goal is replaced, so nothing else in the scene depends on the choice.
+            goal = self._targets[self.cue_times.choice].copy()
+            env._target_pos = goal
+            env.model.site("goal").pos = goal
+            raw = raw.copy()
+            raw[-3:] = goal  # the goal slot of Meta-World's internal obs (what the scripted expert reads)
         # Meta-World moves the goal site after its last simulation step in reset, so the derived
         # positions (what gets rendered) are stale until the next step: the first frame would show the
         # previous episode's goal. Recompute them.
@@ -188,14 +212,15 @@ class SimEnv:
     def step(self, action: np.ndarray, render: bool = True) -> tuple[Observation, bool, bool]:
         """Apply one action; returns (observation, success at this step, done).
 
-        `done` is True when the time limit (`max_steps`) is reached; stepping further raises. Success does
+        `done` is True when the time limit (`max_steps`) is reached, or on a choice task when the hand reached a
+        target that is not the goal after the go signal (`wrong_choice`, a failure); stepping further raises. Success does
         not end the episode by itself: evaluation stops at the first success, demo collection runs on for a
         few steps so the policy sees what "finished" looks like.
         """
         if self._raw_obs is None:
             raise RuntimeError("call reset() before step()")
-        if self.t >= self.spec.max_steps:
-            raise RuntimeError(f"episode is over ({self.spec.max_steps} steps); call reset()")
+        if self.t >= self.spec.max_steps or self.wrong_choice:
+            raise RuntimeError(f"episode is over ({self.spec.max_steps} steps or a wrong target reached); call reset()")
         a = np.asarray(action, dtype=np.float32).reshape(-1)
         if a.shape != (ACTION_DIM,):
             raise ValueError(f"action must have shape ({ACTION_DIM},), got {np.shape(action)}")
@@ -206,9 +231,14 @@ class SimEnv:
         self._raw_obs = raw
         self.t += 1
         self._show_schedule()
-        success = bool(info["success"]) and (self.cue_times is None or self.t >= self.cue_times.go_step)
+        went = self.cue_times is None or self.t >= self.cue_times.go_step
+        success = bool(info["success"]) and went
+        if len(self._targets) and went and not success:
+            near = np.linalg.norm(self._targets - np.asarray(self._env.tcp_center), axis=1) < _TOUCH_RADIUS  # [targets]
+            near[self.cue_times.choice] = False
+            self.wrong_choice = self.wrong_choice or bool(near.any())
         self.success = self.success or success
-        return self._observe(render), success, self.t >= self.spec.max_steps
+        return self._observe(render), success, self.wrong_choice or self.t >= self.spec.max_steps
 
     def expert_action(self) -> np.ndarray:
         """Meta-World's scripted expert action for the current state, float32 [4] in [-1, 1]. On a
@@ -255,6 +285,7 @@ class SimEnv:
             self._renderer.scene.flags[self._mj.mjtRndFlag.mjRND_SHADOW] = 0
             self._renderer.scene.flags[self._mj.mjtRndFlag.mjRND_REFLECTION] = 0
         self._renderer.update_scene(self._env.data, camera=self._camera_id)
+        self._draw_targets(self._renderer.scene)
         return self._renderer.render().copy()
 
     def close(self) -> None:
@@ -284,11 +315,29 @@ class SimEnv:
             if self.spec.hide_goal_after is not None:
                 visible = self.t < self.spec.hide_goal_after
             if self.cue_times is not None:
-                visible = self.cue_times.cue_start <= self.t < self.cue_times.cue_end
+                visible = self.cue_times.cue_start <= self.t < self.cue_times.cue_end and not len(self._targets)
             model.site_rgba[self._goal_site][3] = self._goal_alpha if visible else 0.0
         if self.cue_times is not None:
             went = self.t >= self.cue_times.go_step
             model.mat_rgba[self._wall_material] = self.spec.cue.go_rgba if went else self._wall_rgba
+
+    def _draw_targets(self, scene: Any) -> None:
+        """A choice task's targets, added to the rendered scene as spheres of the goal marker's size: every
+        target in the schedule's grey, the goal in the task's goal colour while the cue is shown. (The goal site
+        itself stays transparent, so the goal is drawn exactly like the others.)"""
+        if not len(self._targets):
+            return
+        mj, times, spec = self._mj, self.cue_times, self.spec
+        cue_on = times.cue_start <= self.t < times.cue_end
+        green = (*spec.goal_rgb, 1.0) if spec.goal_rgb is not None else spec.cue.target_rgba
+        radius = spec.goal_site_size or 0.04
+        for k, pos in enumerate(self._targets):
+            if scene.ngeom >= scene.maxgeom:
+                raise RuntimeError(f"task {spec.name!r}: the renderer's scene has no room for the choice targets")
+            rgba = green if (cue_on and k == times.choice) else spec.cue.target_rgba
+            mj.mjv_initGeom(scene.geoms[scene.ngeom], mj.mjtGeom.mjGEOM_SPHERE, np.array([radius, 0.0, 0.0]),
+                            pos, np.eye(3).reshape(-1), np.asarray(rgba, dtype=np.float32))
+            scene.ngeom += 1
 
     def _observe(self, render: bool) -> Observation:
         state = np.asarray(self._raw_obs[:STATE_DIM], dtype=np.float32).copy()

@@ -35,11 +35,11 @@ LATE_CALLS = 16
 
 
 def _held_kv_bytes(policy: Any) -> int | None:
-    """KV bytes the policy's episode cache holds now (``bench.memory.kv_bytes``), None without one."""
+    """KV bytes the policy's episode cache holds now (``vlaccel.memory.kv_bytes``), None without one."""
     cache = getattr(policy, "cache", None)
     if cache is None or getattr(cache, "layers", None) is None:
         return None
-    from vlaccel.bench.memory import kv_bytes
+    from vlaccel.memory import kv_bytes
 
     return int(kv_bytes(cache))
 

@@ -22,7 +22,7 @@ def loaded_policy_fingerprint(policy: Any) -> str | None:
     """:func:`policy_fingerprint` of an already loaded policy."""
     if not hasattr(policy, "state_dict"):
         return None
-    from vlaccel.models.io import fingerprint
+    from vlaccel.weights import fingerprint
 
     config = getattr(policy, "config", None)
     if not hasattr(config, "to_dict"):

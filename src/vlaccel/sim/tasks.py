@@ -19,6 +19,12 @@ per seed in env steps [48, 172) (after the 2 sink frames); the walls turn blue a
 45+ frames later, when the recent window no longer holds the cue; only then may the arm reach where the goal was
 (success before go does not count). The expert solves every seed in about 104 policy calls; a policy that never
 saw the cue can only guess (the centre of the goal region succeeds on 3 of 100 seeds).
+
+``reach-choice-long`` (same suite) isolates memory from precision: three grey targets at fixed places stay visible
+the whole episode; one of them, drawn per seed, turns green for 3 policy frames in env steps [24, 68); at the go
+signal (env steps [136, 152], 17+ frames later) the arm must reach that one, and reaching another ends the episode
+as a failure. Outside the cue frames, the frames are the same whatever the goal is, so a cache that lost the cue
+is at chance (1/3). The expert solves every seed in about 45 policy calls.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ Vec3 = tuple[float, float, float]
 
 _REACH_GOAL: tuple[Vec3, Vec3] = ((-0.25, 0.7, 0.15), (0.25, 0.9, 0.15))
 _GREEN: Vec3 = (0.1, 0.9, 0.1)
+_CHOICE_TARGETS: tuple[Vec3, ...] = ((-0.2, 0.8, 0.15), (0.0, 0.8, 0.15), (0.2, 0.8, 0.15))
+"""reach-choice-long's three targets: 0.2 m apart (4 success radii), all in reach's goal region, all >= 0.25 m from the
+holding waypoint."""
 CORE_SUITE = "core"
 LONG_HORIZON_SUITE = "long-horizon"
 
@@ -46,6 +55,8 @@ class CueTimes:
     cue_start: int
     cue_end: int
     go_step: int
+    choice: int | None = None
+    """Which of the schedule's ``targets`` is the goal (choice tasks; None otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,12 @@ class CueSchedule:
                 holding there can never count as success.
     go_rgba:    the colour the walls turn at go.
     frame_every: env steps per policy frame (the policy's action repeat).
+    targets:    a choice task's fixed target positions (empty: the goal is drawn from the task's goal_range and is
+                invisible outside the cue). With targets, all of them are drawn in ``target_rgba`` for the whole
+                episode; one, drawn per seed independently of the times, is the goal, and only it turns the task's
+                goal colour during the cue. What must be remembered is then a choice among ``len(targets)``, not a
+                coordinate, and a cache without the cue frames sees the same frames whatever the goal is.
+    target_rgba: the colour of the targets outside the cue.
     """
 
     cue_start: tuple[int, int]
@@ -69,8 +86,12 @@ class CueSchedule:
     waypoint: Vec3
     go_rgba: tuple[float, float, float, float] = (0.3, 0.4, 1.0, 1.0)
     frame_every: int = 4
+    targets: tuple[Vec3, ...] = ()
+    target_rgba: tuple[float, float, float, float] = (0.55, 0.55, 0.55, 1.0)
 
     def __post_init__(self) -> None:
+        if len(self.targets) == 1:
+            raise ValueError("CueSchedule.targets: a choice needs at least 2 targets (or none)")
         for name in ("cue_start", "go_step"):
             low, high = getattr(self, name)
             if not 0 < low <= high or low % self.frame_every or high % self.frame_every:
@@ -89,7 +110,11 @@ class CueSchedule:
         step = self.frame_every
         cue = step * int(rng.integers(self.cue_start[0] // step, self.cue_start[1] // step + 1))
         go = step * int(rng.integers(self.go_step[0] // step, self.go_step[1] // step + 1))
-        return CueTimes(cue_start=cue, cue_end=cue + self.cue_steps, go_step=go)
+        # the choice has its own stream, so the times do not depend on it (nor it on them)
+        choice = None
+        if self.targets:
+            choice = int(np.random.default_rng([zlib.crc32(task_name.encode()), int(seed), 1]).integers(len(self.targets)))
+        return CueTimes(cue_start=cue, cue_end=cue + self.cue_steps, go_step=go, choice=choice)
 
 
 @dataclass(frozen=True)
@@ -194,6 +219,21 @@ def _specs() -> list[TaskSpec]:
             goal_rgb=_GREEN,
             cue=CueSchedule(
                 cue_start=(48, 160), cue_steps=12, go_step=(356, 396), waypoint=(0.0, 0.6, 0.3)
+            ),
+            suite=LONG_HORIZON_SUITE,
+        ),
+        TaskSpec(
+            "reach-choice-long",
+            "reach-v3",
+            "watch which ball turns green; when the walls turn blue, reach that ball",
+            max_steps=240,
+            memory=True,
+            goal_site_size=0.04,
+            goal_range=_REACH_GOAL,
+            goal_rgb=_GREEN,
+            cue=CueSchedule(
+                cue_start=(24, 56), cue_steps=12, go_step=(136, 152), waypoint=(0.0, 0.6, 0.3),
+                targets=_CHOICE_TARGETS,
             ),
             suite=LONG_HORIZON_SUITE,
         ),

@@ -12,7 +12,7 @@ Calibration (real observations of the target tasks). Sources, in this order:
      holding ``calibration.npz`` (the bundled reference policy ships 32 frames of its tasks' scripted demos) has
      that file's observations recorded at load time.
 Otherwise apply raises and says how to provide them: there is no fallback to random inputs or to files found
-relative to the working directory.
+relative to the working directory. Reading and recording them: :mod:`vlaccel.calibration`.
 ``calibration`` samples are taken, evenly spaced, from the source. One calibration pass (LM forwards only, via
 the adapter) collects both the layer importances and, when ``mlp_prune_ratio > 0``, the MLP channel statistics
 of :mod:`vlaccel.techniques.mlp_prune`; both are measured on the unpruned model.
@@ -41,11 +41,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlaccel.calibration import (
+    CALIBRATION_FILE,
+    demo_folder_observations,
+    evenly_spaced,
+    load_calibration_observations,
+    recorded_observations,
+    set_calibration_observations,
+)
 from vlaccel.config import TechniqueConfig
 from vlaccel.errors import MissingInputError
 from vlaccel.techniques import mlp_prune
@@ -56,8 +63,6 @@ __all__ = [
 ]
 
 METHODS = ("efficientvla", "last")
-CALIBRATION_FILE = "calibration.npz"  # in a policy folder: its calibration observations, recorded at load time
-_OBS_ATTR = "_vlaccel_calibration_observations"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,83 +264,11 @@ class _StackCapture:
 
 
 # ---------------------------------------------------------------------------------------------- calibration data
-def set_calibration_observations(model: Any, observations: Sequence[dict[str, Any]]) -> None:
-    """Record calibration observations on ``model`` (used by :class:`LayerPruneConfig` when it has no
-    ``calibration_data``). For the reference VLA each is ``{"image": uint8 HxWx3, "instruction": str,
-    "proprio": optional}``; for plain LMs ``{"input_ids": ...}``. Kept as a plain attribute (not in the
-    state dict; survives ``copy.deepcopy``). ``None`` or ``[]`` clears them."""
-    if not observations:
-        model.__dict__.pop(_OBS_ATTR, None)
-        return
-    observations = list(observations)
-    bad = [i for i, o in enumerate(observations) if not isinstance(o, dict)]
-    if bad:
-        raise TypeError(f"calibration observations must be dicts of named fields; item {bad[0]} is {type(observations[bad[0]]).__name__}")
-    model.__dict__[_OBS_ATTR] = observations
-
-
-def load_calibration_observations(path: str | Path) -> list[dict[str, Any]]:
-    """Observations from a demo folder, a demo ``.npz``, or an ``.npz`` of per-sample field arrays."""
-    path = Path(path)
-    if path.is_dir():
-        return _demo_folder_observations(path, None)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration_data {str(path)!r} does not exist (expected a demo folder or an .npz)")
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    if "images" in arrays and "states" in arrays:  # one demo file (vlaccel.sim.data format)
-        from vlaccel.sim.data import load_demo
-
-        return _demo_observations([load_demo(path)])
-    sized = {k: v for k, v in arrays.items() if v.ndim > 0}
-    if not sized:
-        raise ValueError(f"{path}: no per-sample arrays; expected e.g. image [N, H, W, 3] and instruction [N]")
-    n = len(next(iter(sized.values())))
-    if any(len(v) != n for v in sized.values()):
-        raise ValueError(f"{path}: per-sample arrays disagree on N: { {k: v.shape for k, v in sized.items()} }")
-    return [{k: _field(v, i) for k, v in arrays.items()} for i in range(n)]
-
-
-def _field(array: np.ndarray, i: int) -> Any:
-    value = array if array.ndim == 0 else array[i]
-    return str(value) if value.dtype.kind in "US" else value
-
-
-def _demo_observations(demos: Sequence[Any], per_demo: int | None = None) -> list[dict[str, Any]]:
-    """Frames of demos as samples: all frames, or ``per_demo`` evenly spaced ones of each."""
-    out = []
-    for d in demos:
-        frames = range(d.num_frames) if per_demo is None else _evenly_spaced(range(d.num_frames), per_demo)
-        out += [{"image": d.images[f], "instruction": d.instruction, "proprio": d.states[f]} for f in frames]
-    return out
-
-
-def _demo_folder_observations(root: Path, k: int | None) -> list[dict[str, Any]]:
-    """Samples from a demo folder (``<root>/<task>/*.npz``, the ``vlaccel collect`` layout). With ``k``, only
-    ~k evenly spaced demo files are read (a few frames each when there are fewer files than k)."""
-    from vlaccel.sim.data import load_demo
-
-    paths = sorted(root.glob("*/*.npz"))
-    if not paths:
-        raise FileNotFoundError(f"no demos (<task>/*.npz) under {str(root)!r}")
-    if k is None:
-        return _demo_observations([load_demo(p) for p in paths])
-    chosen = _evenly_spaced(paths, k)
-    return _demo_observations([load_demo(p) for p in chosen], per_demo=-(-k // len(chosen)))
-
-
-def _evenly_spaced(items: Sequence[Any], k: int) -> list[Any]:
-    if len(items) <= k:
-        return list(items)
-    idx = np.unique(np.linspace(0, len(items) - 1, k).round().astype(int))
-    return [items[i] for i in idx]
-
-
 def _check_calibration_source(model: Any, config: LayerPruneConfig) -> None:
     if config.calibration_data is not None:
         if not Path(config.calibration_data).exists():
             raise FileNotFoundError(f"LayerPruneConfig.calibration_data {config.calibration_data!r} does not exist")
-    elif _OBS_ATTR not in model.__dict__:
+    elif recorded_observations(model) is None:
         raise MissingInputError(
             "LayerPruneConfig needs calibration observations and found none on this model. Provide them with "
             "LayerPruneConfig(..., calibration_data='path/to/demos_or_file.npz') (a `vlaccel collect` folder or an "
@@ -351,12 +284,12 @@ def calibration_observations(model: Any, config: LayerPruneConfig) -> list[dict[
     _check_calibration_source(model, config)
     source = config.calibration_data
     if source is not None and Path(source).is_dir():
-        pool = _demo_folder_observations(Path(source), config.calibration)
+        pool = demo_folder_observations(Path(source), config.calibration)
     elif source is not None:
         pool = load_calibration_observations(source)
     else:
-        pool = model.__dict__[_OBS_ATTR]
-    return _evenly_spaced(pool, config.calibration)
+        pool = recorded_observations(model)
+    return evenly_spaced(pool, config.calibration)
 
 
 # ---------------------------------------------------------------------------------------------- handler

@@ -202,6 +202,12 @@ def go_frame(demo) -> int | None:
 
 def window_frames(demo, rng: np.random.Generator, frames: int, anchor: int, context: int,
                   go_prob: float = 0.0) -> list[int]:
+    kept, window = _window_split(demo, rng, frames, anchor, context, go_prob)
+    return kept + window
+
+
+def _window_split(demo, rng: np.random.Generator, frames: int, anchor: int, context: int,
+                  go_prob: float = 0.0) -> tuple[list[int], list[int]]:
     """The frames one window sample keeps, ascending: ``frames`` consecutive frames starting anywhere, the
     episode's first ``anchor`` frames and, on a long-horizon memory task, the cue frames (:func:`cue_frames`)
     and up to ``context`` random frames from between them, all before the window. Everything else the
@@ -225,12 +231,12 @@ def window_frames(demo, rng: np.random.Generator, frames: int, anchor: int, cont
         k = min(len(others), int(rng.integers(0, context + 1)))
         if k:
             keep.update(int(f) for f in rng.choice(others, size=k, replace=False))
-    return sorted(keep) + window
+    return sorted(keep), window
 
 
 def sample_windows(demos: list, batch_size: int, chunk: int, rng: np.random.Generator, frames: int,
                    anchor: int = 0, probs: np.ndarray | None = None, layout: dict | None = None,
-                   context: int = 0, go_prob: float = 0.0) -> HistoryBatch:
+                   context: int = 0, go_prob: float = 0.0, history_only: bool = False) -> HistoryBatch:
     """Short windows of ``frames`` consecutive frames starting anywhere in an episode (more episodes per step).
 
     Each frame keeps the position it has in the whole episode (``frame_index``), so the distance to the
@@ -240,12 +246,18 @@ def sample_windows(demos: list, batch_size: int, chunk: int, rng: np.random.Gene
     every sample. A long-horizon memory task's cue frames are kept the same way, with up to ``context``
     random frames in between, and ``go_prob`` of them are drawn to cover the reach after the go signal
     (:func:`window_frames`). Whole-prefix batches (:func:`sample_batch`) teach the
-    use of all old frames.
+    use of all old frames. ``history_only``: the kept frames in front of the window get no loss (action mask 0),
+    only the window's own frames are trained.
     """
     picks = pick_demos(demos, batch_size, rng, probs)
-    frame_lists = [window_frames(d, rng, frames, anchor, context, go_prob) for d in picks]
+    splits = [_window_split(d, rng, frames, anchor, context, go_prob) for d in picks]
+    frame_lists = [kept + window for kept, window in splits]
     width = max(anchor + frames, *(len(f) for f in frame_lists))
-    return _gather(picks, frame_lists, width, chunk, with_index=True, layout=layout)
+    batch = _gather(picks, frame_lists, width, chunk, with_index=True, layout=layout)
+    if history_only:
+        for i, (kept, _) in enumerate(splits):
+            batch.action_mask[i, : len(kept)] = 0.0  # [kept, chunk]: history only
+    return batch
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

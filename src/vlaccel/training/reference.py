@@ -136,7 +136,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 def _load_demos(cfg: TrainConfig) -> tuple[list, np.ndarray | None, dict | None]:
     """The demos, their sampling probabilities and (scene target "layout") per-task layout statistics; refuses
     demos that cannot serve ``cfg``."""
-    from vlaccel.sim.data import load_demos
+    from vlaccel.demo_files import load_demos
 
     demos = load_demos(cfg.data, tasks=cfg.tasks)
     if not demos:
@@ -173,6 +173,7 @@ def _build_policy(cfg: TrainConfig, demos: list, tasks: list[str]
         raise UsageError(f"experiment.freeze_head leaves nothing but the probes to train: {cfg.init} has no visual "
                          "readout; add one with experiment.visual_readout_heads N")
     frozen = (policy.vision, policy.projector, policy.proprio_proj, policy.language_model) if cfg.freeze_backbone else ()
+    frozen = frozen or ((policy.vision,) if cfg.freeze_vision else ())
     for module in frozen + ((policy.action_head,) if cfg.experiment.freeze_head else ()):
         if module is not None:
             module.requires_grad_(False)
@@ -270,7 +271,8 @@ def _fit(cfg: TrainConfig, run: _Run, demos: list, probs: np.ndarray | None, lay
                 break
             if run.rng.random() < cfg.window_prob:
                 batch = sample_windows(demos, cfg.window_batch, chunk, run.rng, cfg.window_frames, cfg.window_anchor,
-                                       probs, layout, cfg.window_context, cfg.window_go_prob)
+                                       probs, layout, cfg.window_context, cfg.window_go_prob,
+                                       history_only=cfg.window_loss == "window")
             else:
                 batch = sample_batch(demos, cfg.batch_size, chunk, run.rng, cfg.max_frames, probs, layout,
                                      cfg.prefix_go_prob)

@@ -94,6 +94,9 @@ class TrainConfig:
     """Memory tasks: up to this many random earlier frames join each window (cue frames always do)."""
     window_go_prob: float = 0.0
     """Memory tasks: the share of windows drawn to cover the reach after the go signal (0: windows anywhere)."""
+    window_loss: Literal["all", "window"] = "all"
+    """Which frames of a window sample are trained: all of them, or only the window's consecutive frames ("window":
+    the kept first, cue and context frames are history only, which skips most of the action head's work on them)."""
     prefix_go_prob: float = 0.0
     """Memory tasks: the share of whole-episode prefixes drawn to end in the reach after the go signal (0: any length)."""
     lr: float = 3e-4
@@ -122,6 +125,9 @@ class TrainConfig:
     """Weight of the waypoint loss (expert hand's future displacement, from the cognition feature; 0 = off)."""
     aux_visual_weight: float = 0.1
     """Weight of the same loss read from the frame's visual tokens (0 = off)."""
+    freeze_vision: bool = False
+    """Keep the vision encoder as it is (its backward is about a fifth of a training step; the projector, LM and
+    action head still train). Needs init."""
     freeze_backbone: bool = False
     """With init: train only the action head, a visual readout and the probes (the rest frozen)."""
     experiment: TrainExperiment = dataclasses.field(default_factory=TrainExperiment)
@@ -176,6 +182,10 @@ class TrainConfig:
                              f"visual_readout_pool one of {VISUAL_READOUT_POOLS}")
         if not 0 <= self.window_go_prob <= 1:
             raise UsageError(f"window_go_prob is a probability: it must be in [0, 1], got {self.window_go_prob}")
+        if self.window_loss not in ("all", "window"):
+            raise UsageError(f"window_loss must be 'all' or 'window', got {self.window_loss!r}")
+        if self.freeze_vision and not self.init:
+            raise UsageError("freeze_vision keeps the vision encoder as it is: set init POLICY")
         if not 0 <= self.prefix_go_prob <= 1:
             raise UsageError(f"prefix_go_prob is a probability: it must be in [0, 1], got {self.prefix_go_prob}")
         if self.preset not in ("tiny", "default"):

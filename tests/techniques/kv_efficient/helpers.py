@@ -16,8 +16,8 @@ def tiny_gate(policy, steps: int = 3) -> str:
 
     Small hidden sizes keep the gate's FLOPs below the attention it saves on the tiny policy's 3-frame contract.
     """
-    from vlaccel.models.io import fingerprint
-    from vlaccel.techniques.kv_efficient.train import GateTrainConfig, synthetic_episodes, train_and_save
+    from vlaccel.training.kv_gate import GateTrainConfig, synthetic_episodes, train_and_save
+    from vlaccel.weights import fingerprint
 
     fp = fingerprint(policy)
     if (fp, steps) not in _GATES:

@@ -115,7 +115,7 @@ _SLOT_GATES: dict[int, str] = {}
 
 
 def _gate_with_slots(policy, slots):
-    from vlaccel.techniques.kv_efficient.train import GateTrainConfig, synthetic_episodes, train_and_save
+    from vlaccel.training.kv_gate import GateTrainConfig, synthetic_episodes, train_and_save
 
     if slots not in _SLOT_GATES:
         import tempfile
@@ -255,7 +255,7 @@ def test_reindexed_positions_run_past_the_models_position_limit(tiny_policy):
             if positions == "logical":
                 for f in frames[:4]:
                     small.step(f, np.zeros(4, np.float32))
-                with pytest.raises(PositionLimitError):
+                with pytest.raises(PositionLimitError, match="past the policy's max_positions"):
                     small.step(frames[4], np.zeros(4, np.float32))
             else:
                 for f in frames:

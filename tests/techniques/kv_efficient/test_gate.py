@@ -12,7 +12,7 @@ import vlaccel
 from tests.techniques.kv_efficient.helpers import tiny_gate
 from vlaccel.techniques.kv_efficient import KVEfficientConfig, KVGate, load_gate, save_gate
 from vlaccel.techniques.kv_efficient.gate import GateMismatchError
-from vlaccel.techniques.kv_efficient.train import (
+from vlaccel.training.kv_gate import (
     GateTrainConfig,
     episode_loss,
     synthetic_episodes,
@@ -66,7 +66,7 @@ def test_training_lowers_the_distillation_loss(tiny_policy):
 
 
 def test_train_kv_gate_command_end_to_end(tmp_path, tiny_policy):
-    data = pytest.importorskip("vlaccel.sim.data")
+    from vlaccel import demo_files as data
     from vlaccel.cli import main
 
     policy_dir = vlaccel.save_policy(tiny_policy, tmp_path / "policy")
@@ -116,7 +116,7 @@ def test_train_kv_gate_command_end_to_end(tmp_path, tiny_policy):
 
 def test_action_distillation_is_zero_at_the_teacher_and_trains_the_gate(tiny_policy):
     """The action term is exactly 0 when student == teacher, positive otherwise, and it gets lowered by training."""
-    from vlaccel.techniques.kv_efficient.train import action_distillation
+    from vlaccel.training.kv_gate import action_distillation
 
     head = tiny_policy.action_head
     z = torch.randn(3, tiny_policy.config.lm_hidden)

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from vlaccel.errors import VlaccelError
 from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
 from vlaccel.techniques.kv_efficient.gate import KVGate, MeanAggregator
 from vlaccel.techniques.kv_efficient.retention import Retention, make_retention
@@ -51,7 +52,7 @@ from vlaccel.techniques.kv_efficient.rope import (
 __all__ = ["ChunkedGatedCache", "ChunkedGatedLayer", "TokenCountMismatchError"]
 
 
-class TokenCountMismatchError(RuntimeError):
+class TokenCountMismatchError(VlaccelError, RuntimeError):
     pass
 
 

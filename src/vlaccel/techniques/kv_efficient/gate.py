@@ -19,7 +19,7 @@ summary value, concatenated, layer-normed), with (h, c) carried from that layer'
 ``h_m, c_m = LSTMCell(x_m, (h_{m-1}, c_{m-1}))``, ``g_m = sigmoid(w^T h_m + b)``. One set of weights serves every
 layer (as in the official code); each layer keeps its own state in the cache. Differences from the official
 code: the LSTM reads the summary of the chunk it decides on (not the newest tokens), K and V
-get one decision, and the weights are trained (:mod:`.train`).
+get one decision, and the weights are trained (:mod:`vlaccel.training.kv_gate`).
 
 Files: ``gate.safetensors`` + ``gate.json`` (sizes, the fingerprint of the policy it was trained for, the
 cache settings and training statistics). :func:`load_gate` refuses a gate trained for another policy.

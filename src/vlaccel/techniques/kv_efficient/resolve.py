@@ -48,7 +48,7 @@ def resolve_gate(config: KVEfficientConfig, model: Any, adapter: Any) -> KVGate:
     """Load ``config.gate`` (else the gate stored with the policy, else the shipped one) and check it fits ``model``
     (fingerprint and head sizes)."""
     from vlaccel.errors import UsageError
-    from vlaccel.models.io import plain_fingerprint
+    from vlaccel.weights import plain_fingerprint
 
     try:
         fp = plain_fingerprint(model)  # the gate belongs to the plain weights, also under bf16 or int8

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vlaccel.errors import VlaccelError
 from vlaccel.techniques.kv_efficient.gate import summary_features
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["AttentionNotObservedError", "Retention", "make_retention", "top_budget"]
 
 
-class AttentionNotObservedError(RuntimeError):
+class AttentionNotObservedError(VlaccelError, RuntimeError):
     pass
 
 

@@ -6,6 +6,9 @@ transformers ``Cache`` (``DynamicCache`` or a technique's subclass) whose layers
 of a bigger buffer (a slice of a preallocated ring buffer, say) still holds the whole buffer, and that
 is what this number shows. ``cache_tensor_bytes`` adds every other tensor the cache object keeps
 (gate state, summaries, masks ...), each storage counted once.
+
+The benchmarks (:mod:`vlaccel.bench`) and the closed-loop evaluation (:mod:`vlaccel.sim`, the KV bytes an
+episode ends with) both measure with these.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ so in the resolution and once as a warning; ``vlaccel presets`` prints the table
 
 Presets are data: :data:`PRESETS` maps names to ``"module:function"`` paths (plus entry points of the group
 ``vlaccel.presets`` and :func:`register` at run time, :mod:`vlaccel.registry`); a preset function takes no
-arguments, returns fresh configs, and carries its one-line description (:func:`describe_as`).
+arguments, returns fresh configs, and carries its one-line description (:func:`describe_as`). The general
+presets are defined here; a method's family of presets has its own module (:mod:`.efficientvla`,
+:mod:`.kv_efficient`), loaded when one of its presets is first asked for.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from vlaccel.registry import Registry
 
 __all__ = ["PRESETS", "Resolution", "get", "resolve", "names", "describe", "register", "describe_as", "short"]
 
-_EVLA = "vlaccel.techniques.efficientvla_presets"
-_KV = "vlaccel.techniques.kv_efficient.presets"
+_EVLA = "vlaccel.presets.efficientvla"
+_KV = "vlaccel.presets.kv_efficient"
 PRESETS = Registry("preset", "vlaccel.presets", {
     "none": "vlaccel.presets:baseline",
     "ddim5": "vlaccel.presets:ddim5",

@@ -19,7 +19,7 @@ import tyro
 
 from vlaccel.config_cli import check, check_numbers, parse_config, register_stub
 from vlaccel.errors import UsageError
-from vlaccel.techniques.kv_efficient.train import GateTrainConfig
+from vlaccel.training.kv_gate import GateTrainConfig
 
 COMMAND = "train-kv-gate"
 
@@ -82,12 +82,12 @@ def main(argv: list[str]) -> int:
 
 
 def _episodes(args: GateCommand, policy, folder: str):
-    from vlaccel.techniques.kv_efficient.train import episodes_from_demos, synthetic_episodes
+    from vlaccel.training.kv_gate import episodes_from_demos, synthetic_episodes
 
     if args.synthetic:
         return (synthetic_episodes(policy.config, args.synthetic, args.train.max_frames, args.train.seed),
                 "synthetic random frames")
-    from vlaccel.sim.data import load_demos
+    from vlaccel.demo_files import load_demos
 
     demos = load_demos(folder)
     if not demos:
@@ -111,9 +111,9 @@ def run(args: GateCommand) -> int:
 
     import vlaccel
     from vlaccel import atomic
+    from vlaccel.bench.kv_retention import compare_retentions, format_table, split_holdout
     from vlaccel.techniques.kv_efficient import KVEfficientConfig
-    from vlaccel.techniques.kv_efficient.evaluate import compare_retentions, format_table, split_holdout
-    from vlaccel.techniques.kv_efficient.train import train_and_save
+    from vlaccel.training.kv_gate import train_and_save
 
     cfg = args.train
     if not args.eval_only:

@@ -64,7 +64,7 @@ def benchmark_settings(include_gated: bool | None = None, policy=None) -> dict[s
         folder = shipped_gate_dir()
         include_gated = (folder / GATE_WEIGHTS).exists()
         if include_gated and policy is not None:
-            from vlaccel.models.io import fingerprint
+            from vlaccel.weights import fingerprint
 
             meta = json.loads((folder / GATE_META).read_text())
             include_gated = meta.get("fingerprint") == fingerprint(policy)

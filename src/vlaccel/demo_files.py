@@ -1,5 +1,8 @@
 """Scripted demonstrations on disk: one compressed `.npz` per episode, written by `vlaccel.sim.collect`.
 
+The file format only (numpy, no simulator): training, the benchmarks and layer pruning's calibration read demos
+through it without importing the simulator suite.
+
 File layout (`<root>/<task>/seed_<seed>.npz`):
 
     images    uint8   [F, H, W, 3]  observation at env steps 0, frame_every, 2*frame_every, ... (< T)

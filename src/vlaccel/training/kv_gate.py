@@ -20,7 +20,7 @@ diffusion steps s, on x_s = the teacher's own action chunk (DDIM sample) noised 
 objective with the teacher's actions as data). Cognition directions the head ignores then cost nothing.
 
 Only the aggregator and the gate learn; the policy stays frozen (the paper's "LoRA compensation" is not done).
-Data: the simulator demos (``vlaccel.sim.data.load_demos``), whole-episode prefixes from frame 0 (memory tasks
+Data: the simulator demos (``vlaccel.demo_files.load_demos``), whole-episode prefixes from frame 0 (memory tasks
 show the goal only in the first frames), or random frames for smoke tests.
 """
 
@@ -41,6 +41,7 @@ from vlaccel.progress import progress_bar
 from vlaccel.techniques.kv_efficient.cache import ChunkedGatedCache
 from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
 from vlaccel.techniques.kv_efficient.gate import KVGate, save_gate
+from vlaccel.token_layout import TokenLayout
 from vlaccel.transformers_compat import forward_cache
 
 __all__ = ["GateTrainConfig", "Episode", "train_gate", "episodes_from_demos", "synthetic_episodes",
@@ -199,8 +200,6 @@ def teacher_cognition(policy: Any, instr: torch.Tensor, obs: torch.Tensor) -> to
 
 def student_cognition(policy: Any, cache: ChunkedGatedCache, instr: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
     """Cognition features [F, D] of history mode on ``cache`` (gradients flow into the gate and aggregator)."""
-    from vlaccel.models.vla import TokenLayout
-
     policy.run_language_model(instr, TokenLayout("prefix", instruction=slice(0, instr.shape[1]),
                                                  length=instr.shape[1]), cache)
     out = []
@@ -257,8 +256,8 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
                meta: dict[str, Any] | None = None) -> tuple[KVGate, dict[str, Any]]:
     """Train a gate for ``policy`` (frozen) on ``episodes``; returns the gate (meta filled) and training stats."""
     from vlaccel.adapters import get_adapter
-    from vlaccel.models.io import fingerprint
     from vlaccel.techniques.kv_efficient.resolve import resolve_chunk
+    from vlaccel.weights import fingerprint
 
     if not episodes:
         raise ValueError("train_gate needs at least one episode")
