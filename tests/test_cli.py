@@ -39,7 +39,7 @@ def test_a_usage_error_inside_a_command_is_one_line_and_exit_2(monkeypatch, caps
     (["train-reference", "--experiment.freeze-head"], "set freeze_backbone too"),
     (["train-reference", "--data", "no/such/demos"], "no demo directory no/such/demos"),
     (["bench", "--from-json", "no/such.json"], "--from-json no/such.json: no such file"),
-    (["collect", "--episodes", "0"], "must be positive"),
+    (["collect", "--episodes", "0"], "--episodes must be an integer >= 1, got 0"),
     (["eval", "--tasks", "no-such-task"], "unknown task 'no-such-task'; choose from"),
     (["eval", "--preset", "no-such-preset", "--workers", "0"], "unknown preset 'no-such-preset'; available"),
 ])

@@ -1,5 +1,5 @@
-"""The commands whose flags are generated from config dataclasses: every field is a flag with its docstring as
-help, a recipe file sets the defaults, and a bad flag is a usage error (exit 2), not a traceback."""
+"""Every command's flags are generated from a config dataclass: every field is a flag with its docstring as help,
+a recipe file sets the defaults, and a bad flag is a usage error (exit 2), not a traceback."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ import typing
 
 import pytest
 
-from vlaccel.bench.cli import BenchCommand
-from vlaccel.cli import main
-from vlaccel.training.kv_gate_cli import GateCommand
-from vlaccel.training.train_config import TrainConfig
+from vlaccel.cli import COMMANDS, main
 
 
 def _flags(config_type: type, prefix: str = "") -> dict[str, str]:
@@ -45,19 +42,31 @@ def _field_docs(config_type: type) -> dict[str, str]:
     return docs
 
 
-@pytest.mark.parametrize(("command", "config_type"), [("train-reference", TrainConfig), ("train-kv-gate", GateCommand),
-                                                      ("bench", BenchCommand)])
-def test_help_lists_every_field_of_the_config_with_its_docstring(command, config_type, capsys, monkeypatch):
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_is_a_config_dataclass_whose_fields_are_its_flags(command, capsys, monkeypatch):
+    """``vlaccel COMMAND --help`` is generated from the command's config dataclass: each field, with its docstring."""
+    config_type = COMMANDS[command].config_type()
+    assert dataclasses.is_dataclass(config_type) and hasattr(config_type, "validate"), config_type
     monkeypatch.setenv("COLUMNS", "200")  # one help line per flag
     with pytest.raises(SystemExit, match="^0$") as exit_info:  # SystemExit's message is its exit status
         main([command, "--help"])
     assert exit_info.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: vlaccel {command} ")
+    text = " ".join(out.split())
     flags = _flags(config_type)
-    assert len(flags) >= 10
     for flag, words in flags.items():
         assert flag in text, f"{command} --help does not list {flag}"
         assert words in text, f"{command} --help lacks the help of {flag} ({words!r}...)"
+
+
+def test_the_command_list_names_every_command(capsys):
+    with pytest.raises(SystemExit, match="^0$"):
+        main(["--help"])
+    words = capsys.readouterr().out.split()
+    for name, command in COMMANDS.items():
+        assert name in words and command.summary in " ".join(words), name
+    assert main([]) == 2  # no command: the list, exit status 2
 
 
 def test_experiment_fields_are_grouped_not_top_level(capsys):
@@ -121,3 +130,38 @@ def test_contradictory_fields_are_one_line_usage_errors_whatever_the_tyro_versio
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"vlaccel {argv[0]}: error: ") and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["eval", "--history", "--preset", "efficientvla", "kv-efficient", "--workers", "2"],
+     {"history": True, "preset": ("efficientvla", "kv-efficient"), "workers": 2}),
+    (["eval", "--preset", "fast", "--episodes", "3", "--preset", "ddim5", "head-cache"],
+     {"preset": ("fast", "ddim5", "head-cache"), "episodes": 3, "history": False}),
+    (["eval", "--tasks", "reach-v3", "push-v3", "--ray", "local", "--json", "s.json", "--video", "gifs"],
+     {"tasks": ("reach-v3", "push-v3"), "ray": "local", "json": "s.json", "video": "gifs"}),
+    (["collect", "--tasks", "reach-memory-long", "--action-noise", "0.2", "--noise-hold", "8", "--seed", "10000",
+      "--overwrite"], {"tasks": ("reach-memory-long",), "action_noise": 0.2, "seed": 10000, "overwrite": True}),
+    (["collect", "--roll-in", "reference", "--handoff-max", "9", "--workers", "1"],
+     {"roll_in": "reference", "handoff_max": 9, "workers": 1, "tasks": None}),
+    (["presets", "--policy", "tiny", "--preset", "efficientvla", "kv-efficient", "--json"],
+     {"preset": ("efficientvla", "kv-efficient"), "json": True}),
+    (["info", "--preset", "tiny", "--json"], {"preset": "tiny", "policy": None, "json": True}),
+    (["demo", "--tasks", "reach-v3", "push-v3", "--history-steps", "16"],
+     {"tasks": ("reach-v3", "push-v3"), "history_steps": 16, "episodes": 2}),
+])
+def test_the_flag_spellings_the_docs_use_still_parse(argv, expected, monkeypatch):
+    """``--preset A B`` and ``--preset A --preset B`` (eval), multi-value ``--tasks``, bare ``--history``."""
+    parsed = []
+
+    def record(config) -> int:
+        parsed.append(config)
+        return 0
+
+    monkeypatch.setattr(_RUNS[argv[0]], record)
+    assert main(argv) == 0
+    assert {name: getattr(parsed[0], name) for name in expected} == expected
+
+
+# the function each command hands its parsed config to
+_RUNS = {"eval": "vlaccel.sim.cli.run_eval", "collect": "vlaccel.sim.cli.run_collect", "info": "vlaccel.info.run",
+         "presets": "vlaccel.presets_cli.run", "demo": "vlaccel.demo.run"}

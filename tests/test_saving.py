@@ -26,9 +26,9 @@ REFUSED = "is applied and changed this policy's parameters"
 
 
 def _case(case_id: str):
-    from tests.contract.cases import CASES
+    from vlaccel.testing import reference_cases
 
-    return next(c for c in CASES if c.id == case_id)
+    return next(c for c in reference_cases() if c.id == case_id)
 
 
 def _fake_torchao(monkeypatch) -> None:
@@ -53,14 +53,14 @@ def _quantize(model, monkeypatch):
     return QuantizeConfig()
 
 
-# technique name -> (lossy config for the model, prepare(model) or None); settings from tests/contract/cases.py
+# technique name -> (lossy config for the model, prepare(model) or None); settings of vlaccel.testing's cases
 LOSSY = {
-    "layer_prune": (lambda m, mp: _case("layer_prune").lossy(m), _case("layer_prune").prepare),
-    "token_prune": (lambda m, mp: _case("token_prune_efficientvla").lossy(m), None),
-    "head_cache": (lambda m, mp: _case("head_cache").lossy(m), None),
-    "denoise_steps": (lambda m, mp: _case("denoise_steps").lossy(m), None),
-    "kv_efficient": (lambda m, mp: _case("kv_efficient").lossy(m), None),
-    "precision": (lambda m, mp: _case("precision_bf16").lossy(m), None),
+    "layer_prune": (lambda m, mp: _case("layer_prune").accelerated(m), _case("layer_prune").prepare),
+    "token_prune": (lambda m, mp: _case("token_prune_efficientvla").accelerated(m), None),
+    "head_cache": (lambda m, mp: _case("head_cache").accelerated(m), None),
+    "denoise_steps": (lambda m, mp: _case("denoise_steps").accelerated(m), None),
+    "kv_efficient": (lambda m, mp: _case("kv_efficient").accelerated(m), None),
+    "precision": (lambda m, mp: _case("precision_bf16").accelerated(m), None),
     "compile": (lambda m, mp: CompileConfig(backend="eager"), None),
     "quantize": (_quantize, None),
     "cross_kv_reuse": None,  # LeRobot SmolVLA only: the reference policy's adapter cannot take it

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from vlaccel.adapters.base import CAPABILITY_NAMES, get_adapter
 from vlaccel.config import TechniqueConfig, handler_for
+from vlaccel.errors import UsageError, WrongStateError, WrongTypeError
 
 __all__ = ["apply", "applied", "Handle", "applied_configs", "applied_changes", "handle_for", "resolve_configs"]
 
@@ -45,19 +47,20 @@ class Handle:
 
     def remove(self) -> None:
         if self.removed:
-            raise RuntimeError("this handle was already removed")
+            raise WrongStateError("this handle was already removed; its techniques are undone (apply them again for a "
+                                  "new handle)")
         registry = self.model.__dict__.get(_STATE_ATTR, {})
         stale = [type(c).__name__ for c, s in self._entries if registry.get(type(c), (None, None))[1] is not s]
         if stale:
-            raise RuntimeError(f"{', '.join(stale)} of this handle were already removed through another handle "
-                               "(vlaccel.handle_for)")
+            raise WrongStateError(f"{', '.join(stale)} of this handle were already removed through another handle "
+                                  "(vlaccel.handle_for)")
         mine = {type(c) for c, _ in self._entries}
         order = list(registry)
         later = [t.__name__ for t in order[min(order.index(t) for t in mine):] if t not in mine]
         if later:
-            raise RuntimeError(f"{', '.join(later)} was applied after this handle's techniques and is still applied: "
-                               "remove handles in the reverse order of apply (that handle first), or undo "
-                               "everything with vlaccel.handle_for(model).remove()")
+            raise WrongStateError(f"{', '.join(later)} was applied after this handle's techniques and is still "
+                                  "applied: remove handles in the reverse order of apply (that handle first), or undo "
+                                  "everything with vlaccel.handle_for(model).remove()")
         get_adapter(self.model).end_episode(self.model, "the episode ended when vlaccel techniques were removed")
         for cfg, state in reversed(self._entries):
             state.remove()
@@ -124,7 +127,7 @@ def handle_for(model: Any) -> Handle:
     policy, which carries its own copy of the applied state (hooks, caches and wrappers follow the copy)."""
     registry = model.__dict__.get(_STATE_ATTR)
     if not registry:
-        raise RuntimeError(f"no vlaccel technique is applied to this {type(model).__name__}")
+        raise WrongStateError(f"no vlaccel technique is applied to this {type(model).__name__}")
     return Handle(model, list(registry.values()))
 
 
@@ -137,21 +140,29 @@ def apply(model: Any, *configs: TechniqueConfig) -> Handle:
     validates (nothing changes if any fails); then the handlers apply in ``order``, rolled back if one fails.
     The handle and :func:`applied_configs` hold the resolved configs.
     """
+    if isinstance(model, (str, PurePath)):
+        raise WrongTypeError(f"vlaccel.apply takes the loaded model, got the {type(model).__name__} {str(model)!r}; "
+                             f"load it first: policy = vlaccel.load_policy({str(model)!r})")
     if not configs:
-        raise ValueError("apply() needs at least one config, e.g. vlaccel.apply(policy, HeadCacheConfig(interval=5))")
+        raise UsageError("apply() needs at least one config, e.g. vlaccel.apply(policy, HeadCacheConfig(interval=5)) "
+                         "or vlaccel.apply(policy, *vlaccel.presets.get('efficientvla'))")
     for cfg in configs:
         if not isinstance(cfg, TechniqueConfig):
-            raise TypeError(f"expected technique configs, got {type(cfg).__name__}: {cfg!r}")
+            raise WrongTypeError(f"expected technique configs, got {type(cfg).__name__}: {_short_repr(cfg)}; "
+                                 f"{_config_hint(cfg)}")
+    adapter = get_adapter(model)  # an unsupported model is refused here, before anything is looked up on it
     registry: dict[type, tuple[TechniqueConfig, Any]] = model.__dict__.get(_STATE_ATTR, {})
     seen: set[type] = set()
     for cfg in configs:
-        if type(cfg) in registry or type(cfg) in seen:
-            raise RuntimeError(
+        if type(cfg) in seen:
+            raise WrongStateError(f"{type(cfg).__name__} is given twice in this apply call; pass one (each technique "
+                                  "can be applied once)")
+        if type(cfg) in registry:
+            raise WrongStateError(
                 f"{type(cfg).__name__} is already applied to this model; call handle.remove() first "
                 "(each technique can be applied once)"
             )
         seen.add(type(cfg))
-    adapter = get_adapter(model)
     already = [cfg for cfg, _ in registry.values()]
     ordered = _resolve(model, adapter, configs)
     check_compatibility(ordered, already)
@@ -175,6 +186,24 @@ def apply(model: Any, *configs: TechniqueConfig) -> Handle:
         raise
     adapter.end_episode(model, "the episode ended when vlaccel techniques were applied")
     return Handle(model, entries)
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _config_hint(value: Any) -> str:
+    """How to turn ``value`` (not a technique config) into the configs ``apply`` takes."""
+    if isinstance(value, str):
+        return f"a preset name goes through vlaccel.presets: vlaccel.apply(policy, *vlaccel.presets.get({value!r}))"
+    if isinstance(value, (list, tuple)):
+        return "unpack the list: vlaccel.apply(policy, *configs)"
+    if isinstance(value, dict):
+        return "rebuild a config's dict with vlaccel.config_from_dict(d)"
+    if isinstance(value, type) and issubclass(value, TechniqueConfig):
+        return f"pass an instance: {value.__name__}(...)"
+    return "pass instances of the technique configs (vlaccel.techniques), e.g. HeadCacheConfig(interval=5)"
 
 
 def resolve_configs(model: Any, *configs: TechniqueConfig) -> list[TechniqueConfig]:

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from vlaccel.demo_files import load_demo
+from vlaccel.demo_files import load_demo, read_npz
+from vlaccel.errors import MissingInputError, UsageError
 
 __all__ = ["CALIBRATION_FILE", "set_calibration_observations", "recorded_observations",
            "load_calibration_observations", "demo_folder_observations", "evenly_spaced"]
@@ -44,22 +45,24 @@ def recorded_observations(model: Any) -> list[dict[str, Any]] | None:
 
 
 def load_calibration_observations(path: str | Path) -> list[dict[str, Any]]:
-    """Observations from a demo folder, a demo ``.npz``, or an ``.npz`` of per-sample field arrays."""
+    """Observations from a demo folder, a demo ``.npz``, or an ``.npz`` of per-sample field arrays. A file that is
+    missing or not such an ``.npz`` is refused with one ``UsageError`` line naming it."""
     path = Path(path)
     if path.is_dir():
         return demo_folder_observations(path, None)
     if not path.is_file():
-        raise FileNotFoundError(f"calibration_data {str(path)!r} does not exist (expected a demo folder or an .npz)")
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+        raise MissingInputError(f"calibration_data {str(path)!r} does not exist (expected a demo folder or an .npz)")
+    arrays = read_npz(path, "a calibration .npz (per-sample arrays such as image [N, H, W, 3] and instruction [N], "
+                            "or a demo file)", "write it again with numpy.savez, or remove it")
     if "images" in arrays and "states" in arrays:  # one demo file (vlaccel.demo_files format)
         return _demo_observations([load_demo(path)])
     sized = {k: v for k, v in arrays.items() if v.ndim > 0}
     if not sized:
-        raise ValueError(f"{path}: no per-sample arrays; expected e.g. image [N, H, W, 3] and instruction [N]")
+        raise UsageError(f"{path}: no per-sample arrays; expected e.g. image [N, H, W, 3] and instruction [N]")
     n = len(next(iter(sized.values())))
     if any(len(v) != n for v in sized.values()):
-        raise ValueError(f"{path}: per-sample arrays disagree on N: { {k: v.shape for k, v in sized.items()} }")
+        raise UsageError(f"{path}: per-sample arrays disagree on N: { {k: v.shape for k, v in sized.items()} }; "
+                         "give every field one entry per sample")
     return [{k: _field(v, i) for k, v in arrays.items()} for i in range(n)]
 
 
@@ -82,7 +85,8 @@ def demo_folder_observations(root: Path, k: int | None) -> list[dict[str, Any]]:
     ~k evenly spaced demo files are read (a few frames each when there are fewer files than k)."""
     paths = sorted(root.glob("*/*.npz"))
     if not paths:
-        raise FileNotFoundError(f"no demos (<task>/*.npz) under {str(root)!r}")
+        raise MissingInputError(f"no demos (<task>/*.npz) under {str(root)!r}; collect some with `vlaccel collect "
+                                f"--out {root}`")
     if k is None:
         return _demo_observations([load_demo(p) for p in paths])
     chosen = evenly_spaced(paths, k)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Protocol
 
+from vlaccel.errors import UnknownNameError, UsageError, VlaccelError, WrongTypeError
 from vlaccel.registry import Registry, load
 
 __all__ = [
@@ -81,15 +82,26 @@ class TechniqueConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TechniqueConfig:
+        """The config ``to_dict()`` gave; refuses (``UsageError``) another technique's dict, an unknown field or a
+        value the config's own checks refuse."""
+        if not isinstance(data, dict):
+            raise WrongTypeError(f"{cls.__name__}.from_dict takes a dict of its fields (as to_dict() gives), got "
+                                 f"{type(data).__name__}")
         data = dict(data)
         tag = data.pop("technique", cls.technique_name())
         if tag != cls.technique_name():
-            raise ValueError(f"dict describes technique {tag!r}, not {cls.technique_name()!r}")
+            raise UsageError(f"dict describes technique {tag!r}, not {cls.technique_name()!r}; rebuild it with "
+                             "vlaccel.config_from_dict, which picks the config class from 'technique'")
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(known)}")
-        return cls(**data)
+            raise UsageError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(known)}")
+        try:
+            return cls(**data)
+        except (ValueError, TypeError) as err:  # the config's checks: the same message, as a UsageError
+            if isinstance(err, VlaccelError):
+                raise
+            raise UsageError(f"{err}") from None
 
     def resolve(self, model: Any, adapter: Any, pending: tuple[TechniqueConfig, ...] = ()) -> TechniqueConfig:
         """This config with sizes stated relative to the model (fractions, frames) turned into absolute ones.
@@ -167,7 +179,7 @@ def handler_for(config: TechniqueConfig) -> Handler:
     if config_type not in _HANDLERS:
         spec = config_type.handler
         if spec is None:
-            raise TypeError(
+            raise WrongTypeError(
                 f"{config_type.__name__} names no handler; set its class attribute handler = 'module:HandlerClass' "
                 "or register one with @vlaccel.config.register_handler(YourConfig)")
         _HANDLERS[config_type] = (load(spec) if isinstance(spec, str) else spec)()
@@ -179,8 +191,13 @@ def registered_configs() -> dict[str, type[TechniqueConfig]]:
 
 
 def config_from_dict(data: dict[str, Any]) -> TechniqueConfig:
-    """Rebuild any registered config from its ``to_dict()`` output."""
+    """Rebuild any registered config from its ``to_dict()`` output; bad input raises ``UsageError`` (a
+    ``ValueError``) naming the technique or field."""
+    if not isinstance(data, dict):
+        raise WrongTypeError(f"config_from_dict takes a dict like a config's to_dict() gives (with its 'technique'), "
+                             f"got {type(data).__name__}")
     tag = data.get("technique")
     if not isinstance(tag, str) or tag not in TECHNIQUES:
-        raise ValueError(f"unknown technique {tag!r}; known: {TECHNIQUES.names()}")
+        raise UnknownNameError(f"unknown technique {tag!r}; known: {TECHNIQUES.names()} (a config's dict names its "
+                               "technique under 'technique', as to_dict() writes it)")
     return TECHNIQUES.get(tag).from_dict(data)

@@ -1,5 +1,6 @@
-"""Commands whose flags are generated from a config dataclass (tyro): one flag per field, its help the field's
-docstring, nested dataclasses as ``--group.field``. ``vlaccel.cli`` hands such a command its arguments unparsed.
+"""Every command's flags are generated from its config dataclass (tyro): one flag per field, its help the field's
+docstring, nested dataclasses as ``--group.field``. ``vlaccel.cli`` hands a command its arguments unparsed; the
+command's ``main(argv)`` parses them with :func:`parse_config` and runs.
 
 A command may also read a recipe file: ``--config PATH`` (before or among the flags) loads a config whose values
 become the defaults, and the flags given beside it override them.
@@ -7,7 +8,6 @@ become the defaults, and the flags given beside it override them.
 
 from __future__ import annotations
 
-import argparse
 import contextvars
 import dataclasses
 import inspect
@@ -64,11 +64,6 @@ def _check_tree(config: Any) -> None:
             _check_tree(value)
     if hasattr(config, "validate"):
         config.validate()
-
-
-def register_stub(sub: argparse._SubParsersAction, name: str, help: str) -> None:
-    """List the command in ``vlaccel --help``; its own parsing happens in ``parse_config``."""
-    sub.add_parser(name, help=help, add_help=False)
 
 
 def split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:

@@ -1,35 +1,91 @@
-"""``vlaccel demo``: the bundled reference policy, baseline vs accelerated, in one table.
+"""``vlaccel demo``: the bundled reference policy, baseline vs accelerated, in one table that fits a log.
 
 Rows: the baseline, our ``fast`` preset (the fastest setting without a measurable loss of success on the bundled
-policy), the EfficientVLA preset and our ``efficientvla-keep-layers`` (no layer pruning) on single observations, and the full KV cache vs the KV-Efficient cache in history mode. Columns: median latency per call
-and speedup (alternating runs in this process), GFLOPs per call, KV-cache bytes after ``--history-steps``
-observations, and closed-loop success on the same seeds in the Meta-World suite, in history mode (what the
-bundled policy is trained for; the baseline and full-cache rows are the same run). Scripted demos for
-layer-pruning calibration are collected first if ``data/demos`` is empty (a few seconds).
+policy), the EfficientVLA preset and our ``efficientvla-keep-layers`` (no layer pruning) on single observations,
+and the full KV cache vs the KV-Efficient cache in history mode. Each row is timed against the baseline in its
+own run (calls alternate in this process) and shows that baseline's median beside its own, so its speedup is the
+ratio of the two printed medians (``vlaccel.demo_table``). Also: GFLOPs per call, KV-cache size after
+``--history-steps`` observations, and closed-loop success on the same seeds in the Meta-World suite, in history
+mode (what the bundled policy is trained for; the baseline and full-cache rows are the same run). Scripted demos
+for layer-pruning calibration are collected first if ``data/demos`` is empty (a few seconds).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import statistics
 from pathlib import Path
+
+from vlaccel.config_cli import check, check_numbers, parse_config
+from vlaccel.demo_table import HEADERS, DemoRow, render
 
 # Tasks where the bundled policy's baseline succeeds (model card): two where the paper's EfficientVLA setting loses
 # episodes on this policy (reach, window-open) and two where it does not, so the demo shows both.
-DEMO_TASKS = ["reach-v3", "window-open-v3", "drawer-open-v3", "button-press-topdown-v3"]
-PRESETS = {"fast": "fast (ours)", "efficientvla": "EfficientVLA preset",
-           "efficientvla-keep-layers": "EfficientVLA, keep layers (ours)"}
+DEMO_TASKS = ("reach-v3", "window-open-v3", "drawer-open-v3", "button-press-topdown-v3")
+#: The single-observation presets of the table, with what each is.
+PRESETS = {"fast": "ours: the fastest setting without a measurable loss of success on the bundled policy",
+           "efficientvla": "the EfficientVLA paper's preset",
+           "efficientvla-keep-layers": "ours: EfficientVLA without layer pruning"}
+FULL_CACHE, KV_EFFICIENT = "hist: full cache", "hist: kv-efficient"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="baseline vs fast vs EfficientVLA vs KV-Efficient on the bundled policy, one table")
-    p.add_argument("--policy", default="reference", help="'reference' (bundled) or a saved policy folder")
-    p.add_argument("--tasks", nargs="*", default=DEMO_TASKS, help=f"sim tasks for success (default: {DEMO_TASKS})")
-    p.add_argument("--episodes", type=int, default=2, help="episodes (paired seeds) per task and condition")
-    p.add_argument("--repeats", type=int, default=10, help="timed calls per condition (median)")
-    p.add_argument("--history-steps", type=int, default=64, help="history length for the KV rows")
-    p.add_argument("--demos", default="data/demos", help="demos for calibration (collected if empty)")
-    p.add_argument("--out", default="runs/demo", help="folder for eval records and demo.json")
-    p.set_defaults(func=run)
+@dataclasses.dataclass
+class DemoCommand:
+    """Baseline vs fast vs EfficientVLA (single observations) and full cache vs KV-Efficient (history mode) on the
+    bundled reference policy: ms per call against a paired baseline, speedup, GFLOPs, KV-cache size and
+    closed-loop success on the same seeds, in one table (details in OUT/demo.json)."""
+
+    policy: str = "reference"
+    """'reference' (bundled) or a saved policy folder."""
+    tasks: tuple[str, ...] = DEMO_TASKS
+    """Sim tasks for closed-loop success."""
+    episodes: int = 2
+    """Episodes (paired seeds) per task and condition."""
+    repeats: int = 10
+    """Timed calls per condition (median)."""
+    history_steps: int = 64
+    """History length for the KV rows."""
+    demos: str = "data/demos"
+    """Demos for calibration (collected if empty)."""
+    out: str = "runs/demo"
+    """Folder for eval records and demo.json."""
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def validate(self) -> None:
+        """Refuse numbers out of range (``UsageError`` naming the flag) and unknown tasks before anything is
+        loaded (the closed-loop runs come last, after minutes of timing)."""
+        from vlaccel.sim.tasks import resolve_tasks
+
+        check_numbers(self, {"episodes": (1, None, "int"), "repeats": (1, None, "int"),
+                             "history_steps": (1, None, "int")})
+        resolve_tasks(self.tasks)
+
+
+def parse_args(argv: list[str]) -> DemoCommand:
+    return parse_config(DemoCommand, argv, "vlaccel demo", DemoCommand.__doc__ or "")
+
+
+def main(argv: list[str]) -> int:
+    return run(parse_args(argv))
+
+
+def legend(history_steps: int) -> tuple[list[str], dict[str, str]]:
+    """What the columns mean, and what each condition is."""
+    columns = [
+        "base ms: median ms per call of the unaccelerated policy, timed alternately with the row's own calls; "
+        "ms: the row's median; speedup = base ms / ms.",
+        f"GFLOPs per call. KV MiB: KV cache after {history_steps} observations. success: closed-loop episodes "
+        "solved, history mode, the same seeds for every row (baseline and full cache: one run); %: success rate.",
+    ]
+    conditions = {
+        "baseline": "the policy unaccelerated; ms: the median of the preset rows' base ms",
+        **PRESETS,
+        FULL_CACHE: f"history mode (policy.step), full KV cache, after {history_steps} observations",
+        KV_EFFICIENT: "history mode, the kv-efficient preset; base ms: the full cache's",
+    }
+    return columns, conditions
 
 
 def _ensure_demos(folder: str) -> None:
@@ -41,10 +97,8 @@ def _ensure_demos(folder: str) -> None:
     collect(episodes_per_task=2, out_dir=folder, progress=False)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: DemoCommand) -> int:
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     import vlaccel
     from vlaccel.bench.fidelity import load_observations
@@ -52,12 +106,12 @@ def run(args: argparse.Namespace) -> int:
     from vlaccel.bench.history import history_scaling
     from vlaccel.sim.evaluate import run_eval
 
-    console = Console()
     policy = vlaccel.load_policy(args.policy)
     _ensure_demos(args.demos)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    console.print(f"torch threads: {torch.get_num_threads()}; policy: {args.policy}")
+    threads = torch.get_num_threads()
+    print(f"torch threads: {threads}; policy: {args.policy}", flush=True)
 
     options = BenchOptions(repeats=args.repeats, warmup=2, fidelity_samples=4, calibration_samples=32,
                            demos_dir=args.demos)
@@ -69,46 +123,41 @@ def run(args: argparse.Namespace) -> int:
     lengths = sorted({1, 16, args.history_steps})
     hist = history_scaling(policy, {"kv-efficient": vlaccel.presets.get("kv-efficient")}, lengths,
                            demos_dir=args.demos, prepare=prepare)
-    kv = hist["summary"]["kv-efficient"]
-    at = lengths.index(kv["at_steps"])
-    series = hist["settings"]
-
-    def success(presets: list[str], history: bool, name: str) -> dict:
-        return run_eval(args.policy, tasks=args.tasks, episodes=args.episodes, presets=presets, history=history,
-                        workers=0, out_path=out / name, progress=True)
-
+    at_steps = hist["summary"]["kv-efficient"]["at_steps"]
     # the bundled policy is trained for history mode, so every condition runs closed loop in history mode
-    with_history = success([*PRESETS, "kv-efficient"], True, "eval_history.jsonl")
+    success = run_eval(args.policy, tasks=args.tasks, episodes=args.episodes, presets=[*PRESETS, "kv-efficient"],
+                       history=True, workers=0, out_path=out / "eval_history.jsonl", progress=True)
 
-    def rate(summary: dict, condition: str) -> str:
-        avg = summary["average"][condition]
-        return f"{avg['successes']}/{avg['n']} ({100 * avg['success_rate']:.0f}%)"
-
-    evla = benched["efficientvla"]
-    rows = [
-        ("baseline", f"{evla['latency_ms']['baseline']['e2e']:.1f}", "1.00x", f"{evla['gflops']['baseline']:.2f}", "-",
-         rate(with_history, "none+hist")),
-        *[(label, f"{benched[name]['latency_ms']['accelerated']['e2e']:.1f}", f"{benched[name]['speedup_e2e']:.2f}x",
-           f"{benched[name]['gflops']['accelerated']:.2f}", "-", rate(with_history, f"{name}+hist"))
-          for name, label in PRESETS.items()],
-        (f"history, full cache ({kv['at_steps']} steps)", f"{series['full']['step_ms'][at]:.1f}", "1.00x", "-",
-         f"{series['full']['kv_bytes'][at] / 2**20:.2f} MiB", rate(with_history, "none+hist")),
-        (f"history, KV-Efficient ({kv['at_steps']} steps)", f"{series['kv-efficient']['step_ms'][at]:.1f}",
-         f"{kv['per_step_speedup']:.2f}x", "-", f"{series['kv-efficient']['kv_bytes'][at] / 2**20:.2f} MiB",
-         rate(with_history, "kv-efficient+hist")),
-    ]
-    table = Table(title="vlaccel demo: bundled reference policy (CPU; speedups are ratios of alternating runs)")
-    for col in ("condition", "ms / call", "speedup", "GFLOPs / call", "KV cache", "success (history, same seeds)"):
-        table.add_column(col, justify="left" if col == "condition" else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    result = {**benched, "kv_history": {"lengths": lengths, "summary": hist["summary"], "series": series},
-              "success_history": with_history, "table": rows}
+    rows = table_rows(benched, hist["settings"], lengths.index(at_steps), success["average"])
+    columns, conditions = legend(at_steps)
+    title = f"vlaccel demo: {args.policy} policy, CPU, {threads} torch threads"
+    print(render(title, rows, columns, conditions), flush=True)
+    result = {**benched, "kv_history": {"lengths": lengths, "summary": hist["summary"], "series": hist["settings"]},
+              "success_history": success, "table": {"columns": list(HEADERS), "rows": [r.cells() for r in rows]}}
+    from vlaccel import atomic
     from vlaccel.bench.report import dumps
 
-    from vlaccel import atomic
-
     atomic.write_text(out / "demo.json", dumps(result))
-    console.print(f"details: {out / 'demo.json'}")
+    print(f"details: {out / 'demo.json'}")
     return 0
+
+
+def table_rows(benched: dict, series: dict, at: int, success: dict) -> list[DemoRow]:
+    """The demo's rows from ``bench_preset`` results per preset, ``history_scaling``'s series (index ``at`` of
+    its lengths) and the closed-loop averages per condition (``summarize(...)["average"]``)."""
+
+    def solved(condition: str) -> dict:
+        return {"successes": success[condition]["successes"], "episodes": success[condition]["n"]}
+
+    base = {name: b["latency_ms"]["baseline"]["e2e"] for name, b in benched.items()}
+    baseline_ms = statistics.median(base.values())
+    first = next(iter(benched.values()))
+    full_ms, full_kv = series["full"]["step_ms"][at], series["full"]["kv_bytes"][at] / 2**20
+    return [
+        DemoRow("baseline", baseline_ms, baseline_ms, first["gflops"]["baseline"], None, **solved("none+hist")),
+        *[DemoRow(name, base[name], b["latency_ms"]["accelerated"]["e2e"], b["gflops"]["accelerated"], None,
+                  **solved(f"{name}+hist")) for name, b in benched.items()],
+        DemoRow(FULL_CACHE, full_ms, full_ms, None, full_kv, **solved("none+hist")),
+        DemoRow(KV_EFFICIENT, full_ms, series["kv-efficient"]["step_ms"][at], None,
+                series["kv-efficient"]["kv_bytes"][at] / 2**20, **solved("kv-efficient+hist")),
+    ]

@@ -18,12 +18,14 @@ File layout (`<root>/<task>/seed_<seed>.npz`):
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vlaccel.errors import MissingInputError
+from vlaccel.errors import MissingInputError, UsageError
 
 CHUNK = 16
 
@@ -101,29 +103,93 @@ def save_demo(
     return path
 
 
-def load_demo(path: str | Path) -> Demo:
+def read_npz(path: str | Path, what: str = "an .npz file", fix: str = "write it again") -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path``, read with ``allow_pickle=False``. A file that is missing, not an
+    ``.npz`` (torn, empty, a ``.npy`` or a pickle) or that holds an object array (which only pickle can load) is
+    refused with one ``UsageError`` line naming the file, ``what`` it should be, and ``fix``."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as z:
-        demo = Demo(
-            path=path,
-            task=str(z["task"]),
-            instruction=str(z["instruction"]),
-            seed=int(z["seed"]),
-            success=bool(z["success"]),
-            frame_every=int(z["frame_every"]),
-            success_step=int(z["success_step"]),
-            images=z["images"],
-            states=z["states"],
-            actions=z["actions"],
-            objects=z["objects"] if "objects" in z else None,
-            goals=z["goals"] if "goals" in z else None,
-        )
-    if demo.images.ndim != 4 or demo.images.shape[0] != demo.states.shape[0]:
-        raise ValueError(f"{path}: images {demo.images.shape} and states {demo.states.shape} disagree")
+    if not path.exists():
+        raise MissingInputError(f"{path} does not exist ({what})")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not {what}")
+    try:
+        with open(path, "rb") as file:  # closed here also when numpy gives up on a torn archive
+            z = np.load(file, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy file: one array, no names
+                raise UsageError(f"{path} is a single .npy array, not {what} (an .npz archive of named arrays); {fix}")
+            arrays = {}
+            with z:
+                for name in z.files:
+                    try:
+                        arrays[name] = z[name]
+                    except ValueError as err:
+                        if "allow_pickle" not in str(err):
+                            raise
+                        raise UsageError(f"{path}: array {name!r} is an object array, which vlaccel does not load "
+                                         f"(no pickle); {what} holds numeric and string arrays only: {fix}") from None
+    except UsageError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as err:  # torn, a pickle, ...
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise UsageError(f"{path} is not a readable .npz archive ({type(err).__name__}: {first}); it may be "
+                         f"truncated or another kind of file: {fix}") from None
+    return arrays
+
+
+_DEMO_FIX = "collect it again with `vlaccel collect` (or write it with vlaccel.demo_files.save_demo)"
+_DEMO_SCALARS = {"task": "U", "instruction": "U", "seed": "i", "success": "b", "frame_every": "i", "success_step": "i"}
+
+
+def load_demo(path: str | Path) -> Demo:
+    """One demo file, checked whole (every array present, of its dtype and shape; actions and states finite):
+    a file that is not a demo is refused with one ``UsageError`` line naming the file and the array."""
+    path = Path(path)
+    z = read_npz(path, "a demo file", _DEMO_FIX)
+    missing = [k for k in ("images", "states", "actions", *_DEMO_SCALARS) if k not in z]
+    if missing:
+        raise UsageError(f"{path} is not a demo file: it has no {', '.join(missing)} (it holds {sorted(z)}); "
+                         f"{_DEMO_FIX}")
+
+    def bad(name: str, want: str) -> UsageError:
+        got = z[name]
+        return UsageError(f"{path}: {name} must be {want}, got {got.dtype} {list(got.shape)}; {_DEMO_FIX}")
+
+    for name, kind in _DEMO_SCALARS.items():
+        value = z[name]
+        ok_kind = value.dtype.kind in ("iu" if kind == "i" else "US" if kind == "U" else kind)
+        if value.ndim != 0 or not ok_kind:
+            want = {"U": "a string", "i": "an integer", "b": "a bool"}[kind]
+            raise bad(name, f"{want} (a 0-d array)")
+    images, states, actions = z["images"], z["states"], z["actions"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] < 1:
+        raise bad("images", "uint8 [frames, height, width, 3]")
+    if states.dtype.kind not in "fiu" or states.ndim != 2 or states.shape[0] != images.shape[0]:
+        raise bad("states", f"numbers [{images.shape[0]}, proprio] (one row per image)")
+    if actions.dtype.kind not in "fiu" or actions.ndim != 2 or actions.shape[0] < 1:
+        raise bad("actions", "numbers [steps, action_dim]")
+    for name in ("states", "actions"):
+        if not np.isfinite(z[name]).all():
+            raise UsageError(f"{path}: {name} has non-finite values (NaN or inf); {_DEMO_FIX}")
+    if int(z["frame_every"]) < 1:
+        raise bad("frame_every", "an integer >= 1 (env steps between saved frames)")
+    demo = Demo(
+        path=path,
+        task=str(z["task"]),
+        instruction=str(z["instruction"]),
+        seed=int(z["seed"]),
+        success=bool(z["success"]),
+        frame_every=int(z["frame_every"]),
+        success_step=int(z["success_step"]),
+        images=images,
+        states=states,
+        actions=actions,
+        objects=z.get("objects"),
+        goals=z.get("goals"),
+    )
     for name in ("objects", "goals"):
         value = getattr(demo, name)
-        if value is not None and value.shape != (demo.num_frames, 3):
-            raise ValueError(f"{path}: {name} {value.shape} should be [{demo.num_frames}, 3] (one xyz per frame)")
+        if value is not None and (value.shape != (demo.num_frames, 3) or value.dtype.kind not in "fiu"):
+            raise bad(name, f"numbers [{demo.num_frames}, 3] (one xyz per frame)")
     return demo
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["VlaccelError", "UsageError", "MissingInputError", "UnknownNameError", "PositionLimitError", "check_names"]
+__all__ = ["VlaccelError", "UsageError", "MissingInputError", "UnknownNameError", "WrongTypeError", "WrongStateError",
+           "PositionLimitError", "check_names"]
 
 
 class VlaccelError(Exception):
@@ -36,6 +37,16 @@ class MissingInputError(UsageError, FileNotFoundError):
 
 class UnknownNameError(UsageError, KeyError):
     """A name the user gave (preset, task, policy) is not one of the known ones."""
+
+
+class WrongTypeError(UsageError, TypeError):
+    """An argument of the wrong type: a preset name or a list where ``vlaccel.apply`` takes configs, a str where a
+    loaded model goes."""
+
+
+class WrongStateError(UsageError, RuntimeError):
+    """A call the object's current state refuses: a technique applied twice, a handle removed twice or out of
+    order."""
 
 
 class PositionLimitError(UsageError):

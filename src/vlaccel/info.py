@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
+from typing import Literal
+
+from vlaccel.config_cli import check, parse_config
+from vlaccel.errors import UsageError
+
+SIZES = ("tiny", "default")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="parameters, tokens per frame and FLOPs per call of a policy")
-    p.add_argument("--preset", choices=["tiny", "default"], default=None,
-                   help="describe a randomly initialised reference VLA of this size (default: the bundled policy "
-                        "if it exists, else the 'default' size)")
-    p.add_argument("--policy", default=None, help="'reference' or the folder of a saved policy")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.set_defaults(func=run)
+@dataclasses.dataclass
+class InfoCommand:
+    """Parameters per module, tokens per frame and FLOPs per call of a policy (the bundled reference policy if it
+    exists, else a random 'default'-size one), with its release names and the torch / transformers / diffusers
+    versions."""
+
+    preset: Literal["tiny", "default"] | None = None
+    """Describe a randomly initialised reference VLA of this size (None: the bundled policy if it exists, else the 'default' size)."""
+    policy: str | None = None
+    """'reference' or the folder of a saved policy."""
+    json: bool = False
+    """Print one JSON object instead of a table."""
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def validate(self) -> None:
+        """Refuse a size that is not one of :data:`SIZES` (``UsageError`` naming the flag)."""
+        if self.preset is not None and self.preset not in SIZES:
+            raise UsageError(f"--preset must be one of {', '.join(SIZES)}, got {self.preset!r}")
+
+
+def parse_args(argv: list[str]) -> InfoCommand:
+    return parse_config(InfoCommand, argv, "vlaccel info", InfoCommand.__doc__ or "")
+
+
+def main(argv: list[str]) -> int:
+    return run(parse_args(argv))
 
 
 def describe(policy) -> dict:
@@ -68,7 +94,7 @@ def release(policy) -> dict:
     return {"policy": card.get("version"), "kv_gate": gate.get("version")}
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: InfoCommand) -> int:
     from vlaccel.models import ReferenceVLA, ReferenceVLAConfig, load_policy
     from vlaccel.models.io import WEIGHTS, bundled_dir
     from vlaccel.versions import versions

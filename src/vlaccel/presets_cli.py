@@ -2,23 +2,53 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import tyro
+
+from vlaccel.config_cli import check, parse_config
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("presets", help="list the presets and what each resolves to for a policy")
-    p.add_argument("--policy", default="reference",
-                   help="'reference' (the bundled policy), 'tiny' or 'default' (a random reference VLA of that size), "
-                        "the folder of a saved policy, a folder / config.json of a transformers model, a LeRobot "
-                        "policy folder (config.json with \"type\": smolvla, pi0 or pi05), or a named flow-matching "
-                        "VLA of `vlaccel bench --model` (lerobot-smolvla, lerobot-pi05, pi0, ...); models other than "
-                        "the reference are built from their config on the meta device: sizes only, no weights")
-    p.add_argument("--preset", nargs="*", default=None, help="only these presets (default: all)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.set_defaults(func=run)
+@dataclasses.dataclass
+class PresetsCommand:
+    """Every preset, what it resolves to for a policy or a transformers model, and the parts it leaves out (why)."""
+
+    policy: str = "reference"
+    """'reference' (the bundled policy), 'tiny' or 'default' (a random reference VLA of that size), the folder of a saved policy, a folder / config.json of a transformers model, a LeRobot policy folder (config.json with "type": smolvla, pi0 or pi05), or a named flow-matching VLA of `vlaccel bench --model` (lerobot-smolvla, lerobot-pi05, pi0, ...); models other than the reference are built from their config on the meta device: sizes only, no weights."""
+    preset: Annotated[tuple[str, ...] | None, tyro.conf.arg(metavar="[NAME ...]")] = None
+    """Only these presets (None or no name: all)."""
+    json: bool = False
+    """Print one JSON object instead of a table."""
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def validate(self) -> None:
+        """Refuse an unknown preset name (``UnknownNameError``) before any model is built."""
+        check_preset_names(self.preset or ())
+
+
+def check_preset_names(names: Iterable[str]) -> None:
+    """Raise ``UnknownNameError`` listing the entries of ``names`` that are no registered preset."""
+    import vlaccel
+    from vlaccel.errors import UnknownNameError
+
+    known = vlaccel.presets.names()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UnknownNameError(f"unknown preset(s) {unknown}; known: {', '.join(known)}")
+
+
+def parse_args(argv: list[str]) -> PresetsCommand:
+    return parse_config(PresetsCommand, argv, "vlaccel presets", PresetsCommand.__doc__ or "")
+
+
+def main(argv: list[str]) -> int:
+    return run(parse_args(argv))
 
 
 def build_target(spec: str) -> tuple[Any, str]:
@@ -70,14 +100,12 @@ def transformers_model(config: dict[str, Any]) -> Any:
         return cls(cfg)
 
 
-def resolutions(model: Any, names: list[str] | None = None) -> list[dict[str, Any]]:
+def resolutions(model: Any, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
     import vlaccel
-    from vlaccel.errors import UnknownNameError
 
+    names = list(names or ())
+    check_preset_names(names)
     known = vlaccel.presets.names()
-    unknown = [n for n in names or [] if n not in known]
-    if unknown:
-        raise UnknownNameError(f"unknown preset(s) {unknown}; known: {', '.join(known)}")
     descriptions = vlaccel.presets.describe()
     rows = []
     for name in names or known:
@@ -88,7 +116,7 @@ def resolutions(model: Any, names: list[str] | None = None) -> list[dict[str, An
     return rows
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: PresetsCommand) -> int:
     model, source = build_target(args.policy)
     rows = resolutions(model, args.preset)
     if args.json:

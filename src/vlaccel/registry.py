@@ -14,7 +14,7 @@ presets in :mod:`vlaccel.presets`). Each looks a name up, in this order, in
 3. vlaccel's own table of ``"module:attribute"`` paths.
 
 Nothing is imported until an entry is asked for, so ``import vlaccel`` stays cheap and this module imports
-nothing of vlaccel's (it is a leaf of the import graph).
+nothing of vlaccel's but :mod:`vlaccel.errors` (itself a leaf of the import graph).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import importlib
 from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
+
+from vlaccel.errors import UnknownNameError
 
 __all__ = ["Registry", "load"]
 
@@ -74,12 +76,17 @@ class Registry:
         return list(dict.fromkeys([*self._runtime, *self._entry_points(), *self._builtin]))
 
     def get(self, name: str) -> Any:
+        """The object registered as ``name``; an unknown name raises ``UnknownNameError`` (a ``KeyError``) listing
+        the known ones."""
+        if not isinstance(name, str):
+            raise UnknownNameError(f"unknown {self.kind} {name!r}: a {self.kind} is named by a str; known: "
+                                   f"{', '.join(self.names())}")
         if name in self._runtime:
             return self._runtime[name]
         if name not in self._loaded:
             path = self._entry_points().get(name) or self._builtin.get(name)
             if path is None:
-                raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+                raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
             self._loaded[name] = load(path)
         return self._loaded[name]
 

@@ -15,7 +15,7 @@ import torch
 from vlaccel.api import applied_changes
 from vlaccel.errors import UsageError
 
-__all__ = ["fingerprint", "plain_fingerprint", "plain_state_dict", "state_dict_fingerprint"]
+__all__ = ["fingerprint", "plain_fingerprint", "plain_state_dict", "state_dict_fingerprint", "unrecoverable_techniques"]
 
 
 def plain_state_dict(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -29,8 +29,7 @@ def plain_state_dict(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
     result is checked against the shapes and dtypes the entries had before the first change.
     """
     entries = applied_changes(policy)
-    refused = [(cfg, changed) for cfg, state, changed in entries
-               if getattr(type(cfg), "changes_state_dict", False) or (changed and not hasattr(state, "plain_tensors"))]
+    refused = _unrecoverable(entries)
     if refused:
         names = ", ".join(type(cfg).__name__ for cfg, _ in refused)
         changed = sorted({name for _, c in refused for name in c})
@@ -51,6 +50,18 @@ def plain_state_dict(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
         raise UsageError(f"{names} could not give back the plain {_few(wrong)} (shape, dtype or tensor type differ "
                          "from before it was applied); save before applying, or remove it first (handle.remove())")
     return {name: t.detach().contiguous().cpu() for name, t in state.items()}
+
+
+def _unrecoverable(entries: list) -> list[tuple]:
+    """``(config, changed)`` of each applied technique that changed the weights and cannot give the plain ones back."""
+    return [(cfg, changed) for cfg, state, changed in entries
+            if getattr(type(cfg), "changes_state_dict", False) or (changed and not hasattr(state, "plain_tensors"))]
+
+
+def unrecoverable_techniques(policy: torch.nn.Module) -> list[str]:
+    """Names of the applied techniques that changed ``policy``'s weights and cannot give the plain ones back (layer
+    pruning): while one is applied, :func:`plain_state_dict` and :func:`plain_fingerprint` refuse."""
+    return [type(cfg).__name__ for cfg, _ in _unrecoverable(applied_changes(policy))]
 
 
 def _is_plain(tensor: torch.Tensor | None, meta: tuple | None) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from typing import Literal
@@ -11,7 +10,7 @@ import tyro
 
 from vlaccel import atomic
 from vlaccel.bench.harness import BenchOptions
-from vlaccel.config_cli import check, check_numbers, parse_config, register_stub
+from vlaccel.config_cli import check, check_numbers, parse_config
 
 COMMAND = "bench"
 
@@ -61,10 +60,6 @@ class BenchCommand:
             check_writable(self.markdown, "--markdown")
         if self.plot is not None:
             check_writable(self.plot, "--plot", folder=True)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    register_stub(sub, COMMAND, "speedup, FLOPs, KV memory and fidelity of presets vs the baseline policy")
 
 
 def parse_args(argv: list[str]) -> BenchCommand:

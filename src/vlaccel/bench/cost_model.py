@@ -1,16 +1,19 @@
 """Analytic cost of history mode with and without the KV-Efficient cache (our model, not
 taken from arXiv 2509.21354).
 
-Per decoder layer after F observation steps of q tokens each (P protected prefix tokens, chunk C, window W,
-s slots per summary)::
+Per decoder layer after an instruction prefix of P tokens and F observation steps of q tokens each (chunk C,
+window W, s slots per summary)::
 
-    raw     = F*q - sinks                  tokens that ever entered the evictable region (P protected: the
-                                           instruction prefix when protect_prefix, the default)
-    n       = max(0, raw - W) // C         chunks completed (summarised or dropped)
-    k       = min(n, M) (budget), n (mean, no budget), 0 (streaming), raw tokens kept raw (full)
-    u       = (raw - W) mod C              raw tail
-    T_eff   = P + k*s + u + W              slots held (T_eff = P + F*q for the full cache)
+    prot    = min(P + F*q, P' + sinks)     slots never evicted (P' = P with protect_prefix, the default, else 0)
+    raw     = P + F*q - prot               tokens that ever entered the evictable region
+    n       = max(0, raw - W) // C         chunks closed (summarised or dropped); 0 if the retention never evicts
+    k       = 0 if it keeps no summaries (streaming, full), else min(n, M) (budget) or n (no budget)
+    u       = raw - n*C                    tokens still raw (tail + window)
+    T_eff   = prot + k*s + u               slots held (T_eff = P + F*q for the full cache)
     KV bytes = 2 * L * H_kv * d_h * T_eff * bytes_per_element * batch
+
+Whether a retention evicts, summarises or runs a gate is read from the retention table
+(:data:`vlaccel.techniques.kv_efficient.retentions.RETENTION_TABLE`), the one the cache runs by.
 
 FLOPs of one step that appends q tokens to a cache holding T slots, counted the way
 ``torch.utils.flop_counter`` counts them (matmuls only; SDPA over the full q x (T + q) score block, causal
@@ -32,6 +35,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+from vlaccel.techniques.kv_efficient.retentions import retention_spec
 
 __all__ = ["LMShape", "GateShape", "effective_tokens", "kv_bytes", "attention_flops", "dense_flops", "gate_flops",
            "step_cost", "history_costs"]
@@ -63,10 +68,17 @@ class GateShape:
     lstm_hidden: int = 64
 
 
-def _chunks(config: Any, frames: int, q: int, chunk: int) -> tuple[int, int]:
-    """(chunks completed, raw tokens still raw) after ``frames`` steps of ``q`` tokens."""
-    raw = max(0, frames * q - config.sinks)
-    if config.retention == "full" or raw - config.window < chunk:
+def _protected(config: Any, prefix: int, q: int, frames: int) -> tuple[int, int]:
+    """(slots never evicted, tokens that entered the evictable region) after the prefix and ``frames`` steps."""
+    seen = prefix + frames * q
+    protected = min(seen, (prefix if config.protect_prefix else 0) + config.sinks)
+    return protected, seen - protected
+
+
+def _chunks(config: Any, prefix: int, q: int, chunk: int, frames: int) -> tuple[int, int]:
+    """(chunks closed, tokens still raw) after the prefix and ``frames`` steps of ``q`` tokens."""
+    _, raw = _protected(config, prefix, q, frames)
+    if not retention_spec(config.retention).evicts or raw - config.window < chunk:
         return 0, raw
     n = (raw - config.window) // chunk
     return n, raw - n * chunk
@@ -74,9 +86,10 @@ def _chunks(config: Any, frames: int, q: int, chunk: int) -> tuple[int, int]:
 
 def effective_tokens(config: Any, prefix: int, q: int, chunk: int, frames: int, kept: int | None = None) -> int:
     """T_eff: slots held per layer after ``frames`` steps (``kept`` overrides k, e.g. for threshold mode)."""
-    n, raw = _chunks(config, frames, q, chunk)
+    protected, _ = _protected(config, prefix, q, frames)
+    n, raw = _chunks(config, prefix, q, chunk, frames)
     if kept is None:
-        if config.retention in ("full", "streaming"):
+        if not retention_spec(config.retention).summarises:
             kept = 0
         elif config.budget is None:
             if getattr(config, "threshold", None) is not None:
@@ -84,7 +97,7 @@ def effective_tokens(config: Any, prefix: int, q: int, chunk: int, frames: int, 
             kept = n
         else:
             kept = min(n, config.budget)
-    return prefix + min(config.sinks, frames * q) + kept * config.summary_slots + raw
+    return protected + kept * config.summary_slots + raw
 
 
 def kv_bytes(shape: LMShape, tokens: int, batch: int = 1) -> int:
@@ -118,13 +131,13 @@ def step_cost(shape: LMShape, config: Any, prefix: int, q: int, chunk: int, fram
               gate: GateShape | None = None, other: int = 0, batch: int = 1) -> dict[str, int]:
     """Predicted cost of observation step ``frame`` (1-based): the cache holds the state after ``frame - 1`` steps."""
     past = effective_tokens(config, prefix, q, chunk, frame - 1)
-    done_before, _ = _chunks(config, frame - 1, q, chunk)
-    done_after, _ = _chunks(config, frame, q, chunk)
-    summarises = config.retention not in ("full", "streaming")
-    gate_shape = gate if config.retention == "gated" else None
+    done_before, _ = _chunks(config, prefix, q, chunk, frame - 1)
+    done_after, _ = _chunks(config, prefix, q, chunk, frame)
+    spec = retention_spec(config.retention)
+    gate_shape = gate if spec.needs_gate else None
     attn = attention_flops(shape, past, q, batch)
     dense = dense_flops(shape, q, batch)
-    g = gate_flops(shape, done_after - done_before, chunk, config.summary_slots, gate_shape, summarises, batch)
+    g = gate_flops(shape, done_after - done_before, chunk, config.summary_slots, gate_shape, spec.summarises, batch)
     held = effective_tokens(config, prefix, q, chunk, frame)
     return {"tokens_before": past, "tokens_after": held, "kv_bytes": kv_bytes(shape, held, batch),
             "attention_flops": attn, "dense_flops": dense, "gate_flops": g, "lm_flops": attn + dense + g,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from vlaccel import atomic
 from vlaccel.calibration import CALIBRATION_FILE, load_calibration_observations, set_calibration_observations
-from vlaccel.errors import MissingInputError, UsageError
+from vlaccel.errors import MissingInputError, UsageError, WrongTypeError
 from vlaccel.models.config import ReferenceVLAConfig
 from vlaccel.models.vla import ReferenceVLA
 from vlaccel.weights import plain_state_dict, state_dict_fingerprint
@@ -68,6 +69,9 @@ def load_reference(path: str | Path) -> ReferenceVLA:
     for name in (WEIGHTS, CONFIG):
         if not (path / name).exists():
             raise MissingInputError(f"{path} is not a saved policy: {name} is missing (save one with vlaccel.save_policy)")
+        if not (path / name).is_file():
+            raise UsageError(f"{path / name} is a folder, not a file; a saved policy's {name} is a file written by "
+                             "vlaccel.save_policy: save the policy again")
     config = read_config(path / CONFIG)
     check_weights(path / WEIGHTS, config, path / CONFIG)
     policy = ReferenceVLA(config)
@@ -76,9 +80,18 @@ def load_reference(path: str | Path) -> ReferenceVLA:
     except Exception as err:  # safetensors raises its own error type (truncated file, bad header)
         raise UsageError(f"{path / WEIGHTS} is not a readable safetensors file ({type(err).__name__}: {err}); "
                          "it may be truncated: save or copy it again") from err
+    bad = next((name for name, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())),
+               None)
+    if bad is not None:
+        raise UsageError(f"{path / WEIGHTS}: {bad} has non-finite values (NaN or inf), so every action would be NaN; "
+                         "the training that wrote it diverged or the file is damaged: use an earlier checkpoint, or "
+                         "save or copy the policy again")
     missing, unexpected = policy.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise UsageError(f"{path / WEIGHTS} does not match its config: missing={missing[:5]} unexpected={unexpected[:5]}")
+    if (path / CALIBRATION_FILE).is_dir():
+        raise UsageError(f"{path / CALIBRATION_FILE} is a folder; a policy's {CALIBRATION_FILE} is one .npz of "
+                         "calibration observations (layer pruning reads it): replace it with that file, or remove it")
     if (path / CALIBRATION_FILE).exists():  # the folder's layer-pruning calibration set
         set_calibration_observations(policy, load_calibration_observations(path / CALIBRATION_FILE))
     policy.source_dir = path  # where companion files live (a KV-Efficient gate trained for it: kv_gate/)
@@ -107,6 +120,24 @@ def read_config(file: Path) -> ReferenceVLAConfig:
     return ReferenceVLAConfig.from_dict(data, source=str(file))
 
 
+def read_card(folder: str | Path) -> dict:
+    """A policy folder's ``model_card.json`` as a dict (``{}`` when there is none); a card that is not a JSON object
+    is refused with one ``UsageError`` line naming the file (the policy itself loads without its card)."""
+    file = Path(folder) / CARD
+    if not file.exists():
+        return {}
+    try:
+        data = json.loads(file.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise UsageError(f"{file} is not a readable JSON model card ({type(err).__name__}: {first}); fix it or "
+                         "delete it (it only describes the policy: vlaccel info reads its version)") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{file} must be a JSON object (the model card vlaccel train-reference writes), got "
+                         f"{type(data).__name__}; fix it or delete it")
+    return data
+
+
 def implied_shapes(config: ReferenceVLAConfig, source: str = "the policy config") -> dict[str, tuple[int, ...]]:
     """The state-dict names and shapes a policy built from ``config`` has, from a shape-only model on the
     ``meta`` device (no memory allocated, no weights initialized)."""
@@ -127,7 +158,9 @@ def check_weights(file: Path, config: ReferenceVLAConfig, config_file: Path | st
     want = implied_shapes(config, str(config_file))
     try:
         with safe_open(str(file), "pt") as f:
-            have = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+            slices = {name: f.get_slice(name) for name in f.keys()}
+            have = {name: tuple(s.get_shape()) for name, s in slices.items()}
+            dtypes = {name: s.get_dtype() for name, s in slices.items()}
     except Exception as err:  # safetensors raises its own error type (truncated file, bad header)
         raise UsageError(f"{file} is not a readable safetensors file ({type(err).__name__}: {err}); "
                          "it may be truncated: save or copy it again") from err
@@ -142,6 +175,13 @@ def check_weights(file: Path, config: ReferenceVLAConfig, config_file: Path | st
         raise UsageError(f"{config_file} does not match {file}: {name} is {list(have[name])} in the weights but the "
                          f"config implies {list(want[name])} ({len(wrong)} tensor(s) differ){_suspects(config, want[name], have[name])}; "
                          "set those fields to the sizes the weights were saved with, or save the policy again")
+    # every parameter is floating point; a file of integers or booleans would load (cast) without a word
+    not_float = [name for name in want if not dtypes[name].startswith(("F", "BF"))]
+    if not_float:
+        name = not_float[0]
+        raise UsageError(f"{file}: {name} is stored as {dtypes[name]}, not a floating-point type ({len(not_float)} "
+                         "tensor(s)); a policy's weights are F32, F16 or BF16 (as vlaccel.save_policy writes them): "
+                         "save the policy again")
 
 
 def _suspects(config: ReferenceVLAConfig, want: tuple[int, ...], have: tuple[int, ...]) -> str:
@@ -154,7 +194,13 @@ def _suspects(config: ReferenceVLAConfig, want: tuple[int, ...], have: tuple[int
 
 def load_policy(name_or_path: str | Path) -> ReferenceVLA:
     """``load_policy("reference")`` loads the bundled trained policy; ``load_policy(path)`` any saved one."""
-    key = str(name_or_path)
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise WrongTypeError(f"load_policy takes a bundled name ({', '.join(sorted(BUNDLED))}) or a folder path, got "
+                             f"{type(name_or_path).__name__}" + ("; it is already loaded"
+                                                                 if isinstance(name_or_path, torch.nn.Module) else ""))
+    key = os.fspath(name_or_path)
+    if isinstance(key, bytes):
+        key = os.fsdecode(key)
     if not key.strip():
         raise MissingInputError(f"no policy given: pass a bundled name ({', '.join(sorted(BUNDLED))}) or a folder")
     if key in BUNDLED:

@@ -1,107 +1,158 @@
-"""`vlaccel collect` and `vlaccel eval`: registered into the main CLI by `register(subparsers)`.
+"""``vlaccel collect`` and ``vlaccel eval``: their flags are generated from :class:`CollectCommand` and
+:class:`EvalCommand` (``vlaccel.config_cli``).
 
 Heavy imports (mujoco, metaworld, torch, ray) happen inside the command functions.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import inspect
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Iterable
+from typing import Annotated
+
+import tyro
+
+from vlaccel.config_cli import check, check_numbers, parse_config
+from vlaccel.errors import UsageError
+
+_TASKS_FLAG = tyro.conf.arg(metavar="TASK [TASK ...]")
+
+#: ``--preset A B --preset C`` gives ``(("A", "B"), ("C",))``; the config joins the groups (argparse's "extend").
+RepeatableNames = Annotated[tyro.conf.UseAppendAction[tuple[tuple[str, ...], ...]],
+                            tyro.conf.arg(metavar="NAME [NAME ...]")]
 
 
-def at_least(low: int) -> Callable[[str], int]:
-    """argparse type: an integer >= ``low`` (argparse turns the ValueError into a usage error naming the flag)."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
+def joined_names(groups: Iterable[str | Iterable[str]]) -> tuple[str, ...]:
+    """The names of ``groups`` in order, one flat tuple (a plain name counts as a group of one)."""
+    return tuple(name for group in groups for name in ([group] if isinstance(group, str) else group))
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def _task_list() -> str:
+    """The tasks ``--tasks`` takes, for the commands' help."""
     from vlaccel.sim.tasks import LONG_HORIZON_SUITE, TASKS, suite_tasks
 
-    task_help = (f"tasks to run (default: the core suite): {', '.join(TASKS)}; long-horizon tasks run only when named: "
-                 f"{', '.join(suite_tasks(LONG_HORIZON_SUITE))}")
-
-    p = subparsers.add_parser(
-        "collect",
-        help="collect scripted Meta-World expert demos (.npz per episode)",
-        description="Run Meta-World's scripted experts and save one compressed .npz "
-        "per successful episode under OUT/<task>/seed_<seed>.npz.",
-    )
-    p.add_argument("--tasks", nargs="+", metavar="TASK", help=task_help)
-    p.add_argument("--episodes", type=int, default=60, help="episodes per task (seeds SEED..SEED+N-1)")
-    p.add_argument("--out", default="data/demos", help="output directory (default: data/demos)")
-    p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
-    p.add_argument("--workers", type=at_least(1), default=None, help="worker processes (default: all cores)")
-    p.add_argument("--frame-every", type=int, default=4, help="save an image every N env steps (default: 4)")
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--overwrite", action="store_true", help="re-collect episodes whose file exists")
-    p.add_argument("--action-noise", type=float, default=0.0,
-                   help="DART: std of Gaussian noise on the executed xyz actions (the file keeps the expert's clean "
-                        "actions), so demos show recoveries from off-course states; use other --seed values than "
-                        "the clean demos' (default: 0, no noise)")
-    p.add_argument("--noise-hold", type=int, default=8, help="env steps each noise draw is held (default: 8)")
-    p.add_argument("--roll-in", metavar="POLICY", default=None,
-                   help="DAgger-style demos: this policy ('reference' or a path) drives each episode until a random "
-                        "hand-off frame, then the expert finishes; every step is labelled by the expert")
-    p.add_argument("--handoff-max", type=int, default=None, metavar="FRAMES",
-                   help="latest hand-off frame with --roll-in (default: a third of the task's horizon)")
-    p.set_defaults(func=cmd_collect)
-
-    p = subparsers.add_parser(
-        "eval",
-        help="closed-loop success rate: baseline vs. presets on paired seeds",
-        description="Roll out a policy in the simulator suite. The baseline and every "
-        "--preset run on the same seeds; results are appended to --out "
-        "(JSON lines) and a rerun skips finished episodes.",
-    )
-    p.add_argument("--policy", default="reference", help="'reference', a checkpoint path, or module:factory")
-    p.add_argument("--tasks", nargs="+", metavar="TASK", help=task_help)
-    p.add_argument("--episodes", type=int, default=20, help="episodes (seeds) per task (default: 20)")
-    p.add_argument(
-        "--preset",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="NAME",
-        help="acceleration presets to compare with the baseline ('none' always runs)",
-    )
-    p.add_argument("--history", action="store_true", help="history mode: policy.reset + policy.step")
-    p.add_argument(
-        "--workers", type=at_least(0), default=1, help="worker processes; 0 = in this process (default: 1)"
-    )
-    p.add_argument(
-        "--ray", metavar="ADDRESS", help="run episodes as Ray tasks ('local' starts a local cluster)"
-    )
-    p.add_argument(
-        "--out", default="runs/eval.jsonl", help="results file, JSON lines (default: runs/eval.jsonl)"
-    )
-    p.add_argument("--json", metavar="PATH", help="also write the summary JSON object here")
-    p.add_argument("--video", metavar="DIR", help="save a GIF of the first episode per task and preset")
-    p.add_argument("--seed", type=int, default=1000, help="first evaluation seed (default: 1000)")
-    p.add_argument(
-        "--action-repeat", type=int, default=4, help="actions executed per policy call (default: 4)"
-    )
-    p.set_defaults(func=cmd_eval)
+    return (f"--tasks: {', '.join(TASKS)}; long-horizon tasks run only when named: "
+            f"{', '.join(suite_tasks(LONG_HORIZON_SUITE))}.")
 
 
-def cmd_collect(args: argparse.Namespace) -> int:
+@dataclasses.dataclass
+class CollectCommand:
+    """Run Meta-World's scripted experts and save one compressed .npz per successful episode under
+    OUT/<task>/seed_<seed>.npz (resumable: episodes whose file exists are skipped)."""
+
+    tasks: Annotated[tuple[str, ...] | None, _TASKS_FLAG] = None
+    """Tasks to collect (None: the core suite; long-horizon tasks only when named)."""
+    episodes: int = 60
+    """Episodes per task (seeds SEED..SEED+N-1)."""
+    out: str = "data/demos"
+    """Output directory."""
+    seed: int = 0
+    """First seed."""
+    workers: int | None = None
+    """Worker processes (None: all cores)."""
+    frame_every: int = 4
+    """Save an image every N env steps."""
+    image_size: int = 128
+    """Rendered image size in pixels (square)."""
+    overwrite: bool = False
+    """Re-collect episodes whose file exists."""
+    action_noise: float = 0.0
+    """DART: std of Gaussian noise on the executed xyz actions (the file keeps the expert's clean actions), so demos show recoveries from off-course states; use other --seed values than the clean demos' (0: no noise)."""
+    noise_hold: int = 8
+    """Env steps each noise draw is held."""
+    roll_in: Annotated[str | None, tyro.conf.arg(metavar="POLICY")] = None
+    """DAgger-style demos: this policy ('reference' or a path) drives each episode until a random hand-off frame, then the expert finishes; every step is labelled by the expert."""
+    handoff_max: Annotated[int | None, tyro.conf.arg(metavar="FRAMES")] = None
+    """Latest hand-off frame with --roll-in (None: a third of the task's horizon)."""
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def validate(self) -> None:
+        """Refuse numbers out of range and contradictory flags (``UsageError`` naming them) before any work."""
+        check_numbers(self, {"episodes": (1, None, "int"), "seed": (0, None, "int"), "workers": (1, None, "int"),
+                             "frame_every": (1, None, "int"), "image_size": (1, None, "int"),
+                             "action_noise": (0, None, "float"), "noise_hold": (1, None, "int"),
+                             "handoff_max": (1, None, "int")})
+        if self.roll_in is not None and self.action_noise > 0:
+            raise UsageError("--roll-in and --action-noise both leave the expert's path; pass one of them")
+        if self.handoff_max is not None and self.roll_in is None:
+            raise UsageError("--handoff-max needs --roll-in POLICY (the policy that drives until the hand-off)")
+
+
+@dataclasses.dataclass
+class EvalCommand:
+    """Roll out a policy in the simulator suite. The baseline and every --preset run on the same seeds; results
+    are appended to --out (JSON lines) and a rerun skips finished episodes."""
+
+    policy: str = "reference"
+    """'reference', a checkpoint path, or module:factory."""
+    tasks: Annotated[tuple[str, ...] | None, _TASKS_FLAG] = None
+    """Tasks to run (None: the core suite; long-horizon tasks only when named)."""
+    episodes: int = 20
+    """Episodes (seeds) per task."""
+    preset: RepeatableNames = ()
+    """Acceleration presets to compare with the baseline ('none' always runs); --preset A B and --preset A --preset B both work."""
+    history: bool = False
+    """History mode: policy.reset + policy.step."""
+    workers: int = 1
+    """Worker processes; 0 = in this process."""
+    ray: Annotated[str | None, tyro.conf.arg(metavar="ADDRESS")] = None
+    """Run episodes as Ray tasks ('local' starts a local cluster)."""
+    out: str = "runs/eval.jsonl"
+    """Results file, JSON lines."""
+    json: Annotated[str | None, tyro.conf.arg(metavar="PATH")] = None
+    """Also write the summary JSON object here."""
+    video: Annotated[str | None, tyro.conf.arg(metavar="DIR")] = None
+    """Save a GIF of the first episode per task and preset into this folder."""
+    seed: int = 1000
+    """First evaluation seed."""
+    action_repeat: int = 4
+    """Actions executed per policy call."""
+
+    def __post_init__(self) -> None:
+        self.preset = joined_names(self.preset)
+        check(self)
+
+    def validate(self) -> None:
+        """Refuse numbers out of range (``UsageError`` naming the flag) before any work."""
+        check_numbers(self, {"episodes": (1, None, "int"), "workers": (0, None, "int"), "seed": (0, None, "int"),
+                             "action_repeat": (1, None, "int")})
+
+
+def _description(config_type: type) -> str:
+    """The command's help text: its config's docstring, then the tasks ``--tasks`` takes."""
+    return f"{inspect.cleandoc(config_type.__doc__ or '')}\n{_task_list()}"
+
+
+def parse_collect(argv: list[str]) -> CollectCommand:
+    return parse_config(CollectCommand, argv, "vlaccel collect", _description(CollectCommand))
+
+
+def parse_eval(argv: list[str]) -> EvalCommand:
+    return parse_config(EvalCommand, argv, "vlaccel eval", _description(EvalCommand))
+
+
+def main_collect(argv: list[str]) -> int:
+    return run_collect(parse_collect(argv))
+
+
+def main_eval(argv: list[str]) -> int:
+    return run_eval(parse_eval(argv))
+
+
+def run_collect(args: CollectCommand) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from rich.console import Console
 
     from vlaccel.sim.collect import collect
 
     report = collect(
-        args.tasks,
+        list(args.tasks) if args.tasks is not None else None,
         episodes_per_task=args.episodes,
         out_dir=args.out,
         seed0=args.seed,
@@ -125,18 +176,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def run_eval(args: EvalCommand) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from rich.console import Console
 
-    from vlaccel.sim.evaluate import run_eval
+    from vlaccel.sim import evaluate
     from vlaccel.sim.results import render_pairwise, render_table
 
-    summary = run_eval(
+    summary = evaluate.run_eval(
         args.policy,
         tasks=args.tasks,
         episodes=args.episodes,
-        presets=args.preset,
+        presets=list(args.preset),
         history=args.history,
         workers=args.workers,
         out_path=args.out,

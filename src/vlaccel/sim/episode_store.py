@@ -18,35 +18,70 @@ from vlaccel.errors import UsageError
 
 REQUIRED = ("task", "seed", "preset", "history")
 
+_NUMBER = "a number"
+#: the JSON type of each field the readers use (resume, summary), where a record has it; None allowed where listed
+FIELD_TYPES: dict[str, tuple[str, bool]] = {
+    "task": ("a string", False), "seed": ("an integer", False), "preset": ("a string", False),
+    "history": ("true or false", False), "success": ("true or false", False), "error": ("a string", True),
+    "policy": ("a string", False), "action_repeat": ("an integer", False), "identity": ("a string", True),
+    "steps": ("an integer", True), "policy_calls": ("an integer", True), "latency_ms_mean": (_NUMBER, True),
+    "latency_ms_late": (_NUMBER, True), "kv_bytes_end": (_NUMBER, True),
+}
+_CHECKS = {
+    "a string": lambda v: isinstance(v, str),
+    "an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "true or false": lambda v: isinstance(v, bool),
+    _NUMBER: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+}
+
 
 def record_key(rec: dict) -> tuple[str, int, str, bool]:
     """What identifies an episode within one results file: (task, seed, preset, history)."""
     return rec["task"], int(rec["seed"]), rec["preset"], bool(rec["history"])
 
 
+def record_problem(rec: object) -> str | None:
+    """Why ``rec`` (a parsed line) is not an episode record: not an object, a required field missing, or a field
+    of the wrong type (:data:`FIELD_TYPES`); None when it is one."""
+    if not isinstance(rec, dict):
+        return f"not an episode record (a JSON {type(rec).__name__}, not an object)"
+    missing = [k for k in REQUIRED if k not in rec]
+    if missing:
+        return f"not an episode record (no {', '.join(missing)})"
+    for name, (kind, nullable) in FIELD_TYPES.items():
+        value = rec.get(name)
+        if name in rec and not (value is None and nullable) and not _CHECKS[kind](value):
+            return f"not an episode record ({name} is {json.dumps(value)[:40]}, not {kind})"
+    return None
+
+
 def load_records(path: str | Path) -> list[dict]:
     """All records in a results file; for an episode recorded more than once (an error, then a retry),
     the last record wins. A line that is not a complete record (a torn last line of a killed run, an edited
-    line) is skipped with a warning naming the file and line number: its episode runs again, nothing finished
-    is lost."""
+    line, a field of the wrong type, bytes that are not UTF-8) is skipped with a warning naming the file and line
+    number: its episode runs again, nothing finished is lost."""
     path = Path(path)
     if not path.exists():
         return []
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; a results file is a .jsonl file (one JSON record per line): pass one")
     latest: dict[tuple, dict] = {}
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
             problem = None
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                problem = f"not JSON ({err.msg})"
-            else:
-                missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
-                if missing:
-                    problem = f"not an episode record (no {', '.join(missing)})"
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                line, problem = "", f"not UTF-8 text (byte {err.start})"
+            if not line and problem is None:
+                continue
+            if problem is None:
+                try:
+                    rec = json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as err:
+                    problem = f"not JSON ({getattr(err, 'msg', 'nested too deep')})"
+                else:
+                    problem = record_problem(rec)
             if problem is not None:
                 warnings.warn(f"{path}:{number}: skipped a line that is {problem}; its episode, if any, runs again",
                               RuntimeWarning, stacklevel=2)

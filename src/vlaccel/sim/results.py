@@ -23,11 +23,15 @@ def _cell(recs: list[dict]) -> dict:
     k = sum(bool(r.get("success")) for r in recs)
     errors = sum(bool(r.get("error")) for r in recs)
     ok = [r for r in recs if not r.get("error")]
-    calls = sum(r.get("policy_calls", 0) for r in ok)
-    lat = sum(r["latency_ms_mean"] * r["policy_calls"] for r in ok) / calls if calls else None
+    calls = sum(r.get("policy_calls") or 0 for r in ok)
+    # a record without latency (written by hand, or by an older vlaccel) counts in the rates, not in the means
+    timed = [r for r in ok if r.get("latency_ms_mean") is not None and r.get("policy_calls")]
+    timed_calls = sum(r["policy_calls"] for r in timed)
+    lat = sum(r["latency_ms_mean"] * r["policy_calls"] for r in timed) / timed_calls if timed_calls else None
     lo, hi = wilson(k, n)
     late = [r["latency_ms_late"] for r in ok if r.get("latency_ms_late") is not None]
     kv_end = [r["kv_bytes_end"] for r in ok if r.get("kv_bytes_end") is not None]
+    steps = [r["steps"] for r in ok if r.get("steps") is not None]
     return {
         "n": n,
         "successes": k,
@@ -36,7 +40,7 @@ def _cell(recs: list[dict]) -> dict:
         "ci95": [lo, hi],
         "latency_ms": lat,
         "policy_calls": calls,
-        "mean_steps": float(np.mean([r["steps"] for r in ok])) if ok else None,
+        "mean_steps": float(np.mean(steps)) if steps else None,
         "latency_ms_late": float(np.mean(late)) if late else None,  # mean over episodes of their last calls' median
         "kv_bytes_end": float(np.mean(kv_end)) if kv_end else None,  # mean over episodes, at each one's end
     }

@@ -71,6 +71,10 @@ class CompileConfig(TechniqueConfig):
                              f"{self.dynamic!r}, {self.fullgraph!r}")
         as_names(self, "parts")
 
+    def is_neutral(self, model: Any, adapter: Any) -> bool:  # noqa: ARG002
+        """The eager backend runs the captured graphs with the original kernels: outputs are bit-identical."""
+        return self.backend == "eager"
+
     def options(self) -> dict[str, Any]:
         return {"mode": self.mode, "backend": self.backend, "dynamic": self.dynamic, "fullgraph": self.fullgraph}
 

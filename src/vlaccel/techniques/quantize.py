@@ -4,9 +4,10 @@ Not a method of either paper; a measured option (``pip install 'vlaccel[quant]'`
 dependency). Schemes: ``int8_weight_only`` (torchao ``Int8WeightOnlyConfig``: int8 weights with per-channel
 scales, activations stay float) and ``int8_dynamic`` (``Int8DynamicActivationInt8WeightConfig``: activations
 quantized per token at run time, int8 x int8 matmuls). torchao swaps each chosen ``nn.Linear``'s weight for a
-quantized tensor subclass; the original float ``Parameter`` objects are kept, and ``remove()`` puts them back
-(bit-identical outputs after). Linear layers narrower than ``min_features`` on either side stay float (torchao's
-int8 kernels want at least 16; the reference policy's 4-wide action projection would gain nothing).
+quantized tensor subclass (and sets an instance ``extra_repr`` naming it); the original float ``Parameter``
+objects are kept, and ``remove()`` puts them back and takes the ``extra_repr`` away (bit-identical outputs
+after). Linear layers narrower than ``min_features`` on either side stay float (torchao's int8 kernels want at
+least 16; the reference policy's 4-wide action projection would gain nothing).
 
 Measured on the bundled policy (``scripts/bench_quantize.py``, docs/benchmarks.md): on a 2-core AVX2 CPU both
 schemes are *slower* than float32, eager and compiled; it is here so a user on hardware with int8 kernels can
@@ -56,9 +57,18 @@ def _torchao():
     return quantization
 
 
+#: instance attributes torchao's ``quantize_`` sets on a linear layer (its ``extra_repr`` names the scheme)
+_INSTANCE_ATTRIBUTES = ("extra_repr",)
+
+
 class _Applied:
     def __init__(self) -> None:
         self.originals: list[tuple[nn.Linear, nn.Parameter]] = []
+        self.attributes: list[tuple[nn.Linear, dict[str, Any]]] = []  # the instance attributes each layer had
+
+    def remember(self, linear: nn.Linear) -> None:
+        self.originals.append((linear, linear.weight))
+        self.attributes.append((linear, {a: linear.__dict__[a] for a in _INSTANCE_ATTRIBUTES if a in linear.__dict__}))
 
     def remove(self) -> None:
         for linear, weight in self.originals:
@@ -66,6 +76,10 @@ class _Applied:
             if current is not None and current.device != weight.device:  # the model was moved since apply
                 weight.data = weight.data.to(current.device)
             linear.weight = weight
+        for linear, attributes in self.attributes:
+            for name in _INSTANCE_ATTRIBUTES:
+                linear.__dict__.pop(name, None)
+            linear.__dict__.update(attributes)
 
     def plain_tensors(self) -> dict[int, nn.Parameter]:
         """For saving the plain policy: ``id(quantized weight)`` -> the float ``Parameter`` ``remove()`` restores."""
@@ -96,7 +110,7 @@ class QuantizeHandler:
         state = _Applied()
         try:
             for linear in _linears(model, config, adapter):
-                state.originals.append((linear, linear.weight))
+                state.remember(linear)
                 quantization.quantize_(linear, scheme, filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
         except BaseException:
             state.remove()

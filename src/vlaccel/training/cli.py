@@ -1,20 +1,14 @@
-"""``vlaccel train-reference``: registered into the main CLI; its flags are generated from ``TrainConfig``."""
+"""``vlaccel train-reference``: listed in ``vlaccel.cli.COMMANDS``; its flags are generated from ``TrainConfig``."""
 
 from __future__ import annotations
 
-import argparse
 import functools
 
-from vlaccel.config_cli import register_stub
 from vlaccel.training.flags import command_line, parse_args
 
-__all__ = ["COMMAND", "command_line", "main", "parse_args", "register"]
+__all__ = ["COMMAND", "command_line", "main", "parse_args"]
 
 COMMAND = "train-reference"
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    register_stub(sub, COMMAND, "train the reference VLA on simulator demos (resumable; --config RECIPE.toml)")
 
 
 def main(argv: list[str]) -> int:

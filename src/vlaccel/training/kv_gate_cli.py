@@ -10,14 +10,13 @@ The flags are generated from :class:`GateCommand` and :class:`GateTrainConfig` (
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
 
 import tyro
 
-from vlaccel.config_cli import check, check_numbers, parse_config, register_stub
+from vlaccel.config_cli import check, check_numbers, parse_config
 from vlaccel.errors import UsageError
 from vlaccel.training.kv_gate import GateTrainConfig
 
@@ -67,10 +66,6 @@ class GateCommand:
         bad = [b for b in self.eval_budgets or () if isinstance(b, bool) or not isinstance(b, int) or b < 1]
         if bad:
             raise UsageError(f"--eval-budgets must be integers >= 1, got {list(self.eval_budgets or ())}")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    register_stub(sub, COMMAND, "train the KV-Efficient gate for a policy (distillation from full history)")
 
 
 def parse_args(argv: list[str]) -> GateCommand:

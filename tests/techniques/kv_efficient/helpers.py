@@ -1,33 +1,13 @@
-"""Shared helpers for the KV-Efficient tests (also used by tests/contract/cases.py)."""
+"""Shared helpers for the KV-Efficient tests; ``tiny_gate`` is the contract's (:mod:`vlaccel.testing.kv_gate`)."""
 
 from __future__ import annotations
-
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
-_GATES: dict[tuple[str, int], str] = {}
+from vlaccel.testing.kv_gate import tiny_gate
 
-
-def tiny_gate(policy, steps: int = 3) -> str:
-    """Path of a small gate trained for ``policy`` (cached per policy fingerprint for the test session).
-
-    Small hidden sizes keep the gate's FLOPs below the attention it saves on the tiny policy's 3-frame contract.
-    """
-    from vlaccel.training.kv_gate import GateTrainConfig, synthetic_episodes, train_and_save
-    from vlaccel.weights import fingerprint
-
-    fp = fingerprint(policy)
-    if (fp, steps) not in _GATES:
-        out = Path(tempfile.mkdtemp(prefix="vlaccel-kv-gate-")) / f"{fp}-{steps}"
-        cfg = GateTrainConfig(window=policy.config.tokens_per_frame, budget=1, max_frames=4, steps=steps,
-                              agg_hidden=8, lstm_hidden=8)
-        with torch.random.fork_rng(devices=[]):
-            train_and_save(policy, synthetic_episodes(policy.config, 2, 4), cfg, out, progress=False)
-        _GATES[fp, steps] = str(out)
-    return _GATES[fp, steps]
+__all__ = ["tiny_gate", "obs_embeds", "lm_history", "random_frames"]
 
 
 def obs_embeds(policy, n: int, seed: int = 0) -> list[torch.Tensor]:

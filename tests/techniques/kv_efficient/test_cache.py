@@ -277,10 +277,12 @@ def test_reset_clears_storage_and_gate_state(tiny_policy):
     with vlaccel.applied(tiny_policy, cfg):
         lm_history(tiny_policy, blocks_a, "open the drawer")
         cache = tiny_policy.cache
-        assert all(layer.lstm_state is not None and layer.n_summaries > 0 for layer in cache.layers)
+        assert all(cache.retention.state(i).lstm is not None and layer.n_summaries > 0
+                   for i, layer in enumerate(cache.layers))
         cache.reset()
-        for layer in cache.layers:
-            assert layer.keys is None and layer.seen == 0 and layer.lstm_state is None and layer.n_summaries == 0
+        for i, layer in enumerate(cache.layers):
+            assert layer.keys is None and layer.seen == 0 and layer.n_summaries == 0
+            assert cache.retention.state(i) is None  # the policy dropped its LSTM state, utilities and g
             assert layer.gate_g is None or layer.gate_g.numel() == 0
         assert cache.get_seq_length() == 0
         # the reused object now behaves exactly like a fresh one, and so does the policy's next episode

@@ -8,8 +8,10 @@ import torch
 
 import vlaccel
 from tests.techniques.kv_efficient.helpers import lm_history, obs_embeds, tiny_gate
-from vlaccel.techniques.kv_efficient import ChunkedGatedCache, KVEfficientConfig
-from vlaccel.techniques.kv_efficient.retention import AttentionNotObservedError, GatedRetention
+from vlaccel.techniques.kv_efficient import RETENTIONS, ChunkedGatedCache, KVEfficientConfig, KVGate
+from vlaccel.techniques.kv_efficient.retention import AttentionNotObservedError
+from vlaccel.techniques.kv_efficient.retention_gated import GatedRetention
+from vlaccel.techniques.kv_efficient.retentions import RETENTION_TABLE
 from vlaccel.transformers_compat import cache_kwargs, forward_cache
 
 ATTN_MASS_ATOL = 1e-3  # float32 sums of ~10^3 attention probabilities
@@ -19,15 +21,15 @@ ATTN_MASS_ATOL = 1e-3  # float32 sums of ~10^3 attention probabilities
 def record_g(monkeypatch):
     """Record every gate output: {layer_idx: [g of chunk 0, chunk 1, ...]} (batch-mean)."""
     seen: dict[int, list[float]] = {}
-    inner = GatedRetention.score_new
+    inner = GatedRetention.gate_scores
 
-    def score_new(self, cache, keys, values, n):
-        u = inner(self, cache, keys, values, n)  # [L, n]
-        for i, row in enumerate(u.tolist()):
+    def gate_scores(self, chunks, states):
+        g = inner(self, chunks, states)  # [L, B, n]
+        for i, row in enumerate(g.detach().mean(1).tolist()):
             seen.setdefault(i, []).extend(row)
-        return u
+        return g
 
-    monkeypatch.setattr(GatedRetention, "score_new", score_new)
+    monkeypatch.setattr(GatedRetention, "gate_scores", gate_scores)
     return seen
 
 
@@ -43,7 +45,7 @@ def test_gated_budget_keeps_top_m_utilities_per_layer(tiny_policy, record_g):
             assert len(g) == layer.n_chunks == 11
             expected = torch.sort(torch.sort(g, descending=True, stable=True).indices[:budget]).values
             assert layer.chunk_ids.tolist() == expected.tolist()
-            torch.testing.assert_close(layer.utility, g[expected])
+            torch.testing.assert_close(cache.retention.state(i).utility, g[expected])
 
 
 def test_threshold_is_one_model_wide_decision_per_chunk(tiny_policy, record_g):
@@ -119,7 +121,8 @@ def test_h2o_accumulates_exactly_the_attention_received(tiny_policy):
         for h in handles:
             h.remove()
         cache = tiny_policy.cache
-        books = sum(float(layer.utility.sum() + layer.raw_score.sum()) for layer in cache.layers)
+        states = [cache.retention.state(i) for i in range(len(cache.layers))]
+        books = sum(float(st.utility.sum() + st.raw_score.sum()) for st in states)
         assert cache.layers[0].n_summaries == 6
     assert books == pytest.approx(got["mass"], abs=ATTN_MASS_ATOL)
 
@@ -128,8 +131,9 @@ def test_h2o_evicts_the_least_attended(tiny_policy):
     q = tiny_policy.config.tokens_per_frame
     with vlaccel.applied(tiny_policy, KVEfficientConfig(window=q, budget=2, retention="h2o")):
         lm_history(tiny_policy, obs_embeds(tiny_policy, 9))
-        for layer in tiny_policy.cache.layers:
-            assert layer.n_summaries == 2 and layer.utility.min() > 0
+        cache = tiny_policy.cache
+        for i, layer in enumerate(cache.layers):
+            assert layer.n_summaries == 2 and cache.retention.state(i).utility.min() > 0
 
 
 def test_h2o_without_attention_raises_clearly():
@@ -142,3 +146,33 @@ def test_h2o_without_attention_raises_clearly():
     with pytest.raises(AttentionNotObservedError, match="observe_attention"):
         model.generate(torch.ones(1, 5, dtype=torch.long), **cache_kwargs(model, cache), max_new_tokens=12,
                        min_new_tokens=12, do_sample=False)
+
+
+@pytest.mark.parametrize("retention", list(RETENTION_TABLE))
+def test_the_retention_table_drives_the_config_check_and_the_cache(retention):
+    """One table: the config accepts budget / threshold / gate as the retention's row says, and the cache runs
+    the policy the row names, which reports the same row."""
+    spec = RETENTION_TABLE[retention]
+    assert RETENTIONS == tuple(RETENTION_TABLE)
+    base = {"window": 4, "chunk": 2, "retention": retention}
+    accepts = {}
+    for name, extra in {"budget": {"budget": 1}, "threshold": {"threshold": 0.5}, "neither": {},
+                        "gate": {"budget": 1, "gate": "some/gate"}}.items():
+        try:
+            KVEfficientConfig(**base, **extra)
+            accepts[name] = True
+        except ValueError as err:
+            assert retention in str(err) or "gated" in str(err), err
+            accepts[name] = False
+    assert accepts == {"budget": spec.summarises, "threshold": spec.needs_gate,
+                       "neither": not (spec.needs_budget or spec.needs_gate),
+                       "gate": spec.needs_gate}
+    cfg = KVEfficientConfig(**base, **({"budget": 1} if spec.summarises else {}))
+    assert cfg.retention_spec is spec and cfg.summarises == spec.summarises
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    rotary = LlamaRotaryEmbedding(LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2))
+    cache = ChunkedGatedCache(cfg, 2, rotary=rotary, head_dim=8, gate=KVGate(8, 2, 1) if spec.needs_gate else None)
+    assert cache.retention.name == retention and cache.retention.spec is spec
+    assert (cfg.max_tokens(3, 2) is None) == (not spec.evicts or (spec.summarises and cfg.budget is None))

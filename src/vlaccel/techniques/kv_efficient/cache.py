@@ -9,9 +9,11 @@ history mode uses it when a :class:`KVEfficientConfig` is applied. Per layer, ol
 Each layer's ``update`` appends the new tokens raw and returns the whole layer, so the current block attends to
 everything stored plus itself, exactly like ``DynamicCache``. When the last layer has been updated, the cache
 compresses every layer at once: raw tokens older than the last W have left the window; every full chunk of C
-of them is summarised (RoPE-correct, :mod:`.rope`) and the retention policy (:mod:`.retention`) keeps or
-drops it. Dropped chunks vanish from K, V and the mask together; a decision is made once per chunk for K and
-V and every KV head of a layer, for the whole batch. Batching the summaries, the LSTM step and the selection
+of them is dropped or, when the retention summarises (:mod:`.retentions`, the table), summarised
+(RoPE-correct, :mod:`.rope`) and handed to the retention policy (:mod:`.retention`), which says which
+summaries stay. The policy reads the cache only through read-only views and keeps its own per-layer state;
+the cache applies its decision. Dropped chunks vanish from K, V and the mask together; a decision is made
+once per chunk for K and V and every KV head of a layer, for the whole batch. Batching the summaries, the LSTM step and the selection
 over layers (one call instead of L) is what keeps the per-step overhead small; the result is the same as
 compressing layer by layer, because a chunk's summary is only attended to from the next forward on.
 
@@ -40,7 +42,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from vlaccel.errors import VlaccelError
 from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
 from vlaccel.techniques.kv_efficient.gate import KVGate, MeanAggregator
-from vlaccel.techniques.kv_efficient.retention import Retention, make_retention
+from vlaccel.techniques.kv_efficient.retention import ClosedChunks, LayerView, Retention, make_retention
 from vlaccel.techniques.kv_efficient.rope import (
     RotaryFrame,
     apply_rotation,
@@ -71,7 +73,7 @@ class ChunkedGatedLayer(CacheLayerMixin):
 
     # ------------------------------------------------------------------ state
     def clear(self) -> None:
-        """Episode reset: drop every stored token, summary, utility and the LSTM state."""
+        """Episode reset: drop every stored token and summary; the retention policy drops its state."""
         self.keys = self.values = None
         self.is_initialized = False
         self.seen = 0  # tokens ever appended = next logical position
@@ -80,14 +82,7 @@ class ChunkedGatedLayer(CacheLayerMixin):
         self.n_chunks = 0  # chunks completed so far (ids of summaries)
         self.summary_pos = torch.zeros(0, dtype=torch.long)  # [k] representative position of each summary
         self.chunk_ids = torch.zeros(0, dtype=torch.long)  # [k] which chunk each retained summary came from
-        self.utility = torch.zeros(0)  # [k] batch-mean utility used for eviction
-        self.gate_g: torch.Tensor | None = None  # [B, k] gate output per summary (gated retention)
-        self.lstm_state: tuple[torch.Tensor, torch.Tensor] | None = None  # (h, c) [B, hidden]
-        self.raw_score = torch.zeros(0)  # h2o: attention received by each raw token [raw]
-        self.attn_layout: dict[str, Any] | None = None  # h2o: storage moved since the returned layout
-        self.generator: torch.Generator | None = None  # random retention
-        self._awaiting_attention = False  # h2o: an update whose attention was not observed yet
-        self._missed_attention = False  # h2o: some forward's attention was never observed
+        self.cache.retention.reset(self.layer_idx)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -96,10 +91,8 @@ class ChunkedGatedLayer(CacheLayerMixin):
         self.values = value_states.new_zeros(b, h, 0, value_states.shape[-1])
         self.summary_pos = self.summary_pos.to(self.device)
         self.chunk_ids = self.chunk_ids.to(self.device)
-        self.utility = torch.zeros(0, device=self.device)
-        self.gate_g = torch.zeros(b, 0, device=self.device)
-        self.raw_score = torch.zeros(0, device=self.device)
         self.is_initialized = True
+        self.cache.retention.begin(self.view())
 
     def reset(self) -> None:
         self.clear()
@@ -119,6 +112,17 @@ class ChunkedGatedLayer(CacheLayerMixin):
     @property
     def reindexed(self) -> bool:
         return self.cache.config.positions == "reindexed"
+
+    @property
+    def gate_g(self) -> torch.Tensor | None:
+        """[B, k] gate output g of each retained summary (gated retention; held by the policy), else None."""
+        return self.cache.retention.summary_gate(self.layer_idx)
+
+    def view(self) -> LayerView:
+        """The read-only snapshot of this layer that retention policies are given."""
+        return LayerView(index=self.layer_idx, batch=int(self.keys.shape[0]), device=self.device,
+                         n_protected=self.n_protected, n_summaries=self.n_summaries,
+                         raw=self.stored - self.raw_start)
 
     def positions(self) -> torch.Tensor:
         """[N] position of every stored slot: logical (prefix, summaries at their representative positions, raw)
@@ -166,8 +170,8 @@ class ChunkedGatedLayer(CacheLayerMixin):
         self.seen += q
         # Protected tokens arrive before any raw token exists, so they are always the first stored slots.
         self.n_protected = min(self.seen, self.protect_len)
-        if self.cache.retention.needs_attention:
-            self.cache.retention.before_update(self, q)
+        if self.cache.retention.spec.needs_attention:
+            self.cache.retention.on_update(self.view(), q)
         return self.keys, self.values
 
     def commit(self, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -185,21 +189,11 @@ class ChunkedGatedLayer(CacheLayerMixin):
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("ChunkedGatedCache cannot be cropped (evicted chunks cannot be restored)")
 
-    def keep_summaries(self, keep: torch.Tensor) -> None:
-        """Keep only the retained summaries at indices ``keep`` (ascending)."""
-        s, start = self.cache.slots, self.n_protected
-        slot = (keep.unsqueeze(1) * s + torch.arange(s, device=keep.device)).flatten() + start  # [k'*s]
-        idx = torch.cat([torch.arange(start, device=keep.device), slot,
-                         torch.arange(self.raw_start, self.stored, device=keep.device)])
-        self.keys, self.values = self.keys.index_select(2, idx), self.values.index_select(2, idx)
-        self.utility, self.summary_pos, self.chunk_ids = self.utility[keep], self.summary_pos[keep], self.chunk_ids[keep]
-        if self.gate_g is not None:
-            self.gate_g = self.gate_g[:, keep]
-
     def slot_bias(self) -> torch.Tensor:
         """[B, N] additive attention bias of the stored slots: log g on summary slots, 0 elsewhere (training)."""
         b, n = self.keys.shape[0], self.stored
-        g = self.gate_g if self.gate_g is not None else torch.ones(b, self.n_summaries, device=self.device)
+        g = self.gate_g  # [B, k]; no gate: g = 1, log g = 0
+        g = g if g is not None else torch.ones(b, self.n_summaries, device=self.device)
         log_g = torch.log(g.clamp_min(1e-6)).repeat_interleave(self.cache.slots, dim=1)  # [B, k*s]
         zeros = log_g.new_zeros(b, self.n_protected)
         return torch.cat([zeros, log_g, log_g.new_zeros(b, n - self.raw_start)], dim=1)
@@ -237,13 +231,14 @@ class ChunkedGatedCache(Cache):
                              "(None means the tokens of one observation, which only a VLA adapter knows)")
         if config.summary_slots > chunk:
             raise ValueError(f"summary_slots={config.summary_slots} > chunk={chunk}")
-        if config.summarises and rotary is None:
+        spec = config.retention_spec
+        if spec.summarises and rotary is None:
             raise ValueError(
                 f"retention={config.retention!r} re-rotates summary keys, which needs a RoPE model (a module with "
                 "`rotary_emb`); this model has none. Use retention='streaming' or 'full'."
             )
-        if config.retention == "gated" and gate is None:
-            raise ValueError("retention='gated' needs a trained gate (KVGate); see KVEfficientConfig.gate")
+        if spec.needs_gate and gate is None:
+            raise ValueError(f"retention={config.retention!r} needs a trained gate (KVGate); see KVEfficientConfig.gate")
         if config.positions == "reindexed" and rotary is None:
             raise ValueError("positions='reindexed' re-rotates the stored keys to their slot, which needs a RoPE model "
                              "(a module with `rotary_emb`); this model has none. Use positions='logical'.")
@@ -254,7 +249,7 @@ class ChunkedGatedCache(Cache):
         self.gate = gate
         self.rope = RotaryFrame(rotary, head_dim or 0) if rotary is not None else None
         self.aggregator = gate.aggregator if gate is not None else MeanAggregator(self.slots)
-        self.retention: Retention = make_retention(config, self)
+        self.retention: Retention = make_retention(config, chunk=self.chunk, gate=gate, soft=soft)
         self._block_tokens: int | None = None
         super().__init__(layers=[ChunkedGatedLayer(self, i) for i in range(num_layers)])
 
@@ -276,7 +271,7 @@ class ChunkedGatedCache(Cache):
             adapter = _PlainDecoder()
         lm_cfg = adapter.lm_config(model)
         chunk = chunk if chunk is not None else resolve_chunk(config, model, adapter)
-        if config.retention == "gated" and gate is None:
+        if config.retention_spec.needs_gate and gate is None:
             gate = resolve_gate(config, model, adapter)
         head_dim = getattr(lm_cfg, "head_dim", None) or lm_cfg.hidden_size // lm_cfg.num_attention_heads
         return cls(config, lm_cfg.num_hidden_layers, chunk=chunk, rotary=find_rotary(adapter.decoder_owner(model)),
@@ -296,7 +291,7 @@ class ChunkedGatedCache(Cache):
                 "be combined with KVEfficientConfig."
             )
         out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
-        if layer_idx == len(self.layers) - 1 and self.retention.evicts:
+        if layer_idx == len(self.layers) - 1 and self.retention.spec.evicts:
             n = self.layers[0].ready_chunks()
             if n:
                 self._compress(n)
@@ -310,11 +305,12 @@ class ChunkedGatedCache(Cache):
 
     def observe_attention(self, layer_idx: int, probs: torch.Tensor) -> None:
         """Attention probabilities ``[B, H, q, N]`` of the last forward of ``layer_idx`` (H2O-like retention)."""
-        self.retention.observe(self.layers[layer_idx], probs)
+        self.retention.observe(self.layers[layer_idx].view(), probs)
 
     # ------------------------------------------------------------------ compression (all layers at once)
     def _compress(self, n: int) -> None:
-        """Summarise the ``n`` oldest full raw chunks of every layer; the retention policy keeps or drops them."""
+        """Drop, or summarise, the ``n`` oldest full raw chunks of every layer; the retention policy says which
+        summaries stay and the cache applies it."""
         layers, c, s = self.layers, self.chunk, self.slots
         top = layers[0]  # every layer holds the same layout (same tokens, same counts)
         p, k, start = top.n_protected, top.n_summaries, top.raw_start
@@ -324,35 +320,33 @@ class ChunkedGatedCache(Cache):
         chunk_pos = torch.arange(first, first + n * c, device=top.device).view(n, c)  # [n, C]
         dev = top.device
         tail_pos = torch.arange(end, stored, device=dev)  # re-indexed: where the raw tail is rotated now
-        ids = torch.arange(top.n_chunks, top.n_chunks + n, device=top.device)  # [n]
+        first_id = top.n_chunks
+        ids = torch.arange(first_id, first_id + n, device=top.device)  # [n]
         for layer in layers:
             layer.n_chunks += n
-        if not self.retention.summarises:  # streaming: the chunks just leave
+        if not self.retention.spec.summarises:  # streaming: the chunks just leave
             for layer in layers:
                 layer.commit(torch.cat([layer.keys[:, :, :start], layer.keys[:, :, end:]], -2),
                              torch.cat([layer.values[:, :, :start], layer.values[:, :, end:]], -2))
                 if layer.reindexed:
                     self._move_to_slots(layer, torch.cat([torch.arange(start, device=dev), tail_pos]))
-            self.retention.after_drop(self, n)
             return
         seg_k = torch.stack([layer.keys[:, :, start:end] for layer in layers])  # [L, B, H, n*C, d]
         seg_v = torch.stack([layer.values[:, :, start:end] for layer in layers])
         sk, sv, sk_plain, sv_plain, rep = self.summarise(seg_k.flatten(0, 1), seg_v.flatten(0, 1), chunk_pos)
         shape = (len(layers), -1, *sk.shape[1:])  # [L, B, H, n, s, d]
         sk, sv, sk_plain, sv_plain = (t.view(shape) for t in (sk, sv, sk_plain, sv_plain))
-        util_new = self.retention.score_new(self, sk_plain, sv_plain, n)  # [L, n]
-        utility = torch.cat([torch.stack([layer.utility for layer in layers]), util_new], dim=1)  # [L, k+n]
-        keep = self.retention.select(self, utility)  # [L, k'] ascending per layer, or None = keep all
-        self.retention.after_select(self, keep, n)
+        closed = ClosedChunks(tuple(layer.view() for layer in layers), first_id, n, sk_plain, sv_plain)
+        keep = self.retention.on_chunks_closed(closed)  # [L, k'] ascending per layer, or None = keep all
         b, h, d, dv = seg_k.shape[1], seg_k.shape[2], seg_k.shape[-1], seg_v.shape[-1]
         for i, layer in enumerate(layers):
             k_all = torch.cat([layer.keys[:, :, p:start].reshape(b, h, k, s, d), sk[i]], dim=2)  # [B, H, k+n, s, d]
             v_all = torch.cat([layer.values[:, :, p:start].reshape(b, h, k, s, dv), sv[i]], dim=2)
-            u, pos, cid = utility[i], torch.cat([layer.summary_pos, rep]), torch.cat([layer.chunk_ids, ids])
+            pos, cid = torch.cat([layer.summary_pos, rep]), torch.cat([layer.chunk_ids, ids])  # [k+n]
             if keep is not None:
                 k_all, v_all = k_all.index_select(2, keep[i]), v_all.index_select(2, keep[i])
-                u, pos, cid = u[keep[i]], pos[keep[i]], cid[keep[i]]
-            layer.utility, layer.summary_pos, layer.chunk_ids = u, pos, cid
+                pos, cid = pos[keep[i]], cid[keep[i]]
+            layer.summary_pos, layer.chunk_ids = pos, cid
             layer.commit(torch.cat([layer.keys[:, :, :p], k_all.flatten(2, 3), layer.keys[:, :, end:]], dim=-2),
                          torch.cat([layer.values[:, :, :p], v_all.flatten(2, 3), layer.values[:, :, end:]], dim=-2))
             if layer.reindexed:

@@ -14,6 +14,9 @@ Cache layout per decoder layer, oldest to newest::
 * ``"mean"``: mean-pooled summaries without a gate; all kept, or the ``budget`` most recent ones.
 * ``"random"``: mean summaries, a seeded random one evicted when over ``budget``.
 * ``"h2o"``: mean summaries, the one that received the least attention evicted (H2O-like, arXiv 2306.14048).
+
+What each retention implies (summaries, budget, gate, attention) is stated once, in
+:data:`~vlaccel.techniques.kv_efficient.retentions.RETENTION_TABLE`; the checks below read it.
 """
 
 from __future__ import annotations
@@ -23,16 +26,15 @@ import math
 from typing import Any, ClassVar
 
 from vlaccel.config import TechniqueConfig
+from vlaccel.techniques.kv_efficient.retentions import RETENTION_TABLE, RetentionSpec
 
 __all__ = ["KVEfficientConfig", "RETENTIONS", "POSITIONS"]
 
-RETENTIONS = ("gated", "full", "streaming", "mean", "random", "h2o")
+RETENTIONS = tuple(RETENTION_TABLE)  # ("gated", "full", "streaming", "mean", "random", "h2o")
 POSITIONS = ("logical", "reindexed")
 #: why token pruning and the chunked cache are never on one model (declared on both configs)
 TOKEN_PRUNE_CONFLICT = ("token pruning stores fewer tokens per frame in later layers, but the chunked cache needs every "
                         "layer to store the same tokens")
-#: retention policies that store chunk summaries (and so re-rotate keys: they need a RoPE model)
-SUMMARISING = ("gated", "mean", "random", "h2o")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,21 +134,23 @@ class KVEfficientConfig(TechniqueConfig):
         self._check_retention_fields()
 
     def _check_retention_fields(self) -> None:
-        r = self.retention
-        if r == "gated":
+        """budget / threshold / gate against what the retention does (its row of the retention table)."""
+        r, spec = self.retention, self.retention_spec
+        gated = " or ".join(f"retention={name!r}" for name, s in RETENTION_TABLE.items() if s.needs_gate)
+        if spec.needs_gate:
             if (self.budget is None) == (self.threshold is None):
                 raise ValueError(
-                    "retention='gated' needs exactly one of budget=M (hard cap on retained summaries, the default "
+                    f"retention={r!r} needs exactly one of budget=M (hard cap on retained summaries, the default "
                     "for control) or threshold=tau (keep a chunk iff its gate utility g >= tau)"
                 )
         elif self.threshold is not None:
-            raise ValueError(f"threshold is only used by retention='gated', not {r!r}; use budget=M instead")
-        if r in ("random", "h2o") and self.budget is None:
+            raise ValueError(f"threshold is only used by {gated}, not {r!r}; use budget=M instead")
+        if spec.needs_budget and self.budget is None:
             raise ValueError(f"retention={r!r} evicts summaries only over a budget: pass budget=M (e.g. the gated run's)")
-        if r in ("full", "streaming") and self.budget is not None:
+        if not spec.summarises and self.budget is not None:
             raise ValueError(f"retention={r!r} keeps no summaries, so budget does not apply; leave it None")
-        if r != "gated" and self.gate is not None:
-            raise ValueError(f"gate=... is only used by retention='gated', not {r!r}")
+        if not spec.needs_gate and self.gate is not None:
+            raise ValueError(f"gate=... is only used by {gated}, not {r!r}")
 
     def required_capabilities(self) -> tuple[str, ...]:
         frames = self.window_frames is not None or self.sinks_frames is not None
@@ -163,14 +167,19 @@ class KVEfficientConfig(TechniqueConfig):
 
     # ------------------------------------------------------------------ derived
     @property
+    def retention_spec(self) -> RetentionSpec:
+        """The retention's row of the retention table."""
+        return RETENTION_TABLE[self.retention]
+
+    @property
     def summarises(self) -> bool:
         """True when chunks leaving the window become summaries (keys are de-/re-rotated: needs RoPE)."""
-        return self.retention in SUMMARISING
+        return self.retention_spec.summarises
 
     def weight_files(self, model: Any = None) -> list[str]:
         """The gate's weights file for ``retention="gated"`` (``gate=None``: the one stored with ``model``'s
         folder, else the shipped one)."""
-        if self.retention != "gated":
+        if not self.retention_spec.needs_gate:
             return []
         from vlaccel.techniques.kv_efficient.gate import gate_files, policy_gate_dir, shipped_gate_dir
 
@@ -179,9 +188,9 @@ class KVEfficientConfig(TechniqueConfig):
 
     def max_tokens(self, prefix: int, chunk: int) -> int | None:
         """Hard cap on stored tokens per layer (``P + M*s + C + W``), or ``None`` when unbounded."""
-        if self.retention == "full":
+        if not self.retention_spec.evicts:
             return None
-        if self.retention == "streaming":
+        if not self.retention_spec.summarises:
             return prefix + self.sinks + chunk + self.window
         if self.budget is None:
             return None
@@ -190,7 +199,7 @@ class KVEfficientConfig(TechniqueConfig):
     def is_neutral(self, model: Any, adapter: Any) -> bool:
         """Neutral when nothing can ever be evicted: ``retention="full"`` or a window covering every position
         the LM can address (``window >= max_position_embeddings``)."""
-        if self.retention == "full":
+        if not self.retention_spec.evicts:
             return True
         limit = getattr(adapter.lm_config(model), "max_position_embeddings", None)
         return limit is not None and self.window >= int(limit)

@@ -39,7 +39,7 @@ from torch import nn
 from vlaccel.errors import MissingInputError, UsageError
 
 __all__ = ["ChunkAggregator", "MeanAggregator", "LSTMGate", "KVGate", "load_gate", "save_gate", "gate_files",
-           "GateMismatchError", "GATE_WEIGHTS", "GATE_META", "POLICY_GATE_DIR", "policy_gate_dir", "shipped_gate_dir"]
+           "GateMismatchError", "GateFingerprintError", "GATE_WEIGHTS", "GATE_META", "POLICY_GATE_DIR", "policy_gate_dir", "shipped_gate_dir"]
 
 GATE_WEIGHTS, GATE_META = "gate.safetensors", "gate.json"
 PRIOR_OUTSIDE = -30.0  # logit prior for tokens outside a slot's segment: exp(-30) ~ 1e-13, i.e. not pooled
@@ -47,6 +47,10 @@ PRIOR_OUTSIDE = -30.0  # logit prior for tokens outside a slot's segment: exp(-3
 
 class GateMismatchError(UsageError):
     """A gate file does not fit the policy (trained for another policy, or other head sizes) or is malformed."""
+
+
+class GateFingerprintError(GateMismatchError):
+    """A well-formed gate trained for other weights than the policy's (its ``gate.json`` fingerprint differs)."""
 
 
 #: the fields of ``gate.json``'s ``sizes``: integer sizes, and the untrained gate's utility
@@ -65,9 +69,10 @@ POLICY/kv_gate``) is the one ``gate=None`` uses for that policy; the bundled pol
 
 
 def policy_gate_dir(model: Any) -> Path | None:
-    """``<folder>/kv_gate`` of a policy loaded from a folder that holds a gate there, else None."""
+    """``<folder>/kv_gate`` of a policy loaded from a folder that holds a gate there (either of its files: a gate
+    missing the other is refused when loaded, naming it), else None."""
     folder = getattr(model, "source_dir", None)
-    if folder is None or not (Path(folder) / POLICY_GATE_DIR / GATE_WEIGHTS).exists():
+    if folder is None or not any((Path(folder) / POLICY_GATE_DIR / f).exists() for f in (GATE_WEIGHTS, GATE_META)):
         return None
     return Path(folder) / POLICY_GATE_DIR
 
@@ -194,10 +199,15 @@ def load_gate(path: str | Path, fingerprint: str | None = None) -> KVGate:
         if not p.exists():
             raise MissingInputError(f"{p} not found: {path} is not a KV-Efficient gate (train one with "
                                     "`vlaccel train-kv-gate`)")
+        if not p.is_file():
+            raise GateMismatchError(f"{p} is a folder, not a file: {path} is not a KV-Efficient gate (train one with "
+                                    "`vlaccel train-kv-gate`)")
     meta = _read_meta(meta_path)
     sizes = _check_sizes(meta_path, meta.pop("sizes", None))
+    if "kv" in meta:
+        _check_kv(meta_path, meta["kv"])
     if fingerprint is not None and meta.get("fingerprint") != fingerprint:
-        raise GateMismatchError(
+        raise GateFingerprintError(
             f"the gate at {path} was trained for policy fingerprint {meta.get('fingerprint')!r}, but this policy's "
             f"fingerprint is {fingerprint!r}: a gate only fits the exact weights it was trained with. Train one for "
             "this policy (`vlaccel train-kv-gate --policy PATH`), or use a gate-free baseline "
@@ -214,8 +224,8 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
     """``gate.json`` as a dict, or a ``GateMismatchError`` naming the file."""
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise GateMismatchError(f"{meta_path} is not valid JSON ({err}); retrain the gate with "
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise GateMismatchError(f"{meta_path} is not valid JSON ({str(err).splitlines()[0]}); retrain the gate with "
                                 "`vlaccel train-kv-gate`") from None
     if not isinstance(meta, dict):
         raise GateMismatchError(f"{meta_path} must be a JSON object, got {type(meta).__name__}; retrain the gate "
@@ -240,8 +250,24 @@ def _check_sizes(meta_path: Path, sizes: Any) -> dict[str, Any]:
                                     f"{value!r}; retrain the gate with `vlaccel train-kv-gate`")
     utility = sizes.get("init_utility", 0.5)
     if isinstance(utility, bool) or not isinstance(utility, (int, float)) or not 0 < utility < 1:
-        raise GateMismatchError(f"{meta_path}: sizes.init_utility must be a number in (0, 1), got {utility!r}")
+        raise GateMismatchError(f"{meta_path}: sizes.init_utility must be a number in (0, 1), got {utility!r}; "
+                                "retrain the gate with `vlaccel train-kv-gate`")
     return dict(sizes)
+
+
+_KV_FIELDS = ("window", "chunk", "sinks", "summary_slots", "budget")
+
+
+def _check_kv(meta_path: Path, kv: Any) -> None:
+    """``gate.json``'s optional ``kv`` (the cache settings the gate was trained for): an object of integers."""
+    if not isinstance(kv, dict):
+        raise GateMismatchError(f"{meta_path}: 'kv' must be an object of the cache settings the gate was trained "
+                                f"for ({', '.join(_KV_FIELDS)}), got {kv!r}; retrain the gate with `vlaccel train-kv-gate`")
+    for name in _KV_FIELDS:
+        value = kv.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise GateMismatchError(f"{meta_path}: kv.{name} must be an integer >= 0, got {value!r}; retrain the "
+                                    "gate with `vlaccel train-kv-gate`")
 
 
 def _read_weights(weights: Path, gate: KVGate) -> dict[str, torch.Tensor]:
@@ -255,6 +281,7 @@ def _read_weights(weights: Path, gate: KVGate) -> dict[str, torch.Tensor]:
                                 f"{str(err).splitlines()[0] if str(err) else ''}); retrain the gate with "
                                 "`vlaccel train-kv-gate`") from None
     want = {name: tuple(t.shape) for name, t in gate.state_dict().items()}
+    floating = {name: t.is_floating_point() for name, t in gate.state_dict().items()}
     missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     if missing or unexpected:
         raise GateMismatchError(f"{weights} does not hold the tensors its gate.json sizes imply (missing: "
@@ -263,6 +290,9 @@ def _read_weights(weights: Path, gate: KVGate) -> dict[str, torch.Tensor]:
         if tuple(tensor.shape) != want[name]:
             raise GateMismatchError(f"{weights}: {name} is {list(tensor.shape)} but gate.json's sizes imply "
                                     f"{list(want[name])}; retrain the gate")
+        if tensor.is_floating_point() != floating[name]:
+            raise GateMismatchError(f"{weights}: {name} is stored as {tensor.dtype}, but a gate's weights are floating "
+                                    "point; retrain the gate with `vlaccel train-kv-gate`")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise GateMismatchError(f"{weights}: {name} has non-finite values (NaN or inf); the gate's training "
                                     "diverged: retrain it with `vlaccel train-kv-gate` (a lower --lr)")

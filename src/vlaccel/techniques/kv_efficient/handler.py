@@ -2,9 +2,10 @@
 
 ``apply`` installs a factory through the adapter (``set_cache_factory``), so every ``reset(instruction)``
 starts the episode on a fresh cache built from the *current* LM config (layer pruning applied before this
-just works) with the gate loaded once. ``remove`` puts the previous factory back. The H2O-like baseline also
-switches the LM to eager attention and adds a forward hook per attention module that hands the attention
-probabilities to the cache; both are undone on ``remove``.
+just works) with the gate loaded once. ``remove`` puts the previous factory back. A retention that reads
+attention (the H2O-like baseline, ``needs_attention`` in the retention table) also switches the LM to eager
+attention and adds a forward hook per attention module that hands the attention probabilities to the cache;
+both are undone on ``remove``.
 
 Token pruning (another technique that drops tokens inside the LM) makes layers store different tokens per
 frame; the cache needs them equal (chunks and the one shared attention mask), so the combination is refused:
@@ -65,19 +66,21 @@ class _CacheFactory:
 class KVEfficientHandler:
     def validate(self, model: Any, config: KVEfficientConfig, adapter: Any, pending: tuple = ()) -> KVGate | None:
         """Checks the model and the settings; returns the gate (loaded, its fingerprint checked on the model as
-        it is now) for ``retention="gated"``, else ``None``."""
+        it is now) for a retention that needs one (``retention="gated"``), else ``None``."""
         check_model(config, model, adapter)
         resolve_chunk(config, model, adapter)
-        if config.retention == "h2o" and not hasattr(adapter.decoder_owner(model), "set_attn_implementation"):
-            raise ValueError("retention='h2o' needs a transformers LM whose attention can be switched to 'eager'")
-        return resolve_gate(config, model, adapter) if config.retention == "gated" else None
+        spec = config.retention_spec
+        if spec.needs_attention and not hasattr(adapter.decoder_owner(model), "set_attn_implementation"):
+            raise ValueError(f"retention={config.retention!r} needs a transformers LM whose attention can be switched "
+                             "to 'eager'")
+        return resolve_gate(config, model, adapter) if spec.needs_gate else None
 
     def apply(self, model: Any, config: KVEfficientConfig, adapter: Any, prepared: KVGate | None) -> _Applied:
         factory = _CacheFactory(model, config, prepared)
         factory()  # fail now, not at the next reset, if the current model cannot hold this cache
         hooks: list[Any] = []
         lm = previous_impl = None
-        if config.retention == "h2o":
+        if config.retention_spec.needs_attention:
             lm = adapter.decoder_owner(model)
             previous_impl = lm.config._attn_implementation
             lm.set_attn_implementation("eager")

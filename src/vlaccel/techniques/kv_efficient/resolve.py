@@ -8,10 +8,14 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
+
+from vlaccel.errors import MissingInputError
 from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
 from vlaccel.techniques.kv_efficient.gate import (
     GATE_WEIGHTS,
     POLICY_GATE_DIR,
+    GateFingerprintError,
     KVGate,
     load_gate,
     policy_gate_dir,
@@ -48,37 +52,58 @@ def resolve_gate(config: KVEfficientConfig, model: Any, adapter: Any) -> KVGate:
     """Load ``config.gate`` (else the gate stored with the policy, else the shipped one) and check it fits ``model``
     (fingerprint and head sizes)."""
     from vlaccel.errors import UsageError
-    from vlaccel.weights import plain_fingerprint
+    from vlaccel.weights import plain_fingerprint, unrecoverable_techniques
 
-    try:
-        fp = plain_fingerprint(model)  # the gate belongs to the plain weights, also under bf16 or int8
-    except UsageError as err:
-        raise UsageError(f"a KV gate is matched to the plain policy's weights, and {err}; apply KVEfficientConfig in "
-                         "the same vlaccel.apply call as that technique, or before it") from None
+    blocking = unrecoverable_techniques(model)
+    if blocking:
+        names = ", ".join(blocking)
+        raise UsageError(f"a KV gate is matched to the plain policy's weights, and {names} (applied) changed them "
+                         f"and cannot give them back; apply KVEfficientConfig in the same vlaccel.apply call as "
+                         f"{names}, or before it")
+    fp = plain_fingerprint(model)  # the gate belongs to the plain weights, also under bf16 or int8
     folder = config.gate if config.gate is not None else policy_gate_dir(model)
-    if folder is not None:
-        gate = load_gate(folder, fingerprint=fp)
-    else:
-        shipped = shipped_gate_dir()
-        if not (shipped / GATE_WEIGHTS).exists():
-            raise FileNotFoundError(
+    shipped = folder is None
+    if shipped:
+        folder = shipped_gate_dir()
+        if not (folder / GATE_WEIGHTS).exists():
+            raise MissingInputError(
                 "retention='gated' with gate=None uses the gate shipped for the bundled reference policy, and this "
-                f"install has none ({shipped}). Train one with `vlaccel train-kv-gate --policy reference` and pass "
+                f"install has none ({folder}). Train one with `vlaccel train-kv-gate --policy reference` and pass "
                 "gate=PATH, or choose a gate-free baseline: retention='mean', 'streaming', 'random' or 'h2o'."
             )
-        try:
-            gate = load_gate(shipped, fingerprint=fp)
-        except ValueError as err:
-            raise ValueError(
-                f"no trained gate for this policy (fingerprint {fp}): the shipped gate belongs to the bundled "
-                f"reference policy. Train one with `vlaccel train-kv-gate --policy PATH --out PATH/{POLICY_GATE_DIR}` "
-                "(found there by gate=None), or pass gate=GATE_DIR, or choose "
-                "a gate-free baseline: retention='mean', 'streaming', 'random' or 'h2o'."
-            ) from err
+    try:
+        gate = load_gate(folder, fingerprint=fp)
+    except GateFingerprintError as err:  # a malformed gate file is refused by load_gate, naming the file
+        cast = _cast_hint(model)
+        if not shipped:
+            if cast:
+                raise GateFingerprintError(f"{err}{cast}") from None
+            raise
+        raise GateFingerprintError(
+            f"no trained gate for this policy (fingerprint {fp}): the shipped gate belongs to the bundled "
+            f"reference policy. Train one with `vlaccel train-kv-gate --policy PATH --out PATH/{POLICY_GATE_DIR}` "
+            "(found there by gate=None), or pass gate=GATE_DIR, or choose "
+            f"a gate-free baseline: retention='mean', 'streaming', 'random' or 'h2o'.{cast}"
+        ) from None
     head_dim, kv_heads = _head_sizes(adapter.lm_config(model))
     gate.check_fits(head_dim, kv_heads, config.summary_slots)
-    _warn_other_settings(gate, folder if folder is not None else shipped_gate_dir(), config, model, adapter)
+    _warn_other_settings(gate, folder, config, model, adapter)
     return gate
+
+
+def _cast_hint(model: Any) -> str:
+    """When every floating-point weight of the plain policy is in one dtype other than float32, what to do if it
+    was cast outside vlaccel after its gate was trained (a gate matches the exact weights, so a cast policy has
+    none); else ""."""
+    from vlaccel.weights import plain_state_dict
+
+    dtypes = {t.dtype for t in plain_state_dict(model).values() if t.is_floating_point()}
+    if len(dtypes) != 1 or torch.float32 in dtypes:
+        return ""
+    name = str(dtypes.pop()).removeprefix("torch.")
+    return (f" This policy's weights are {name}: if it was cast outside vlaccel (policy.to(torch.{name})) after its "
+            f"gate was trained on the float32 weights, keep it float32 and apply PrecisionConfig({name!r}) with "
+            "vlaccel.apply instead; the gate is then found (it is matched to the plain weights).")
 
 
 _WARNED: set[tuple[str, str]] = set()
