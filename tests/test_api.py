@@ -65,7 +65,7 @@ def test_apply_argument_errors(tiny_policy):
         vlaccel.apply(tiny_policy)
     with pytest.raises(TypeError, match="expected technique configs"):
         vlaccel.apply(tiny_policy, {"steps": 3})
-    with pytest.raises(RuntimeError, match="already applied"):
+    with pytest.raises(RuntimeError, match="DenoiseStepsConfig is given twice in this apply call"):
         vlaccel.apply(tiny_policy, DenoiseStepsConfig(steps=3), DenoiseStepsConfig(steps=4))
 
 
