@@ -70,7 +70,9 @@ MIN_SQNR_DB: dict[str, float | None] = {
     # engine switches: torch.compile's inductor reorders and fuses float32 reductions (rounding only; how much
     # depends on the CPU's vector width, so the bound sits far below the value, as in tests/techniques/test_compile.py)
     "reference-compile": 80,  # measured 122.0 (torch 2.13, CPU)
-    "reference-quantize_int8": 44,  # measured 47.8 (torchao 0.18, torch 2.13, CPU; int8 weights, per channel)
+    # int8 weights, per channel (torchao 0.18, torch 2.13, CPU): 33.7 on transformers 5.25's random init, 47.8 on
+    # 5.5.4's (the tiny model's weights differ by version); CI runs it on the newest stack, where torchao is installed
+    "reference-quantize_int8": 30,
     "paligemma-precision_bf16": 43,  # measured 46.4
     "llava-precision_bf16": 35,  # measured 38.5
     "smolvlm-precision_bf16": 40,  # measured 43.7
