@@ -74,6 +74,21 @@ def test_composes_with_hooks_and_precision(tiny_policy, frames):
     np.testing.assert_array_equal(compiled, eager)
 
 
+def test_a_graph_compiled_before_a_hook_was_added_is_not_reused(tiny_policy, frames):
+    """dynamo caches graphs per code object and by default does not guard on module hooks: the language model
+    compiled plainly, then compiled again with token selection's hooks on the same instance, must not run the
+    plain graph (it did: the token selection was silently skipped)."""
+    prune = TokenPruneConfig(keep_tokens=6, layer=1)
+    with vlaccel.applied(tiny_policy, prune):
+        eager = tiny_policy.predict_action(frames[0], INSTR)
+    with vlaccel.applied(tiny_policy, CompileConfig(backend="eager")):
+        plain = tiny_policy.predict_action(frames[0], INSTR)
+    assert not np.array_equal(plain, eager)
+    with vlaccel.applied(tiny_policy, prune, CompileConfig(backend="eager")):
+        compiled = tiny_policy.predict_action(frames[0], INSTR)
+    np.testing.assert_array_equal(compiled, eager)
+
+
 def test_applying_twice_is_refused(tiny_policy):
     with vlaccel.applied(tiny_policy, CompileConfig(backend="eager")):
         with pytest.raises(RuntimeError, match="already applied"):

@@ -100,7 +100,11 @@ class CompiledForward:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.compiled is None:
             self.compiled = torch.compile(self._target(), **self.options)
-        return self.compiled(*args, **kwargs)
+        # Graphs guard on the module hooks they traced (dynamo skips those guards by default), so a graph compiled
+        # before a technique added or removed a hook on this module (token selection, a head cache) is recompiled
+        # instead of running without it: dynamo caches graphs per code object, across applies.
+        with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+            return self.compiled(*args, **kwargs)
 
     def __deepcopy__(self, memo: dict) -> CompiledForward:
         return CompiledForward(copy.deepcopy(self.module, memo), copy.deepcopy(self.inner, memo), self.options,
