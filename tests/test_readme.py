@@ -18,7 +18,7 @@ def quick_start() -> str:
     return blocks[0]
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_quick_start_runs_verbatim_from_an_empty_directory(tmp_path):
     check = ("\nassert actions.shape == (16, 4), actions.shape\n"
              "assert handle.removed and vlaccel.applied_configs(policy) == []\n"

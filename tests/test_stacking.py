@@ -51,7 +51,7 @@ def test_gated_kv_and_head_cache_in_separate_calls_either_order(policy, first, s
     one.remove()
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_deep_copy_of_an_accelerated_bundled_policy(policy):
     frames = _frames(policy)
     base = policy.predict_action(frames[0], INSTRUCTION)

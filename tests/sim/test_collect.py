@@ -134,7 +134,7 @@ def test_collect_refuses_roll_in_settings_that_cannot_work(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_collect_with_a_saved_policy_rolling_in(tmp_path, tiny_policy):
     from vlaccel.models.io import save_policy
     from vlaccel.sim.collect import run_expert_episode

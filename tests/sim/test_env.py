@@ -149,7 +149,7 @@ def test_long_memory_task_is_named_and_scheduled_as_one():
     assert spec.cue.waypoint[2] - high[2] >= 0.15
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_long_memory_task_expert_solves_every_seed_in_100_plus_calls():
     with make_env(LONG) as env:
         lengths = []
@@ -182,7 +182,7 @@ def test_long_memory_task_shows_the_cue_only_in_its_window_and_walls_turn_at_go(
         assert np.array_equal(first, frames[0])
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_long_memory_task_needs_the_cue():
     """A policy that never saw the cue can only guess: going to the centre of the goal region after the go
     signal (the best blind guess) succeeds rarely, the expert always."""

@@ -161,7 +161,7 @@ def test_condition_identity_follows_a_gate_stored_with_the_policy(tmp_path, monk
     assert condition_identity("fp1", "kv-efficient", policy) != own
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_worker_exception_is_recorded_and_run_continues(tmp_path):
     out = tmp_path / "res.jsonl"
     summary = run_eval(
@@ -272,7 +272,7 @@ def test_evaluate_re_exports_what_its_parts_define():
     assert vlaccel.sim.rollout is episode.rollout  # the package's lazy name is still the function
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_history_rollout_records_kv_bytes_held_at_the_episode_end(tiny_policy):
     """The closed-loop table's KV column: what the cache holds when the episode ends (a bounded cache holds less)."""
     import vlaccel

@@ -60,7 +60,7 @@ def test_inductor_within_bound_in_single_calls_and_history(tiny_policy, frames):
     assert _sqnr(ref_episode, out_episode) >= MIN_INDUCTOR_SQNR_DB
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_composes_with_hooks_and_precision(tiny_policy, frames):
     """Token selection (hooks in the LM), the head cache (instance forwards in the DiT) and bf16 casts under a
     compiled forward give what they give eagerly."""

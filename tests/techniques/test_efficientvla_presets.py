@@ -125,7 +125,7 @@ def test_neutral_combination_is_bit_identical(tiny_policy, frames):
         np.testing.assert_array_equal(np.stack([tiny_policy.step(f) for f in frames[:3]]), base_hist)
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_full_combination_composes_and_removes_exactly(tiny_policy, frames):
     _calibrate(tiny_policy)
     run = lambda: np.stack([tiny_policy.predict_action(f, INSTRUCTION) for f in frames[:2]])  # noqa: E731

@@ -96,7 +96,7 @@ def test_only_the_kept_tasks_frames_count(tiny_policy, tmp_path):
                              batch).item() > 1e-4
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_steps_on_the_term_bring_the_sampled_actions_back_to_the_teachers(tiny_policy, tmp_path):
     batch = _batch(tiny_policy, tmp_path / "demos")
     tiny_policy.action_head.init_noise_scale = 0.0  # deterministic sampling from x_T = 0, as the bundled policy

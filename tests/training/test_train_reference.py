@@ -64,7 +64,7 @@ def test_batches_mask_padding_frames(tmp_path):
         assert n >= 1 and row[:n].all() and not row[n:].any()
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_train_learns_checkpoints_resumes_and_saves(tmp_path):
     make_demos(tmp_path / "demos", n=1, frames=4)
     cfg = TrainConfig(data=str(tmp_path / "demos"), run_dir=str(tmp_path / "run"), out=str(tmp_path / "policy"),
@@ -240,7 +240,7 @@ def test_batches_carry_each_frames_waypoints(tmp_path):
         np.testing.assert_array_equal(batch.waypoints[b, 0].numpy(), waypoint_targets(d.states, f))
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_waypoint_loss_is_logged_and_switchable(tmp_path):
     make_demos(tmp_path / "demos", n=1, frames=4)
     base = dict(data=str(tmp_path / "demos"), preset="tiny", batch_size=2, shift_pad=0, bf16=False, warmup=1,
@@ -275,7 +275,7 @@ def test_batches_carry_object_and_goal_relative_to_the_hand(tmp_path):
             np.testing.assert_array_equal(batch.scene[b, k].numpy(), scene_targets(d)[f])
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_object_loss_is_logged_switchable_and_needs_recorded_positions(tmp_path):
     make_demos(tmp_path / "demos", n=1, frames=4)
     make_demos(tmp_path / "old", n=1, frames=4, positions=False)
@@ -370,7 +370,7 @@ def test_layout_targets_are_episode_starts_standardized_within_each_task(tmp_pat
         np.testing.assert_array_equal(batch.scene[b, 0].numpy(), scene_targets(d, stats)[0])
 
 
-@pytest.mark.slow  # run by .ci/run (pytest -m slow), not by the default run
+@pytest.mark.slow
 def test_layout_scene_target_trains_and_bad_names_are_refused(tmp_path):
     make_demos(tmp_path / "demos", n=3, frames=4)
     base = {"preset": "tiny", "batch_size": 2, "shift_pad": 0, "bf16": False, "warmup": 1, "steps": 40, "lr": 1e-3,

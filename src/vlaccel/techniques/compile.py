@@ -6,7 +6,8 @@ the reference VLA ``vision``, ``language_model`` and ``action_head`` (its DiT, c
 for transformers models the whole ``model``. Each listed module's *instance* ``forward`` is replaced by a
 :class:`CompiledForward`, which compiles the forward the module had (its class's, or one a technique set on the
 instance) on first call. Module hooks (the precision casts, token selection, the head cache's step counter) stay
-outside or are traced by dynamo; ``remove()`` puts the previous forward back. Nothing in the state dict changes.
+outside or are traced by dynamo, whose graphs then guard on them (a graph compiled before a hook was added is
+recompiled, not reused); ``remove()`` puts the previous forward back. Nothing in the state dict changes.
 
 Composition. Techniques whose Python state changes from call to call inside a compiled region make dynamo guard
 on that state and recompile (the head cache's step index inside the DiT; a history episode's growing KV cache,
