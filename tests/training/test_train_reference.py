@@ -508,3 +508,31 @@ def test_contradictory_flags_are_refused_when_the_config_is_built():
         TrainConfig(experiment=TrainExperiment(scene_target="absolute"))
     with pytest.raises(UsageError, match="auxiliary loss weights must be >= 0"):
         TrainConfig(aux_visual_weight=-0.1)
+
+
+def test_a_resumed_run_with_another_recipe_is_refused_before_any_work(tmp_path, monkeypatch):
+    from vlaccel.errors import UsageError
+    from vlaccel.training import reference
+
+    make_demos(tmp_path / "demos", n=1, frames=4)
+    cfg = TrainConfig(data=str(tmp_path / "demos"), run_dir=str(tmp_path / "run"), out=str(tmp_path / "policy"),
+                      preset="tiny", steps=2, batch_size=1, lr=3e-3, warmup=1, checkpoint_every=1, shift_pad=0,
+                      bf16=False, tasks=["push-v3"])
+    train(cfg, log=lambda *_: None)
+    fields = _cfg_fields(cfg)
+    # how long, where and how fast this invocation runs are not the recipe: the same run goes on
+    reference.check_resumed_recipe(TrainConfig(**{**fields, "steps": 9, "minutes": 5.0, "threads": 1,
+                                                  "checkpoint_every": 3}))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("demos were loaded before the recipe was compared")
+
+    monkeypatch.setattr(reference, "_load_demos", no_work)
+    changed = TrainConfig(**{**fields, "lr": 1e-3, "seed": 1, "tasks": ["push-v3", "reach-v3"]})
+    with pytest.raises(UsageError, match=r"checkpoint.pt was trained with another recipe \(lr: 0.003 in the checkpoint, "
+                                         r"0.001 now; seed: 0 in the checkpoint, 1 now; tasks: \['push-v3'\] in the "
+                                         r"checkpoint, \['push-v3', 'reach-v3'\] now\); .*--run-dir NEW_FOLDER"):
+        train(changed, log=lambda *_: None)
+    experiment = TrainConfig(**{**fields, "experiment": TrainExperiment(distill_frames=3)})
+    with pytest.raises(UsageError, match=r"experiment.distill_frames: 16 in the checkpoint, 3 now"):
+        train(experiment, log=lambda *_: None)

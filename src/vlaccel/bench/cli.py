@@ -25,7 +25,7 @@ class BenchCommand:
     preset_model: Literal["tiny", "default"] | None = None
     """Benchmark a random-weight reference VLA of this size (None: the bundled reference policy if it exists, else a random 'default'-size one)."""
     model: str | None = None
-    """Benchmark a flow-matching VLA instead of the reference policy: a named random-weight model (pi0, pi0-small, pi0-tiny: transformers' PI0ForConditionalGeneration; lerobot-smolvla, lerobot-pi0, lerobot-pi05 at published size, each also as -tiny: LeRobot's policies, which need LeRobot installed), or a folder: a LeRobot policy folder (config.json + model.safetensors) or a transformers pi0 checkpoint. Per-part latency (vision / VLM prefix / expert steps), FLOPs, parameters, prefix-KV bytes, action SQNR."""
+    """Benchmark a flow-matching VLA instead of the reference policy: a named random-weight model (pi0, pi0-small, pi0-tiny: transformers' PI0ForConditionalGeneration; lerobot-smolvla, lerobot-pi0, lerobot-pi05 at published size, each also as -tiny (and pi0 / pi0.5 as -vocab1k: the published sizes with a 1,024-token vocabulary, the same compute in 3 GB less memory): LeRobot's policies, which need LeRobot installed), or a folder: a LeRobot policy folder (config.json + model.safetensors) or a transformers pi0 checkpoint. Per-part latency (vision / VLM prefix / expert steps), FLOPs, parameters, prefix-KV bytes, action SQNR."""
     preset: tuple[str, ...] | None = None
     """Presets to measure (None: every registered one; with --model: the EfficientVLA presets, head-cache and ddim5)."""
     combine: tuple[str, ...] = ()

@@ -67,12 +67,15 @@ TINY = Shapes(vocab=300, vlm_width=64, vlm_mlp=128, expert_width=32, expert_mlp=
 #: size -> (policy-config keyword arguments, shapes to shrink to or None for LeRobot's own)
 SIZES: dict[str, tuple[dict[str, Any], Shapes | None]] = {
     "full": ({}, None),
+    # the published widths and depths with a 1,024-token vocabulary: a chunk's compute is the same, 0.8 B parameters
+    # (3 GB in float32) fewer, so that a bench with compile fits a 24 GB machine
+    "full-vocab1k": ({}, Shapes(vocab=1024)),
     "tiny": ({"chunk_size": 8, "n_action_steps": 8, "max_state_dim": 8, "max_action_dim": 8,
               "image_resolution": (32, 32), "tokenizer_max_length": 12}, TINY),  # 16 tokens per camera
 }
-CAMERAS = {"full": 3, "tiny": 2}  # pi0's base + two wrist cameras; the tests use two
-PROMPT_TOKENS = {"full": 24, "tiny": 8}  # valid tokens of the right-padded prompt
-STATE_DIM = {"full": 8, "tiny": 6}  # the robot's state / action size before LeRobot pads it to max_*_dim
+CAMERAS = {"full": 3, "full-vocab1k": 3, "tiny": 2}  # pi0's base + two wrist cameras; the tests use two
+PROMPT_TOKENS = {"full": 24, "full-vocab1k": 24, "tiny": 8}  # valid tokens of the right-padded prompt
+STATE_DIM = {"full": 8, "full-vocab1k": 8, "tiny": 6}  # the robot's state / action size before LeRobot pads it
 
 
 @contextlib.contextmanager

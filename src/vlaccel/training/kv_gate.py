@@ -19,7 +19,12 @@ head's noise prediction under the student's condition is matched to the teacher'
 diffusion steps s, on x_s = the teacher's own action chunk (DDIM sample) noised to step s (CogACT's training
 objective with the teacher's actions as data). Cognition directions the head ignores then cost nothing.
 
-Only the aggregator and the gate learn; the policy stays frozen (the paper's "LoRA compensation" is not done).
+By default only the aggregator and the gate learn; the policy stays frozen. ``compensate`` (patterns over the
+policy's parameter names) also trains those parameters of the policy, with the cache in place (the paper trains
+the VLA with its module in place; it compensates with LoRA, we train the named parameters themselves): the
+teacher is then a frozen copy of the policy as it was given, so the loss above asks the policy to act, through
+its compressed history, as it acted with the full one. The gate belongs to the compensated weights (their
+fingerprint is the one recorded).
 Data: the simulator demos (``vlaccel.demo_files.load_demos``), whole-episode prefixes from frame 0 (memory tasks
 show the goal only in the first frames), or random frames for smoke tests.
 """
@@ -27,7 +32,9 @@ show the goal only in the first frames), or random frames for smoke tests.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import fnmatch
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -37,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlaccel.errors import UsageError
 from vlaccel.progress import progress_bar
 from vlaccel.techniques.kv_efficient.cache import ChunkedGatedCache
 from vlaccel.techniques.kv_efficient.config import KVEfficientConfig
@@ -45,7 +53,7 @@ from vlaccel.token_layout import TokenLayout
 from vlaccel.transformers_compat import forward_cache
 
 __all__ = ["GateTrainConfig", "Episode", "train_gate", "episodes_from_demos", "synthetic_episodes",
-           "soft_attention", "episode_loss", "action_distillation"]
+           "soft_attention", "episode_loss", "action_distillation", "compensated_parameters"]
 
 
 #: each numeric field's range: (low, high, kind), see ``vlaccel.config_cli.check_numbers``
@@ -56,6 +64,7 @@ GATE_TRAIN_RANGES = {
     "target_retention": (0, 1, "float"), "retention_weight": (0, None, "float"),
     "cognition_weight": (0, None, "float"), "action_weight": (0, None, "float"), "action_draws": (1, None, "int"),
     "agg_hidden": (1, None, "int"), "lstm_hidden": (1, None, "int"), "seed": (0, None, "int"),
+    "compensate_lr": (0, None, "float>"),
 }
 
 
@@ -99,6 +108,12 @@ class GateTrainConfig:
     """Hidden width of the LSTM gate."""
     seed: int = 0
     """Seed of the episode sampling, the initial weights and the random baseline."""
+    compensate: tuple[str, ...] = ()
+    """Policy parameters trained along with the gate (fnmatch patterns over its parameter names, e.g.
+    'language_model.layers.*.self_attn.*'), distilled from a frozen copy of the policy with the full history;
+    empty: the policy stays frozen."""
+    compensate_lr: float = 1e-5
+    """Adam learning rate of the compensated policy parameters."""
 
     def __post_init__(self) -> None:
         from vlaccel.config_cli import check
@@ -210,9 +225,12 @@ def student_cognition(policy: Any, cache: ChunkedGatedCache, instr: torch.Tensor
 
 
 def episode_loss(policy: Any, gate: KVGate, kv: KVEfficientConfig, chunk: int, ep: Episode, frames: int,
-                 cfg: GateTrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+                 cfg: GateTrainConfig, teacher: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss above on the first ``frames`` of ``ep``; ``teacher`` (default: ``policy`` itself) gives the
+    full-history targets."""
+    teacher = policy if teacher is None else teacher
     instr, obs = _observations(policy, ep, frames)
-    z_teacher = teacher_cognition(policy, instr, obs)  # [F, D]
+    z_teacher = teacher_cognition(teacher, instr, obs)  # [F, D]; the observation tokens are frozen (no gradient)
     cache = ChunkedGatedCache.for_model(policy, kv, gate=gate, chunk=chunk, soft=True)
     with soft_attention(policy):
         z_student = student_cognition(policy, cache, instr, obs)
@@ -221,7 +239,8 @@ def episode_loss(policy: Any, gate: KVGate, kv: KVEfficientConfig, chunk: int, e
     distill = cfg.cognition_weight * err.mean()
     stats = {"cognition": float(err.mean().detach())}
     if cfg.action_weight > 0:
-        action = action_distillation(policy.action_head, z_student, z_teacher, cfg.action_draws)
+        action = action_distillation(policy.action_head, z_student, z_teacher, cfg.action_draws,
+                                     teacher_head=teacher.action_head)
         distill = distill + cfg.action_weight * action
         stats["action"] = float(action.detach())
     stats["distill"] = float(distill.detach())
@@ -231,20 +250,49 @@ def episode_loss(policy: Any, gate: KVGate, kv: KVEfficientConfig, chunk: int, e
     return distill + cfg.retention_weight * reg, {**stats, "mean_g": float(g.detach().mean())}
 
 
-def action_distillation(head: Any, z_student: torch.Tensor, z_teacher: torch.Tensor, draws: int) -> torch.Tensor:
-    """Mean |eps(x_s, s, z_student) - eps(x_s, s, z_teacher)|^2 over frames and ``draws`` diffusion steps s.
+def action_distillation(head: Any, z_student: torch.Tensor, z_teacher: torch.Tensor, draws: int,
+                        teacher_head: Any = None) -> torch.Tensor:
+    """Mean |eps_S(x_s, s, z_student) - eps_T(x_s, s, z_teacher)|^2 over frames and ``draws`` diffusion steps s.
 
     z_*: [F, D]. x_s is the teacher's DDIM action chunk [F, chunk, A] noised to a uniformly drawn training
-    step s; gradients flow only through ``z_student``. Zero exactly when the two conditions agree.
+    step s; gradients flow only through the student's side (``z_student``, and ``head`` where it is trained).
+    ``teacher_head`` defaults to ``head``; the loss is then zero exactly when the two conditions agree.
     """
+    teacher_head = head if teacher_head is None else teacher_head
     with torch.no_grad():
-        actions = head.sample(z_teacher.float()).repeat(draws, 1, 1)  # [draws*F, chunk, A]
+        actions = teacher_head.sample(z_teacher.float()).repeat(draws, 1, 1)  # [draws*F, chunk, A]
         noise = torch.randn_like(actions)
         s = torch.randint(0, head.scheduler.config.num_train_timesteps, (actions.shape[0],), device=actions.device)
         x_s = head.scheduler.add_noise(actions, noise, s)
-        eps_teacher = head.dit(x_s, s, z_teacher.float().repeat(draws, 1))
+        eps_teacher = teacher_head.dit(x_s, s, z_teacher.float().repeat(draws, 1))
     eps_student = head.dit(x_s, s, z_student.float().repeat(draws, 1))
     return (eps_student - eps_teacher).pow(2).mean()
+
+
+def compensated_parameters(policy: Any, patterns: Sequence[str]) -> dict[str, torch.nn.Parameter]:
+    """The parameters of ``policy`` whose names match one of ``patterns`` (fnmatch), by name; a pattern that
+    matches none is refused (naming it)."""
+    named = dict(policy.named_parameters())
+    chosen: dict[str, torch.nn.Parameter] = {}
+    for pattern in patterns:
+        hits = {n: p for n, p in named.items() if fnmatch.fnmatchcase(n, pattern)}
+        if not hits:
+            layers = sorted({n.rsplit(".", 1)[0] for n in named if n.startswith("language_model.layers.0.")})
+            raise UsageError(f"--compensate {pattern!r} matches no parameter of {type(policy).__name__}; patterns "
+                             f"are fnmatch patterns over named_parameters(), e.g. 'language_model.layers.*.self_attn.*' "
+                             f"(layer 0 holds {', '.join(layers) or 'no language_model.layers'})")
+        chosen.update(hits)
+    return chosen
+
+
+def _check_gradients(compensated: dict[str, torch.nn.Parameter]) -> None:
+    """Refuse compensated parameters that the loss does not reach (the vision encoder and the embeddings give
+    frozen features here), rather than "training" them silently unchanged."""
+    idle = [n for n, p in compensated.items() if p.grad is None]
+    if idle:
+        raise UsageError(f"--compensate names {len(idle)} parameters the gate's loss does not reach, e.g. "
+                         f"{idle[:3]}: the observation tokens are computed without gradients here; compensate "
+                         f"the language model, the visual readout or the action head")
 
 
 def _first_summary_frame(cfg: GateTrainConfig, chunk: int, tokens_per_frame: int) -> int:
@@ -254,7 +302,8 @@ def _first_summary_frame(cfg: GateTrainConfig, chunk: int, tokens_per_frame: int
 
 def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, progress: bool = True,
                meta: dict[str, Any] | None = None) -> tuple[KVGate, dict[str, Any]]:
-    """Train a gate for ``policy`` (frozen) on ``episodes``; returns the gate (meta filled) and training stats."""
+    """Train a gate for ``policy`` on ``episodes``; returns the gate (meta filled) and training stats. The policy
+    stays frozen, except the parameters ``cfg.compensate`` names, which are trained in place."""
     from vlaccel.adapters import get_adapter
     from vlaccel.techniques.kv_efficient.resolve import resolve_chunk
     from vlaccel.weights import fingerprint
@@ -276,7 +325,8 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
     chunk = resolve_chunk(kv, policy, adapter)
     lm_cfg = adapter.lm_config(policy)
     head_dim = getattr(lm_cfg, "head_dim", None) or lm_cfg.hidden_size // lm_cfg.num_attention_heads
-    fp = fingerprint(policy)
+    compensated = compensated_parameters(policy, cfg.compensate)
+    teacher = copy.deepcopy(policy).eval().requires_grad_(False) if compensated else None
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(cfg.seed)
         gate = KVGate(head_dim, lm_cfg.num_key_value_heads, cfg.summary_slots, cfg.agg_hidden, cfg.lstm_hidden,
@@ -290,10 +340,15 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
                          f"the window ({cfg.window}) and a chunk ({chunk}); use a smaller --window or --sinks, or "
                          f"longer episodes")
     rng = np.random.default_rng(cfg.seed)
-    opt = torch.optim.Adam(gate.parameters(), lr=cfg.lr)
+    groups = [{"params": list(gate.parameters()), "lr": cfg.lr}]
+    if compensated:
+        groups.append({"params": list(compensated.values()), "lr": cfg.compensate_lr})
+    opt = torch.optim.Adam(groups)
     frozen = [(p, p.requires_grad) for p in policy.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
+    for p in compensated.values():
+        p.requires_grad_(True)
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     try:
@@ -301,10 +356,14 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
             for step in range(cfg.steps):
                 ep = usable[int(rng.integers(len(usable)))]
                 frames = int(rng.integers(min_frames, min(cfg.max_frames, len(ep.images)) + 1))
-                loss, stats = episode_loss(policy, gate, kv, chunk, ep, frames, cfg)
+                loss, stats = episode_loss(policy, gate, kv, chunk, ep, frames, cfg, teacher=teacher)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if step == 0:
+                    _check_gradients(compensated)
                 torch.nn.utils.clip_grad_norm_(gate.parameters(), 1.0)
+                if compensated:
+                    torch.nn.utils.clip_grad_norm_(list(compensated.values()), 1.0)
                 opt.step()
                 history.append({"step": step, "loss": float(loss.detach()), **stats})
                 parts = {k: stats[k] for k in ("cognition", "action") if k in stats}
@@ -324,7 +383,9 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
         "distill_last": float(np.mean([h["distill"] for h in history[-k:]])),
         "mean_g_last": float(np.nanmean([h["mean_g"] for h in history[-k:]])),
     }
-    gate.meta = {"fingerprint": fp, "kv": {"window": cfg.window, "chunk": chunk, "budget": cfg.budget,
+    if compensated:
+        stats_out["compensated_parameters"] = sum(p.numel() for p in compensated.values())
+    gate.meta = {"fingerprint": fingerprint(policy), "kv": {"window": cfg.window, "chunk": chunk, "budget": cfg.budget,
                                             "sinks": cfg.sinks, "summary_slots": cfg.summary_slots},
                  "train": {**dataclasses.asdict(cfg), **stats_out}, **(meta or {})}
     return gate.cpu(), stats_out

@@ -34,8 +34,11 @@ class GateCommand:
     """Demo folder from `vlaccel collect`."""
     synthetic: int | None = None
     """Train on this many random-frame episodes instead of demos (smoke tests only)."""
-    out: str = "runs/kv_gate"
-    """Output folder for gate.safetensors + gate.json."""
+    out: str | None = None
+    """Output folder for gate.safetensors + gate.json (None: runs/kv_gate; with --compensate: POLICY_OUT/kv_gate)."""
+    policy_out: str | None = None
+    """With --compensate: the folder the compensated policy is saved to (its gate goes into its kv_gate/, where
+    `vlaccel eval --policy POLICY_OUT --preset kv-efficient` finds it)."""
     holdout: float = 0.2
     """Fraction of each task's demos kept out of training (used with --eval-episodes)."""
     eval_episodes: int = 0
@@ -66,6 +69,24 @@ class GateCommand:
         bad = [b for b in self.eval_budgets or () if isinstance(b, bool) or not isinstance(b, int) or b < 1]
         if bad:
             raise UsageError(f"--eval-budgets must be integers >= 1, got {list(self.eval_budgets or ())}")
+        if self.train.compensate:
+            if self.policy_out is None:
+                raise UsageError("--compensate trains the policy too: pass --policy-out FOLDER for the compensated "
+                                 "policy (its gate is written into FOLDER/kv_gate)")
+            if self.out is not None:
+                raise UsageError("with --compensate the gate belongs to the compensated policy and is written into "
+                                 "--policy-out's kv_gate/; drop --out")
+            if self.eval_only:
+                raise UsageError("--eval-only compares a gate already trained; drop --compensate")
+        elif self.policy_out is not None:
+            raise UsageError("--policy-out is where --compensate saves the compensated policy; without "
+                             "--compensate the policy is not changed: drop --policy-out")
+
+    def gate_folder(self) -> str:
+        """Where the gate is written (or read, with --eval-only)."""
+        if self.policy_out is not None:
+            return str(Path(self.policy_out) / "kv_gate")
+        return self.out if self.out is not None else "runs/kv_gate"
 
 
 def parse_args(argv: list[str]) -> GateCommand:
@@ -101,6 +122,19 @@ def _spread(episodes, n: int):
     return [episodes[i] for i in idx]
 
 
+def _compensated_card(policy, args: GateCommand, stats: dict) -> dict:
+    """The source policy's model card, plus what the compensation changed and how."""
+    from vlaccel.models.io import read_card
+
+    source = getattr(policy, "source_dir", None)
+    card = read_card(source) if source is not None else {}
+    card["kv_compensation"] = {"from": str(args.policy), "parameters": list(args.train.compensate),
+                               "lr": args.train.compensate_lr, "steps": stats["steps"],
+                               "compensated_parameters": stats["compensated_parameters"],
+                               "gate": "kv_gate/ (use them together: the gate is matched to these weights)"}
+    return card
+
+
 def run(args: GateCommand) -> int:
     import torch
 
@@ -108,11 +142,15 @@ def run(args: GateCommand) -> int:
     from vlaccel import atomic
     from vlaccel.bench.kv_retention import compare_retentions, format_table, split_holdout
     from vlaccel.techniques.kv_efficient import KVEfficientConfig
-    from vlaccel.training.kv_gate import train_and_save
+    from vlaccel.techniques.kv_efficient.gate import save_gate
+    from vlaccel.training.kv_gate import train_and_save, train_gate
 
     cfg = args.train
-    if not args.eval_only:
-        atomic.check_writable(args.out, "--out", folder=True)
+    gate_folder = args.gate_folder()
+    if args.policy_out is not None:
+        atomic.check_writable(args.policy_out, "--policy-out", folder=True)
+    elif not args.eval_only:
+        atomic.check_writable(gate_folder, "--out", folder=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = vlaccel.load_policy(args.policy)
@@ -123,10 +161,16 @@ def run(args: GateCommand) -> int:
         train_eps, held = split_holdout(episodes, args.holdout if args.eval_episodes else 0.0)
     result: dict = {"data": source}
     if args.eval_only:
-        out = Path(args.out)
+        out = Path(gate_folder)
     else:
-        out, stats = train_and_save(policy, train_eps, cfg, args.out, progress=not args.json,
-                                    meta={"policy": str(args.policy), "data": source})
+        meta = {"policy": str(args.policy), "data": source}
+        if args.policy_out is not None:  # the compensated policy first, then its gate inside its folder
+            gate, stats = train_gate(policy, train_eps, cfg, progress=not args.json, meta=meta)
+            vlaccel.save_policy(policy, args.policy_out, card=_compensated_card(policy, args, stats))
+            out = save_gate(gate, gate_folder)
+            result["policy"] = str(args.policy_out)
+        else:
+            out, stats = train_and_save(policy, train_eps, cfg, gate_folder, progress=not args.json, meta=meta)
         result["training"] = stats
         if not args.json:
             print(f"gate written to {out}: {stats['steps']} steps in {stats['seconds']} s, distillation loss "

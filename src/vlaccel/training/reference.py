@@ -110,6 +110,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     check_writable(cfg.run_dir, "--run-dir", folder=True)
     check_writable(cfg.out_dir, "--out", folder=True)
+    check_resumed_recipe(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     demos, probs, layout = _load_demos(cfg)
@@ -256,6 +257,39 @@ def load_checkpoint(path: Path) -> dict:
     if missing:
         raise UsageError(f"{path} is not a train-reference checkpoint (no {', '.join(missing)}): {again}")
     return ckpt
+
+
+#: fields a resumed run may change: where files go, how long and how fast this invocation runs, and the schedule's
+#: length (a longer run continues the same recipe); every other field is the recipe the checkpoint was trained on
+RESUME_MAY_CHANGE = frozenset({"data", "run_dir", "out", "steps", "minutes", "threads", "checkpoint_every"})
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and key == "experiment":
+            flat.update(_flat(value, f"{key}."))
+        else:
+            flat[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def check_resumed_recipe(cfg: TrainConfig) -> None:
+    """Refuse, before anything is loaded, to resume a checkpoint in ``cfg.run_dir`` that was trained with another
+    recipe (learning rate, seed, task list, ...): the run would silently continue as a mix of both."""
+    path = Path(cfg.run_dir) / "checkpoint.pt"
+    if not path.exists():
+        return
+    recorded = load_checkpoint(path).get("train_config")
+    if not isinstance(recorded, dict):  # checkpoints written before the config was recorded: nothing to compare
+        return
+    now, then = _flat(dataclasses.asdict(cfg)), _flat(recorded)
+    changed = [k for k in sorted(set(now) | set(then))
+               if k not in RESUME_MAY_CHANGE and k in then and now.get(k) != then[k]]
+    if changed:
+        diffs = "; ".join(f"{k}: {then[k]!r} in the checkpoint, {now.get(k)!r} now" for k in changed)
+        raise UsageError(f"{path} was trained with another recipe ({diffs}); resume with the checkpoint's values, or "
+                         f"start a new run from its policy: --init {Path(cfg.out_dir)} --run-dir NEW_FOLDER")
 
 
 def _fit(cfg: TrainConfig, run: _Run, demos: list, probs: np.ndarray | None, layout: dict | None,
