@@ -38,6 +38,21 @@ def test_presets_size_the_published_models_without_allocating(model, keep_tokens
     assert any(c.startswith(f"TokenPruneConfig(keep_tokens={keep_tokens}") for c in row["resolves_to"]), row
 
 
+def test_the_vocab1k_pi05_has_the_published_compute_in_less_memory():
+    """lerobot-pi05-vocab1k: every tensor of the published model except the vocabulary's, on the meta device."""
+    import torch
+
+    from vlaccel.bench.flow_subjects import build_model
+
+    with torch.device("meta"):
+        full, small = build_model("lerobot-pi05"), build_model("lerobot-pi05-vocab1k")
+    full_shapes = {k: tuple(v.shape) for k, v in full.state_dict().items()}
+    small_shapes = {k: tuple(v.shape) for k, v in small.state_dict().items()}
+    differ = {k for k in full_shapes if full_shapes[k] != small_shapes.get(k)}
+    assert set(full_shapes) == set(small_shapes) and differ and all(257_152 in full_shapes[k] for k in differ)
+    assert all(1024 in small_shapes[k] for k in differ)
+
+
 def test_bench_takes_a_lerobot_policy_folder(policy_folder, tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--model", str(policy_folder), "--preset", "head-cache", "--repeats", "1", "--warmup", "0",
