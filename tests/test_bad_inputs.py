@@ -424,7 +424,11 @@ COMMAND_CASES = [
     (["train-kv-gate", "--threads", "0"], "--threads must be an integer >= 1, got 0"),
     (["train-kv-gate", "--lr", "0"], "--lr must be a number > 0, got 0.0"),
     (["train-kv-gate", "--budget", "0"], "--budget must be an integer >= 1, got 0"),
-    (["train-kv-gate", "--target-retention", "2"], "--target-retention must be a number >= 0 and <= 1, got 2.0"),
+    (["train-kv-gate", "--target-retention", "2"], "--target-retention must be a number > 0 and <= 1, got 2.0"),
+    # was a ValueError traceback after the policy and the demos were loaded
+    (["train-kv-gate", "--target-retention", "1"], "--target-retention must be a number > 0 and < 1, got 1.0"),
+    (["train-kv-gate", "--target-retention", "0"], "--target-retention must be a number > 0 and <= 1, got 0.0"),
+    (["train-kv-gate", "--cognition-weight", "0"], "--cognition-weight and --action-weight are both 0"),
     (["train-kv-gate", "--eval-budgets", "4", "0"], "--eval-budgets must be integers >= 1"),
     (["train-kv-gate", "--synthetic", "2", "--out", "{file}/gate"], "--out {file}/gate: {file} is a file"),
     (["train-kv-gate", "--compensate", "language_model.*"], "--compensate trains the policy too: pass --policy-out"),

@@ -61,7 +61,7 @@ GATE_TRAIN_RANGES = {
     "window": (1, None, "int"), "budget": (1, None, "int"), "sinks": (0, None, "int"), "chunk": (1, None, "int"),
     "summary_slots": (1, None, "int"), "max_frames": (1, None, "int"), "min_frames": (1, None, "int"),
     "steps": (1, None, "int"), "minutes": (0, None, "float>"), "lr": (0, None, "float>"),
-    "target_retention": (0, 1, "float"), "retention_weight": (0, None, "float"),
+    "target_retention": (0, 1, "float>"), "retention_weight": (0, None, "float"),
     "cognition_weight": (0, None, "float"), "action_weight": (0, None, "float"), "action_draws": (1, None, "int"),
     "agg_hidden": (1, None, "int"), "lstm_hidden": (1, None, "int"), "seed": (0, None, "int"),
     "compensate_lr": (0, None, "float>"),
@@ -125,6 +125,11 @@ class GateTrainConfig:
         from vlaccel.config_cli import check_numbers
 
         check_numbers(self, GATE_TRAIN_RANGES)
+        if not 0 < self.target_retention < 1:  # the gate starts at g = rho and its loss reads log g
+            raise UsageError(f"--target-retention must be a number > 0 and < 1, got {self.target_retention!r}")
+        if self.cognition_weight + self.action_weight == 0:
+            raise UsageError("--cognition-weight and --action-weight are both 0: the gate would learn nothing; "
+                             "set one of them above 0")
 
     def kv_config(self) -> KVEfficientConfig:
         return KVEfficientConfig(window=self.window, chunk=self.chunk, summary_slots=self.summary_slots,
