@@ -18,7 +18,13 @@ from vlaccel.testing import IDENTICAL, MIN_SQNR_DB, builtin_subjects, run_proper
 PAIRS = [(s, c) for s in builtin_subjects() for c in s.cases]
 
 
-@pytest.fixture(params=PAIRS, ids=[s.pair_id(c) for s, c in PAIRS])
+def _param(subject, case):
+    """A pair; the compiled ones are slow (inductor compiles each property's model afresh: 20 s a property)."""
+    slow = [pytest.mark.slow] if "compile" in subject.pair_id(case) else []
+    return pytest.param((subject, case), marks=slow, id=subject.pair_id(case))
+
+
+@pytest.fixture(params=[_param(s, c) for s, c in PAIRS])
 def pair(request):
     return request.param
 

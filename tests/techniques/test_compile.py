@@ -74,6 +74,7 @@ def test_composes_with_hooks_and_precision(tiny_policy, frames):
     np.testing.assert_array_equal(compiled, eager)
 
 
+@pytest.mark.slow
 def test_a_graph_compiled_before_a_hook_was_added_is_not_reused(tiny_policy, frames):
     """dynamo caches graphs per code object and by default does not guard on module hooks: the language model
     compiled plainly, then compiled again with token selection's hooks on the same instance, must not run the
