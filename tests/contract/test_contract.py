@@ -51,6 +51,7 @@ def test_lossy_setting_cuts_flops_and_stays_close(pair):
     _check("cuts_flops_and_stays_close", pair)
 
 
+@pytest.mark.slow
 def test_state_resets_per_episode(pair):
     _check("state_resets_per_episode", pair)
 
@@ -59,6 +60,7 @@ def test_config_round_trips(pair):
     _check("config_round_trips", pair)
 
 
+@pytest.mark.slow
 def test_deep_copy_is_independent(pair):
     _check("deep_copy_is_independent", pair)
 
