@@ -4,6 +4,7 @@ LeRobot policy folder as LeRobot saves it, and the named published-size LeRobot 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -51,6 +52,11 @@ def test_the_vocab1k_pi05_has_the_published_compute_in_less_memory():
     differ = {k for k in full_shapes if full_shapes[k] != small_shapes.get(k)}
     assert set(full_shapes) == set(small_shapes) and differ and all(257_152 in full_shapes[k] for k in differ)
     assert all(1024 in small_shapes[k] for k in differ)
+    # the counts docs/lerobot.md gives: the VLM's embeddings and lm_head (untied) and the expert's lm_head
+    vocabulary = sum(math.prod(full_shapes[k]) for k in differ)
+    assert vocabulary == 257_152 * (2048 + 2048 + 1024)
+    total = sum(p.numel() for p in full.parameters())
+    assert round(total / 1e9, 2) == 4.14 and round((total - vocabulary) / 1e9, 2) == 2.83
 
 
 def test_bench_takes_a_lerobot_policy_folder(policy_folder, tmp_path):

@@ -6,9 +6,10 @@ Checked on LeRobot 0.6.1 (:data:`LEROBOT_CHECKED`). The policies are built throu
 Sizes:
 
 * ``full``: the published shapes, PaliGemma (SigLIP So400m/14 at 224 px, 256 tokens per camera; Gemma 2B, 18
-  layers) with the Gemma 300M action expert (18 layers), 3.5 B parameters (the 257,152-token vocabulary included),
-  50-action chunks, 10 flow steps. About 14 GB in float32, 0.8 B parameters of it the vocabulary (the VLM's
-  embeddings and two ``lm_head``s inference never calls: ``vocab=`` cuts it); minutes to build on a 2-core CPU.
+  layers) with the Gemma 300M action expert (18 layers), 50-action chunks, 10 flow steps. 4.14 B parameters as
+  LeRobot 0.6.1 builds it (17 GB in float32), 1.32 B of them the 257,152-token vocabulary: the VLM's embeddings
+  (0.53 B), its ``lm_head`` (0.53 B, not tied to the embeddings in this build) and the expert's ``lm_head``
+  (0.26 B); inference never calls the two heads, and ``vocab=`` cuts all three. Minutes to build on a 2-core CPU.
 * ``tiny``: the test suite's, about 0.3 M parameters, a few seconds to build. LeRobot hard-codes the shapes
   (``get_gemma_config`` knows only ``gemma_2b`` / ``gemma_300m``; ``PaliGemmaWithExpertModel.__init__`` sets the
   257,152 vocabulary and the SigLIP widths right before it instantiates ``PaliGemmaForConditionalGenerationWithPiGemma``
@@ -67,8 +68,8 @@ TINY = Shapes(vocab=300, vlm_width=64, vlm_mlp=128, expert_width=32, expert_mlp=
 #: size -> (policy-config keyword arguments, shapes to shrink to or None for LeRobot's own)
 SIZES: dict[str, tuple[dict[str, Any], Shapes | None]] = {
     "full": ({}, None),
-    # the published widths and depths with a 1,024-token vocabulary: a chunk's compute is the same, 0.8 B parameters
-    # (3 GB in float32) fewer, so that a bench with compile fits a 24 GB machine
+    # the published widths and depths with a 1,024-token vocabulary: a chunk's compute is the same, 1.31 B parameters
+    # (5 GB in float32) fewer (2.83 B in all), so that a bench with compile fits a 24 GB machine
     "full-vocab1k": ({}, Shapes(vocab=1024)),
     "tiny": ({"chunk_size": 8, "n_action_steps": 8, "max_state_dim": 8, "max_action_dim": 8,
               "image_resolution": (32, 32), "tokenizer_max_length": 12}, TINY),  # 16 tokens per camera
@@ -143,7 +144,7 @@ def build_lerobot_pi(kind: str = "pi0", size: str = "tiny", seed: int = 0, camer
                      vocab: int | None = None, **config_kwargs: Any) -> Any:
     """A random-weight LeRobot ``PI0Policy`` (``kind="pi0"``) or ``PI05Policy`` (``"pi05"``) of ``size`` (a key of
     :data:`SIZES`), float32, on the CPU, in eval mode; ``cameras`` image inputs (default :data:`CAMERAS`).
-    ``vocab`` replaces the vocabulary size (``full``: 257,152, 0.8 B parameters in the VLM's embeddings and the two
+    ``vocab`` replaces the vocabulary size (``full``: 257,152, 1.32 B parameters in the VLM's embeddings and the two
     unused ``lm_head``s; a bench on a machine short of memory can cut it, a chunk's compute is the same).
     ``config_kwargs`` go to the policy config (e.g. ``num_inference_steps``)."""
     from lerobot.policies.factory import get_policy_class, make_policy_config
