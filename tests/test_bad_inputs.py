@@ -448,6 +448,8 @@ COMMAND_CASES = [
     (["eval", "--episodes", "1", "--out", "{file}/r.jsonl"], "--out {file}/r.jsonl: {file} is a file"),
     (["eval", "--episodes", "1", "--out", "{tmp}/r.jsonl", "--video", "{file}/gifs"],
      "--video {file}/gifs: {file} is a file"),
+    (["eval", "--against", "{tmp}/old.jsonl"], "--against {tmp}/old.jsonl: no such results file"),
+    (["eval", "--against", "{file}"], "--against {file}: holds no episode record"),
 ]
 
 

@@ -234,6 +234,34 @@ def test_summary_compares_every_pair_of_presets_and_reports_kv_at_the_end(tmp_pa
     assert render_pairwise(s).row_count == 1 and render_table(s).row_count == 6
 
 
+def test_two_policies_results_files_are_compared_pair_by_pair(tmp_path):
+    """--against: a fine-tune against the policy it came from, per condition and task, on the seeds both ran."""
+    from vlaccel.sim.results import compare_files, render_comparison
+
+    def write(path, policy, wins, seeds):
+        recs = [{"task": task, "seed": seed, "preset": preset, "history": True, "policy": policy,
+                 "success": seed in won, "steps": 40, "policy_calls": 10, "error": None}
+                for (task, preset), won in wins.items() for seed in seeds]
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    write(old, "v1", {("push-v3", "none"): range(0, 5), ("push-v3", "kv-efficient"): range(0, 4),
+                      ("reach-v3", "none"): range(0, 10)}, range(10))
+    # seeds 10-11 only in the new file, and a preset only in the new file: neither is paired
+    write(new, "v2", {("push-v3", "none"): range(2, 10), ("push-v3", "kv-efficient"): range(0, 4),
+                      ("reach-v3", "none"): range(0, 9), ("push-v3", "fast"): range(12)}, range(12))
+    c = compare_files(new, old)
+    assert c["policies"] == {"new": ["v2"], "old": ["v1"]} and set(c["conditions"]) == {"none+hist", "kv-efficient+hist"}
+    push = c["conditions"]["none+hist"]["per_task"]["push-v3"]
+    assert (push["n_pairs"], push["both"], push["only_new"], push["only_baseline"]) == (10, 3, 5, 2)
+    assert push["mcnemar_p"] == pytest.approx(2 * (1 + 7 + 21) / 2**7)  # 5 vs 2 discordant pairs
+    pooled = c["conditions"]["none+hist"]["all"]
+    assert (pooled["n_pairs"], pooled["only_new"], pooled["only_baseline"]) == (20, 5, 3)
+    same = c["conditions"]["kv-efficient+hist"]["all"]
+    assert same["delta"] == 0 and same["mcnemar_p"] == 1.0
+    assert render_comparison(c).row_count == 3 + 2  # none: 2 tasks + all; kv-efficient: 1 task + all
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not __import__("os").environ.get("VLACCEL_RAY_TESTS"), reason="set VLACCEL_RAY_TESTS=1 (~30 s)"

@@ -113,15 +113,31 @@ class EvalCommand:
     """First evaluation seed."""
     action_repeat: int = 4
     """Actions executed per policy call."""
+    against: Annotated[str | None, tyro.conf.arg(metavar="RESULTS.jsonl")] = None
+    """Also compare with another policy's results file (e.g. the policy this one was fine-tuned from, run with the same --seed): paired success differences per condition and task on the seeds both files hold."""
 
     def __post_init__(self) -> None:
         self.preset = joined_names(self.preset)
         check(self)
 
     def validate(self) -> None:
-        """Refuse numbers out of range (``UsageError`` naming the flag) before any work."""
+        """Refuse numbers out of range (``UsageError`` naming the flag) and an --against file that is missing or
+        holds no episode, before any work."""
         check_numbers(self, {"episodes": (1, None, "int"), "workers": (0, None, "int"), "seed": (0, None, "int"),
                              "action_repeat": (1, None, "int")})
+        if self.against is not None:
+            from pathlib import Path
+
+            from vlaccel.sim.episode_store import load_records
+
+            if not Path(self.against).is_file():
+                raise UsageError(f"--against {self.against}: no such results file; pass the .jsonl file another "
+                                 "`vlaccel eval --out` wrote")
+            if not load_records(self.against):
+                raise UsageError(f"--against {self.against}: holds no episode record; pass the .jsonl file "
+                                 "another `vlaccel eval --out` wrote")
+            if Path(self.against).resolve() == Path(self.out).resolve():
+                raise UsageError(f"--against {self.against} is --out itself; pass the other policy's results file")
 
 
 def _description(config_type: type) -> str:
@@ -201,6 +217,14 @@ def run_eval(args: EvalCommand) -> int:
     pairwise = render_pairwise(summary)
     if pairwise is not None:
         console.print(pairwise)
+    if args.against is not None:
+        from vlaccel.sim.results import compare_files, render_comparison
+
+        summary["against"] = compare_files(args.out, args.against)
+        if summary["against"]["conditions"]:
+            console.print(render_comparison(summary["against"]))
+        else:
+            console.print(f"--against {args.against}: no condition (preset and history mode) in common with this run")
     if summary["errors"]:
         console.print(
             f"[red]{summary['errors']} episodes raised[/red] (counted as failures; see 'error' in {args.out})"

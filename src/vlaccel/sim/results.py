@@ -59,12 +59,9 @@ def _paired(new: dict[str, list[dict]], base: dict[str, list[dict]], tasks: list
     return {"per_task": per_task, "all": paired_difference(all_pairs)}
 
 
-def summarize(jsonl_path: str | Path) -> dict:
-    """Per task and condition: success rate with Wilson 95 % CI, errors, mean latency per policy call;
-    the pooled average over tasks; and each preset's paired success difference vs. the baseline
-    (same task, seed and history mode) with Newcombe's paired 95 % CI and McNemar's exact p; and, under
-    "pairwise", the same pooled comparison for every other pair of presets in one history mode."""
-    records = load_records(jsonl_path)
+def _by_condition(records: list[dict]) -> tuple[dict[str, dict[str, list[dict]]], dict[str, tuple[str, bool]],
+                                                list[str]]:
+    """Records grouped by condition and task, each condition's (preset, history), and the tasks in file order."""
     by_cond: dict[str, dict[str, list[dict]]] = {}
     cond_key: dict[str, tuple[str, bool]] = {}
     tasks: list[str] = []
@@ -74,6 +71,31 @@ def summarize(jsonl_path: str | Path) -> dict:
         by_cond.setdefault(c, {}).setdefault(r["task"], []).append(r)
         if r["task"] not in tasks:
             tasks.append(r["task"])
+    return by_cond, cond_key, tasks
+
+
+def compare_files(new_path: str | Path, old_path: str | Path) -> dict:
+    """Two policies on the same seeds (e.g. a fine-tune and the policy it started from, each with its own results
+    file): for every condition both files hold, the paired success difference new - old per task and pooled,
+    on the (task, seed) pairs both ran, with Newcombe's paired 95 % CI and McNemar's exact p."""
+    new, _, tasks = _by_condition(load_records(new_path))
+    old, _, old_tasks = _by_condition(load_records(old_path))
+    tasks = [t for t in tasks if t in old_tasks]
+    return {"new": str(new_path), "old": str(old_path),
+            "policies": {"new": sorted({r.get("policy", "?") for recs in new.values() for rs in recs.values()
+                                        for r in rs}),
+                         "old": sorted({r.get("policy", "?") for recs in old.values() for rs in recs.values()
+                                        for r in rs})},
+            "conditions": {c: _paired(new[c], old[c], tasks) for c in new if c in old}}
+
+
+def summarize(jsonl_path: str | Path) -> dict:
+    """Per task and condition: success rate with Wilson 95 % CI, errors, mean latency per policy call;
+    the pooled average over tasks; and each preset's paired success difference vs. the baseline
+    (same task, seed and history mode) with Newcombe's paired 95 % CI and McNemar's exact p; and, under
+    "pairwise", the same pooled comparison for every other pair of presets in one history mode."""
+    records = load_records(jsonl_path)
+    by_cond, cond_key, tasks = _by_condition(records)
     # baseline conditions first, then presets in first-seen order
     conds = sorted(by_cond, key=lambda c: (cond_key[c][1], cond_key[c][0] != BASELINE))
     summary: dict[str, Any] = {
@@ -173,4 +195,23 @@ def render_pairwise(summary: dict) -> Any:
     for name, p in summary["pairwise"].items():
         table.add_row(name, f"{100 * p['delta']:+.0f} pp [{100 * p['ci95'][0]:+.0f}, {100 * p['ci95'][1]:+.0f}]",
                       f"{p['only_new']} / {p['only_baseline']}", f"{p['mcnemar_p']:.2g}", str(p["n_pairs"]))
+    return table
+
+
+def render_comparison(comparison: dict) -> Any:
+    """A rich Table of :func:`compare_files`: per condition and task, new - old on the same seeds."""
+    from rich.table import Table
+
+    names = f"{', '.join(comparison['policies']['new'])} vs {', '.join(comparison['policies']['old'])}"
+    table = Table(title=f"paired against {comparison['old']} ({names})")
+    for col in ("condition", "task", "new / old successes", "Δ [95% CI]", "only new / only old", "McNemar p"):
+        table.add_column(col, justify="left" if col in ("condition", "task") else "right", no_wrap=True)
+    for cond, paired in comparison["conditions"].items():
+        rows = [*paired["per_task"].items(), ("all", paired["all"])]
+        for j, (task, p) in enumerate(rows):
+            table.add_row(cond if j == 0 else "", task,
+                          f"{p['both'] + p['only_new']} / {p['both'] + p['only_baseline']} of {p['n_pairs']}",
+                          f"{100 * p['delta']:+.0f} pp [{100 * p['ci95'][0]:+.0f}, {100 * p['ci95'][1]:+.0f}]",
+                          f"{p['only_new']} / {p['only_baseline']}", f"{p['mcnemar_p']:.2g}",
+                          end_section=j == len(rows) - 1)
     return table
