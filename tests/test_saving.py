@@ -222,6 +222,19 @@ def test_an_interrupted_atomic_write_leaves_the_previous_file(tmp_path):
     assert target.read_text() == '{"a": 1}\n' and oct(target.stat().st_mode & 0o777) != oct(0o600)
 
 
+def test_a_folder_written_into_an_existing_one_replaces_its_sub_folders_whole(tmp_path):
+    """A compensated policy rewritten in place: its kv_gate/ is the new gate's, no file of the old one is left."""
+    target = tmp_path / "policy"
+    (target / "kv_gate").mkdir(parents=True)
+    (target / "kv_gate" / "old_only.json").write_text("{}")
+    (target / "calibration.npz").write_bytes(b"kept")
+    with atomic.folder(target) as tmp:
+        (tmp / "kv_gate").mkdir()
+        (tmp / "kv_gate" / "gate.json").write_text('{"new": 1}')
+    assert sorted(p.name for p in (target / "kv_gate").iterdir()) == ["gate.json"]
+    assert (target / "calibration.npz").read_bytes() == b"kept" and sorted(os.listdir(tmp_path)) == ["policy"]
+
+
 def test_a_symbolic_link_is_written_through_not_replaced(tmp_path):
     """``--json /dev/stdout`` is a link to the process's output: replacing the link would break it."""
     target = tmp_path / "real.json"

@@ -79,8 +79,9 @@ def folder(path: str | Path) -> Iterator[Path]:
     """Yield a temp folder next to ``path`` to write files into; on success they land in ``path``.
 
     A new ``path`` appears in one rename, with every file. Into an existing folder each file is moved with
-    ``os.replace`` (each one whole; other files there, e.g. companion files, are kept). On an error the temp
-    folder is deleted and ``path`` is left as it was (not created, if it did not exist).
+    ``os.replace`` (each one whole; other files there, e.g. companion files, are kept); a sub-folder replaces the
+    one of its name whole (the old one is renamed aside, the new one renamed in, the old one deleted). On an error
+    the temp folder is deleted and ``path`` is left as it was (not created, if it did not exist).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -96,13 +97,24 @@ def folder(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
         else:
             for entry in sorted(tmp.iterdir()):
-                os.replace(entry, path / entry.name)
+                _move_into(entry, path / entry.name)
             tmp.rmdir()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync(path)
     _fsync(path.parent)
+
+
+def _move_into(entry: Path, target: Path) -> None:
+    """``os.replace(entry, target)``, also where both are folders (``os.replace`` refuses a non-empty one)."""
+    if entry.is_dir() and target.is_dir() and not target.is_symlink():
+        aside = _temp_name(target)
+        os.replace(target, aside)
+        os.replace(entry, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(entry, target)
 
 
 def check_writable(path: str | Path, what: str, folder: bool = False) -> Path:

@@ -164,10 +164,12 @@ def run(args: GateCommand) -> int:
         out = Path(gate_folder)
     else:
         meta = {"policy": str(args.policy), "data": source}
-        if args.policy_out is not None:  # the compensated policy first, then its gate inside its folder
+        if args.policy_out is not None:  # the compensated policy and its gate in one folder, written together
             gate, stats = train_gate(policy, train_eps, cfg, progress=not args.json, meta=meta)
-            vlaccel.save_policy(policy, args.policy_out, card=_compensated_card(policy, args, stats))
-            out = save_gate(gate, gate_folder)
+            with atomic.folder(args.policy_out) as tmp:
+                vlaccel.save_policy(policy, tmp, card=_compensated_card(policy, args, stats))
+                save_gate(gate, tmp / "kv_gate")
+            out = Path(gate_folder)
             result["policy"] = str(args.policy_out)
         else:
             out, stats = train_and_save(policy, train_eps, cfg, gate_folder, progress=not args.json, meta=meta)

@@ -81,3 +81,28 @@ def test_train_kv_gate_compensate_writes_the_policy_with_its_gate(tmp_path, tiny
         for frame in np.zeros((4, size, size, 3), np.uint8):
             assert np.isfinite(policy.step(frame)).all()
         assert policy.cache.gate.fingerprint == meta["fingerprint"]
+
+
+def test_a_failure_while_writing_the_gate_leaves_no_compensated_policy(tmp_path, tiny_policy, monkeypatch):
+    """The policy and its gate land together: a policy folder without the gate matched to its weights would be
+    refused by ``gate=None`` later; the earlier code wrote the policy first and then the gate."""
+    from vlaccel.cli import main
+
+    source = vlaccel.save_policy(tiny_policy, tmp_path / "policy")
+    argv = ["train-kv-gate", "--policy", str(source), "--synthetic", "2", "--steps", "1", "--window", "18",
+            "--budget", "1", "--sinks", "18", "--max-frames", "6", "--compensate", O_PROJ, "--json"]
+
+    def disk_full(gate, folder):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("vlaccel.techniques.kv_efficient.gate.save_gate", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        main([*argv, "--policy-out", str(tmp_path / "new")])
+    assert not (tmp_path / "new").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
+    previous = tmp_path / "previous"  # an earlier compensation's folder is left as it was
+    previous.mkdir()
+    (previous / "model.safetensors").write_bytes(b"earlier weights")
+    with pytest.raises(OSError, match="No space left"):
+        main([*argv, "--policy-out", str(previous)])
+    assert [p.name for p in previous.iterdir()] == ["model.safetensors"]
+    assert (previous / "model.safetensors").read_bytes() == b"earlier weights"
