@@ -251,15 +251,22 @@ def test_two_policies_results_files_are_compared_pair_by_pair(tmp_path):
     write(new, "v2", {("push-v3", "none"): range(2, 10), ("push-v3", "kv-efficient"): range(0, 4),
                       ("reach-v3", "none"): range(0, 9), ("push-v3", "fast"): range(12)}, range(12))
     c = compare_files(new, old)
-    assert c["policies"] == {"new": ["v2"], "old": ["v1"]} and set(c["conditions"]) == {"none+hist", "kv-efficient+hist"}
-    push = c["conditions"]["none+hist"]["per_task"]["push-v3"]
+    assert c["policies"] == {"new": ["v2"], "old": ["v1"]}
+    # each condition against itself there, each preset against the old baseline (the old policy as it ran plain)
+    assert list(c["pairs"]) == ["none+hist vs none+hist", "kv-efficient+hist vs kv-efficient+hist",
+                                "kv-efficient+hist vs none+hist", "fast+hist vs none+hist"]
+    push = c["pairs"]["none+hist vs none+hist"]["per_task"]["push-v3"]
     assert (push["n_pairs"], push["both"], push["only_new"], push["only_baseline"]) == (10, 3, 5, 2)
     assert push["mcnemar_p"] == pytest.approx(2 * (1 + 7 + 21) / 2**7)  # 5 vs 2 discordant pairs
-    pooled = c["conditions"]["none+hist"]["all"]
+    pooled = c["pairs"]["none+hist vs none+hist"]["all"]
     assert (pooled["n_pairs"], pooled["only_new"], pooled["only_baseline"]) == (20, 5, 3)
-    same = c["conditions"]["kv-efficient+hist"]["all"]
+    same = c["pairs"]["kv-efficient+hist vs kv-efficient+hist"]["all"]
     assert same["delta"] == 0 and same["mcnemar_p"] == 1.0
-    assert render_comparison(c).row_count == 3 + 2  # none: 2 tasks + all; kv-efficient: 1 task + all
+    against_plain = c["pairs"]["kv-efficient+hist vs none+hist"]["per_task"]["push-v3"]  # seeds 0-3 vs 0-4
+    assert (against_plain["both"], against_plain["only_new"], against_plain["only_baseline"]) == (4, 0, 1)
+    fast = c["pairs"]["fast+hist vs none+hist"]["all"]  # seeds 10-11 are in the new file only: not paired
+    assert fast["n_pairs"] == 10 and fast["only_new"] == 5
+    assert render_comparison(c).row_count == 3 + 2 + 2 + 2
 
 
 @pytest.mark.slow

@@ -114,7 +114,7 @@ class EvalCommand:
     action_repeat: int = 4
     """Actions executed per policy call."""
     against: Annotated[str | None, tyro.conf.arg(metavar="RESULTS.jsonl")] = None
-    """Also compare with another policy's results file (e.g. the policy this one was fine-tuned from, run with the same --seed): paired success differences per condition and task on the seeds both files hold."""
+    """Also compare with another policy's results file (e.g. the policy this one was fine-tuned from, run with the same --seed): paired success differences per task on the seeds both files hold, each condition against the same one there and each preset against its baseline there."""
 
     def __post_init__(self) -> None:
         self.preset = joined_names(self.preset)
@@ -221,7 +221,7 @@ def run_eval(args: EvalCommand) -> int:
         from vlaccel.sim.results import compare_files, render_comparison
 
         summary["against"] = compare_files(args.out, args.against)
-        if summary["against"]["conditions"]:
+        if summary["against"]["pairs"]:
             console.print(render_comparison(summary["against"]))
         else:
             console.print(f"--against {args.against}: no condition (preset and history mode) in common with this run")

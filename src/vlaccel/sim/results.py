@@ -76,17 +76,25 @@ def _by_condition(records: list[dict]) -> tuple[dict[str, dict[str, list[dict]]]
 
 def compare_files(new_path: str | Path, old_path: str | Path) -> dict:
     """Two policies on the same seeds (e.g. a fine-tune and the policy it started from, each with its own results
-    file): for every condition both files hold, the paired success difference new - old per task and pooled,
-    on the (task, seed) pairs both ran, with Newcombe's paired 95 % CI and McNemar's exact p."""
-    new, _, tasks = _by_condition(load_records(new_path))
+    file): the paired success difference new - old per task and pooled, on the (task, seed) pairs both ran, with
+    Newcombe's paired 95 % CI and McNemar's exact p. Under ``"pairs"``, keyed ``"<new condition> vs <old
+    condition>"``: every condition both files hold against itself, and every preset of the new file against the old
+    file's baseline in its history mode (the accelerated new policy against the old one as it ran plain)."""
+    new, new_keys, tasks = _by_condition(load_records(new_path))
     old, _, old_tasks = _by_condition(load_records(old_path))
     tasks = [t for t in tasks if t in old_tasks]
-    return {"new": str(new_path), "old": str(old_path),
-            "policies": {"new": sorted({r.get("policy", "?") for recs in new.values() for rs in recs.values()
-                                        for r in rs}),
-                         "old": sorted({r.get("policy", "?") for recs in old.values() for rs in recs.values()
-                                        for r in rs})},
-            "conditions": {c: _paired(new[c], old[c], tasks) for c in new if c in old}}
+    pairs = {}
+    for c in new:
+        preset, hist = new_keys[c]
+        for o in dict.fromkeys([c, condition_label(BASELINE, hist)]):
+            if o in old:
+                pairs[f"{c} vs {o}"] = _paired(new[c], old[o], tasks)
+
+    def policies(by_cond: dict[str, dict[str, list[dict]]]) -> list[str]:
+        return sorted({r.get("policy", "?") for recs in by_cond.values() for rs in recs.values() for r in rs})
+
+    return {"new": str(new_path), "old": str(old_path), "policies": {"new": policies(new), "old": policies(old)},
+            "pairs": pairs}
 
 
 def summarize(jsonl_path: str | Path) -> dict:
@@ -199,14 +207,14 @@ def render_pairwise(summary: dict) -> Any:
 
 
 def render_comparison(comparison: dict) -> Any:
-    """A rich Table of :func:`compare_files`: per condition and task, new - old on the same seeds."""
+    """A rich Table of :func:`compare_files`: per pair of conditions and task, new - old on the same seeds."""
     from rich.table import Table
 
     names = f"{', '.join(comparison['policies']['new'])} vs {', '.join(comparison['policies']['old'])}"
     table = Table(title=f"paired against {comparison['old']} ({names})")
-    for col in ("condition", "task", "new / old successes", "Δ [95% CI]", "only new / only old", "McNemar p"):
-        table.add_column(col, justify="left" if col in ("condition", "task") else "right", no_wrap=True)
-    for cond, paired in comparison["conditions"].items():
+    for col in ("new vs old", "task", "new / old successes", "Δ [95% CI]", "only new / only old", "McNemar p"):
+        table.add_column(col, justify="left" if col in ("new vs old", "task") else "right", no_wrap=True)
+    for cond, paired in comparison["pairs"].items():
         rows = [*paired["per_task"].items(), ("all", paired["all"])]
         for j, (task, p) in enumerate(rows):
             table.add_row(cond if j == 0 else "", task,
