@@ -131,7 +131,11 @@ def _compensated_card(policy, args: GateCommand, stats: dict) -> dict:
     card["kv_compensation"] = {"from": str(args.policy), "parameters": list(args.train.compensate),
                                "lr": args.train.compensate_lr, "steps": stats["steps"],
                                "compensated_parameters": stats["compensated_parameters"],
-                               "gate": "kv_gate/ (use them together: the gate is matched to these weights)"}
+                               "gate": "kv_gate/ (use them together: the gate is matched to these weights)",
+                               "run_with": "the kv-efficient preset (KVEfficientConfig, gate=None finds kv_gate/): "
+                                           "these weights were trained to read their history through the gated "
+                                           "cache and may act worse with the full cache than the policy they came "
+                                           "from (docs/long_horizon.md)"}
     return card
 
 

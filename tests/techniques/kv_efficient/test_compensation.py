@@ -74,7 +74,7 @@ def test_train_kv_gate_compensate_writes_the_policy_with_its_gate(tmp_path, tiny
     meta = json.loads((out / "kv_gate" / "gate.json").read_text())
     assert meta["fingerprint"] == vlaccel.fingerprint(policy) != vlaccel.fingerprint(vlaccel.load_policy(source))
     card = json.loads((out / "model_card.json").read_text())["kv_compensation"]
-    assert card["parameters"] == [O_PROJ] and card["steps"] == 2
+    assert card["parameters"] == [O_PROJ] and card["steps"] == 2 and "kv-efficient" in card["run_with"]
     with vlaccel.applied(policy, KVEfficientConfig(window=18, budget=1, sinks=18)):  # gate=None: its kv_gate/
         policy.reset("reach the goal")
         size = policy.config.image_size
