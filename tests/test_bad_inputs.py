@@ -438,6 +438,13 @@ COMMAND_CASES = [
     (["train-kv-gate", "--compensate", "language_model.*", "--policy-out", "{file}/p"],
      "--policy-out {file}/p: {file} is a file"),
     (["train-kv-gate", "--compensate-lr", "0"], "--compensate-lr must be a number > 0, got 0.0"),
+    (["train-kv-gate", "--full-history-weight", "1"], "--full-history-weight trains the policy with its full "
+                                                       "history: it needs --compensate PATTERN"),
+    (["train-kv-gate", "--full-history-weight", "-1"], "--full-history-weight must be a number >= 0, got -1.0"),
+    (["train-kv-gate", "--teacher", "reference", "--teacher-tasks", "push-v3"],
+     "--teacher/--teacher-tasks choose what the compensated policy is distilled from: they need --compensate"),
+    (["train-kv-gate", "--compensate", "language_model.*", "--policy-out", "{tmp}/p", "--teacher", "reference"],
+     "--teacher and --teacher-tasks go together"),
     (["bench", "--threads", "0"], "--threads must be an integer >= 1, got 0"),
     (["bench", "--repeats", "0"], "--repeats must be an integer >= 1, got 0"),
     (["bench", "--history-window", "0"], "--history-window must be an integer >= 1, got 0"),

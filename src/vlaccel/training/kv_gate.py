@@ -24,7 +24,19 @@ policy's parameter names) also trains those parameters of the policy, with the c
 the VLA with its module in place; it compensates with LoRA, we train the named parameters themselves): the
 teacher is then a frozen copy of the policy as it was given, so the loss above asks the policy to act, through
 its compressed history, as it acted with the full one. The gate belongs to the compensated weights (their
-fingerprint is the one recorded).
+fingerprint is the one recorded). Two more terms serve compensation:
+
+- ``full_history_weight`` (w_f) adds the same distillation for the trained policy with its full, uncompressed
+  history (z_full(t) from one LM forward over the whole prefix, as the teacher's)::
+
+      L += w_f * ( w_z * mean_t |z_full(t) - z_teacher(t)|^2 / |z_teacher(t)|^2
+                 + w_a * mean_{t,s,eps} |eps_head(x_s, s, z_full(t)) - eps_head(x_s, s, z_teacher(t))|^2 )
+
+  so the compensated weights keep acting as before when they are given every frame raw (without it they learn
+  to read their history only through the gated summaries).
+- ``teacher_tasks`` with a second teacher policy (``train_gate(task_teacher=...)``): the episodes of those tasks are
+  distilled from that policy instead, e.g. the policy a memory-task fine-tune started from, for the tasks the
+  fine-tune should not have changed.
 Data: the simulator demos (``vlaccel.demo_files.load_demos``), whole-episode prefixes from frame 0 (memory tasks
 show the goal only in the first frames), or random frames for smoke tests.
 """
@@ -39,7 +51,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -64,7 +76,7 @@ GATE_TRAIN_RANGES = {
     "target_retention": (0, 1, "float>"), "retention_weight": (0, None, "float"),
     "cognition_weight": (0, None, "float"), "action_weight": (0, None, "float"), "action_draws": (1, None, "int"),
     "agg_hidden": (1, None, "int"), "lstm_hidden": (1, None, "int"), "seed": (0, None, "int"),
-    "compensate_lr": (0, None, "float>"),
+    "compensate_lr": (0, None, "float>"), "full_history_weight": (0, None, "float"),
 }
 
 
@@ -114,6 +126,17 @@ class GateTrainConfig:
     empty: the policy stays frozen."""
     compensate_lr: float = 1e-5
     """Adam learning rate of the compensated policy parameters."""
+    full_history_weight: float = 0.0
+    """w_f: with --compensate, the distillation again for the trained policy with its full, uncompressed history,
+    so that the compensated weights keep their full-cache behaviour (0 = off)."""
+    teacher: str | None = None
+    """With --compensate: a second teacher ('reference' or a policy folder of the same architecture) for the episodes
+    of --teacher-tasks (None: every episode is distilled from the policy as it was given)."""
+    teacher_tasks: tuple[str, ...] = ()
+    """The tasks whose episodes --teacher distils (e.g. the core suite, to undo what a fine-tune changed there)."""
+    short_episodes: Literal["skip", "whole"] = "skip"
+    """Episodes shorter than --min-frames: skipped, or trained whole (when they hold at least one summary), e.g.
+    short core-suite demos mixed with a long task's whose prefixes must reach past its go signal."""
 
     def __post_init__(self) -> None:
         from vlaccel.config_cli import check
@@ -130,6 +153,16 @@ class GateTrainConfig:
         if self.cognition_weight + self.action_weight == 0:
             raise UsageError("--cognition-weight and --action-weight are both 0: the gate would learn nothing; "
                              "set one of them above 0")
+        if not self.compensate:
+            if self.full_history_weight > 0:
+                raise UsageError("--full-history-weight trains the policy with its full history: it needs "
+                                 "--compensate PATTERN (without it the policy is frozen); drop it or add --compensate")
+            if self.teacher is not None or self.teacher_tasks:
+                raise UsageError("--teacher/--teacher-tasks choose what the compensated policy is distilled from: "
+                                 "they need --compensate PATTERN; drop them or add --compensate")
+        if (self.teacher is None) != (not self.teacher_tasks):
+            raise UsageError("--teacher and --teacher-tasks go together: name the second teacher policy and the "
+                             "tasks whose episodes it distils")
 
     def kv_config(self) -> KVEfficientConfig:
         return KVEfficientConfig(window=self.window, chunk=self.chunk, summary_slots=self.summary_slots,
@@ -208,14 +241,19 @@ def _observations(policy: Any, ep: Episode, frames: int) -> tuple[torch.Tensor, 
     return instr, obs
 
 
-def teacher_cognition(policy: Any, instr: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+def full_history_cognition(policy: Any, instr: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
     """Cognition features [F, D] with the full history: one LM forward over ``[instr][obs_1]..[obs_F]``."""
     f, n, d = obs.shape
     seq = torch.cat([instr, obs.reshape(1, f * n, d)], dim=1)
     pos = torch.arange(seq.shape[1], device=seq.device).unsqueeze(0)
+    hidden = policy.language_model(inputs_embeds=seq, position_ids=pos, use_cache=False).last_hidden_state
+    return policy.observation_feature(hidden[0, instr.shape[1]:].reshape(f, n, d), obs)  # [F, D]
+
+
+def teacher_cognition(policy: Any, instr: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    """:func:`full_history_cognition` without gradients (the teacher's targets)."""
     with torch.no_grad():
-        hidden = policy.language_model(inputs_embeds=seq, position_ids=pos, use_cache=False).last_hidden_state
-        return policy.observation_feature(hidden[0, instr.shape[1]:].reshape(f, n, d), obs)  # [F, D]
+        return full_history_cognition(policy, instr, obs)
 
 
 def student_cognition(policy: Any, cache: ChunkedGatedCache, instr: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
@@ -239,8 +277,24 @@ def episode_loss(policy: Any, gate: KVGate, kv: KVEfficientConfig, chunk: int, e
     cache = ChunkedGatedCache.for_model(policy, kv, gate=gate, chunk=chunk, soft=True)
     with soft_attention(policy):
         z_student = student_cognition(policy, cache, instr, obs)
-    err = ((z_student - z_teacher) ** 2).sum(-1) / (z_teacher ** 2).sum(-1).clamp_min(1e-8)  # [F]
+    distill, stats = _distillation(policy, teacher, z_student, z_teacher, cfg)
+    if cfg.full_history_weight > 0:  # the trained policy with every frame raw, against the same targets
+        full, full_stats = _distillation(policy, teacher, full_history_cognition(policy, instr, obs), z_teacher, cfg)
+        distill = distill + cfg.full_history_weight * full
+        stats["full_history"] = full_stats["distill"]
+    stats["distill"] = float(distill.detach())
     g = torch.cat([layer.gate_g.flatten() for layer in cache.layers])
+    if g.numel() == 0:
+        return distill, {**stats, "mean_g": float("nan")}
+    reg = (g.mean() - cfg.target_retention) ** 2
+    return distill + cfg.retention_weight * reg, {**stats, "mean_g": float(g.detach().mean())}
+
+
+def _distillation(policy: Any, teacher: Any, z_student: torch.Tensor, z_teacher: torch.Tensor,
+                  cfg: GateTrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """w_z * relative cognition error + w_a * action-head distillation of ``z_student`` [F, D] onto
+    ``z_teacher`` [F, D]; and its parts as floats."""
+    err = ((z_student - z_teacher) ** 2).sum(-1) / (z_teacher ** 2).sum(-1).clamp_min(1e-8)  # [F]
     distill = cfg.cognition_weight * err.mean()
     stats = {"cognition": float(err.mean().detach())}
     if cfg.action_weight > 0:
@@ -249,10 +303,7 @@ def episode_loss(policy: Any, gate: KVGate, kv: KVEfficientConfig, chunk: int, e
         distill = distill + cfg.action_weight * action
         stats["action"] = float(action.detach())
     stats["distill"] = float(distill.detach())
-    if g.numel() == 0:
-        return distill, {**stats, "mean_g": float("nan")}
-    reg = (g.mean() - cfg.target_retention) ** 2
-    return distill + cfg.retention_weight * reg, {**stats, "mean_g": float(g.detach().mean())}
+    return distill, stats
 
 
 def action_distillation(head: Any, z_student: torch.Tensor, z_teacher: torch.Tensor, draws: int,
@@ -306,10 +357,44 @@ def _first_summary_frame(cfg: GateTrainConfig, chunk: int, tokens_per_frame: int
     return math.ceil((cfg.sinks + cfg.window + chunk) / tokens_per_frame)
 
 
+def _check_task_teacher(policy: Any, task_teacher: Any, cfg: GateTrainConfig, episodes: Sequence[Episode]) -> None:
+    """Refuse a second teacher that is missing, unused or of another architecture, before any step."""
+    if (task_teacher is None) != (cfg.teacher is None):
+        raise ValueError("train_gate: pass task_teacher exactly when cfg.teacher names one")
+    if task_teacher is None:
+        return
+    missing = sorted(set(cfg.teacher_tasks) - {e.task for e in episodes})
+    if missing:
+        raise UsageError(f"--teacher-tasks names tasks with no training episode: {missing}; the episodes hold "
+                         f"{sorted({e.task for e in episodes})}")
+    ours, theirs = policy.state_dict(), task_teacher.state_dict()
+    differ = sorted(k for k in ours.keys() | theirs.keys() if k not in ours or k not in theirs
+                    or ours[k].shape != theirs[k].shape)
+    if differ:
+        raise UsageError(f"--teacher {cfg.teacher} is not the policy's architecture ({len(differ)} tensors differ in "
+                         f"name or shape, e.g. {differ[:3]}); name a policy of the same configuration")
+
+
+def _prefix_range(cfg: GateTrainConfig, episodes: Sequence[Episode], min_frames: int,
+                  first: int) -> list[tuple[Episode, int, int]]:
+    """(episode, shortest, longest prefix) of every episode trained on (``cfg.short_episodes`` decides those
+    shorter than ``min_frames``: skipped, or trained whole when their cache holds a summary for at least two
+    frames, i.e. from ``first + 2`` frames, as the default ``min_frames``)."""
+    out = []
+    for e in episodes:
+        n = min(cfg.max_frames, len(e.images))
+        if len(e.images) >= min_frames:
+            out.append((e, min_frames, n))
+        elif cfg.short_episodes == "whole" and n >= first + 2:
+            out.append((e, n, n))
+    return out
+
+
 def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, progress: bool = True,
-               meta: dict[str, Any] | None = None) -> tuple[KVGate, dict[str, Any]]:
+               meta: dict[str, Any] | None = None, task_teacher: Any = None) -> tuple[KVGate, dict[str, Any]]:
     """Train a gate for ``policy`` on ``episodes``; returns the gate (meta filled) and training stats. The policy
-    stays frozen, except the parameters ``cfg.compensate`` names, which are trained in place."""
+    stays frozen, except the parameters ``cfg.compensate`` names, which are trained in place; ``task_teacher``
+    (the policy ``cfg.teacher`` names, loaded) is the teacher of the episodes of ``cfg.teacher_tasks``."""
     from vlaccel.adapters import get_adapter
     from vlaccel.techniques.kv_efficient.resolve import resolve_chunk
     from vlaccel.weights import fingerprint
@@ -325,7 +410,10 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
     lm_cfg = adapter.lm_config(policy)
     head_dim = getattr(lm_cfg, "head_dim", None) or lm_cfg.hidden_size // lm_cfg.num_attention_heads
     compensated = compensated_parameters(policy, cfg.compensate)
+    _check_task_teacher(policy, task_teacher, cfg, episodes)
     teacher = copy.deepcopy(policy).eval().requires_grad_(False) if compensated else None
+    if task_teacher is not None:
+        task_teacher = task_teacher.to(policy.device).eval().requires_grad_(False)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(cfg.seed)
         gate = KVGate(head_dim, lm_cfg.num_key_value_heads, cfg.summary_slots, cfg.agg_hidden, cfg.lstm_hidden,
@@ -333,7 +421,7 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
     tokens = policy.config.tokens_per_frame
     first = _first_summary_frame(cfg, chunk, tokens)
     min_frames = cfg.min_frames or min(cfg.max_frames, first + 2)
-    usable = [e for e in episodes if len(e.images) >= min_frames]
+    usable = _prefix_range(cfg, episodes, min_frames, first)
     if not usable:
         raise ValueError(f"no episode has the {min_frames} frames needed to fill the sinks ({cfg.sinks} tokens), "
                          f"the window ({cfg.window}) and a chunk ({chunk}); use a smaller --window or --sinks, or "
@@ -353,9 +441,10 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
     try:
         with progress_bar("train-kv-gate", cfg.steps, enabled=progress) as bar:
             for step in range(cfg.steps):
-                ep = usable[int(rng.integers(len(usable)))]
-                frames = int(rng.integers(min_frames, min(cfg.max_frames, len(ep.images)) + 1))
-                loss, stats = episode_loss(policy, gate, kv, chunk, ep, frames, cfg, teacher=teacher)
+                ep, shortest, longest = usable[int(rng.integers(len(usable)))]
+                frames = int(rng.integers(shortest, longest + 1))
+                by = task_teacher if task_teacher is not None and ep.task in cfg.teacher_tasks else teacher
+                loss, stats = episode_loss(policy, gate, kv, chunk, ep, frames, cfg, teacher=by)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if step == 0:
@@ -365,7 +454,7 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
                     torch.nn.utils.clip_grad_norm_(list(compensated.values()), 1.0)
                 opt.step()
                 history.append({"step": step, "loss": float(loss.detach()), **stats})
-                parts = {k: stats[k] for k in ("cognition", "action") if k in stats}
+                parts = {k: stats[k] for k in ("cognition", "action", "full_history") if k in stats}
                 bar.advance(loss=float(loss.detach()), **parts, g=stats["mean_g"])
                 if cfg.minutes is not None and time.perf_counter() - start > 60 * cfg.minutes:
                     break
@@ -376,6 +465,7 @@ def train_gate(policy: Any, episodes: Sequence[Episode], cfg: GateTrainConfig, p
     k = max(1, len(history) // 10)
     stats_out = {
         "steps": len(history), "seconds": round(time.perf_counter() - start, 1), "episodes": len(usable),
+        "whole_episodes": sum(lo == hi and lo < min_frames for _, lo, hi in usable),
         "frames": [min_frames, cfg.max_frames], "loss_first": float(np.mean([h["loss"] for h in history[:k]])),
         "loss_last": float(np.mean([h["loss"] for h in history[-k:]])),
         "distill_first": float(np.mean([h["distill"] for h in history[:k]])),

@@ -131,12 +131,22 @@ def _compensated_card(policy, args: GateCommand, stats: dict) -> dict:
     card["kv_compensation"] = {"from": str(args.policy), "parameters": list(args.train.compensate),
                                "lr": args.train.compensate_lr, "steps": stats["steps"],
                                "compensated_parameters": stats["compensated_parameters"],
+                               "full_history_weight": args.train.full_history_weight,
+                               "teacher": {"policy": args.train.teacher, "tasks": list(args.train.teacher_tasks)}
+                               if args.train.teacher is not None else None,
                                "gate": "kv_gate/ (use them together: the gate is matched to these weights)",
-                               "run_with": "the kv-efficient preset (KVEfficientConfig, gate=None finds kv_gate/): "
-                                           "these weights were trained to read their history through the gated "
-                                           "cache and may act worse with the full cache than the policy they came "
-                                           "from (docs/long_horizon.md)"}
+                               "run_with": _run_with(args.train.full_history_weight)}
     return card
+
+
+def _run_with(full_history_weight: float) -> str:
+    """The model card's advice on which cache the compensated weights go with."""
+    gated = "the kv-efficient preset (KVEfficientConfig, gate=None finds kv_gate/)"
+    if full_history_weight > 0:
+        return (f"{gated}, or the full cache: these weights were trained to act through the gated cache and, with "
+                f"--full-history-weight {full_history_weight}, with every frame raw as well (docs/long_horizon.md)")
+    return (f"{gated}: these weights were trained to read their history through the gated cache and may act worse "
+            f"with the full cache than the policy they came from (docs/long_horizon.md)")
 
 
 def run(args: GateCommand) -> int:
@@ -169,7 +179,9 @@ def run(args: GateCommand) -> int:
     else:
         meta = {"policy": str(args.policy), "data": source}
         if args.policy_out is not None:  # the compensated policy and its gate in one folder, written together
-            gate, stats = train_gate(policy, train_eps, cfg, progress=not args.json, meta=meta)
+            task_teacher = vlaccel.load_policy(cfg.teacher) if cfg.teacher is not None else None
+            gate, stats = train_gate(policy, train_eps, cfg, progress=not args.json, meta=meta,
+                                     task_teacher=task_teacher)
             with atomic.folder(args.policy_out) as tmp:
                 vlaccel.save_policy(policy, tmp, card=_compensated_card(policy, args, stats))
                 save_gate(gate, tmp / "kv_gate")
